@@ -1,0 +1,71 @@
+"""The node application: `init_app(config)` builds it; every resource lives in a cleanup context, so it
+is closed if and only if it was opened."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from federation.signing import read_signing_key_file
+from node.accounts.http import ACCOUNTS, auth_middleware
+from node.accounts.service import AccountService
+from node.audit import http as audit_http
+from node.audit.http import AUDIT, audit_observer
+from node.audit.service import AuditLog
+from node.config import Config
+from node.context import CONFIG, DB, SIGNING_KEY, add_routes
+from node.db import make_engine, upgrade
+from node.ops import http as ops_http
+from node.ops.http import ENGINE, HEALTH_SECTIONS, NODE_INFO, OPENAPI_DOCS
+from node.ops.metrics import METRICS, Metrics, metrics_observer
+from node.web import make_error_middleware
+
+def init_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[make_error_middleware([audit_observer, metrics_observer]), auth_middleware],
+        client_max_size=config.limits.max_json_bytes,
+    )
+    app[CONFIG] = config
+    app[SIGNING_KEY] = read_signing_key_file(config.key_path)
+    app[METRICS] = Metrics()
+    app[HEALTH_SECTIONS] = {}
+    app[OPENAPI_DOCS] = []
+    app[NODE_INFO] = {"node": config.node.id, "name": config.node.name}
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_audit)
+    add_routes(app, ops_http.routes)
+    add_routes(app, audit_http.routes)
+    for setup in _capabilities():
+        setup(app)
+    return app
+
+
+def _capabilities() -> list:
+    """Each capability's `setup(app)`: its services (in cleanup contexts) and routes."""
+    from node.catalog.http import setup as catalog
+    from node.data.http import setup as data
+    from node.sharing.http import setup as sharing
+
+    return [catalog, data, sharing]
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    engine = make_engine(config.database, config.sqlite_synchronous)
+    try:
+        await upgrade(engine, config.database.schema_)
+        app[DB] = engine
+        app[ENGINE] = engine
+        app[ACCOUNTS] = AccountService(engine, config.node.id)
+        yield
+    finally:
+        await engine.dispose()
+
+
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    audit = AuditLog(app[DB], app[CONFIG].audit_batch_ms)
+    await audit.start()
+    app[AUDIT] = audit
+    yield
+    await audit.close()

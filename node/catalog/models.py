@@ -1,0 +1,195 @@
+"""Catalog entries (SPEC §7): the 13 core metadata elements of 《政务信息资源目录编制指南(试行)》."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from node.ids import DEPT_CODE, RESOURCE_CODE
+
+ItemType = Literal["C", "N", "Y", "D", "T", "L", "M", "G", "B", "I", "F"]
+Category = Literal["base", "theme", "department"]
+Format = Literal["file", "spreadsheet", "database", "image", "stream", "self_describing", "service"]
+ShareType = Literal["unconditional", "conditional", "none"]
+ShareMethod = Literal["api", "file", "table"]
+UpdateCycle = Literal["realtime", "daily", "weekly", "monthly", "quarterly", "yearly", "other"]
+Check = Literal["gb11643", "gb32100"]
+
+FIELD = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+CLASSIFICATION = re.compile(r"^\d{6}(\d{3})?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Item(_Strict):
+    """A data item (数据项)."""
+
+    name: str = Field(min_length=1, max_length=100, description="the item's name, e.g. 公民身份号码")
+    field: str = Field(description="machine name, ^[a-z][a-z0-9_]{0,62}$")
+    type: ItemType = Field(description="the guide's type code: C N Y D T L M G B I F")
+    length: int | None = Field(None, ge=1, le=1_000_000)
+    key: bool = Field(False, description="the identifier records are looked up by (exactly one item)")
+    sensitive: bool = Field(False, description="masked unless a grant includes it")
+    required: bool = False
+    check: Check | None = Field(None, description="verify check digits: gb11643 (ID number) or gb32100 (credit code)")
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, v: str) -> str:
+        if not FIELD.match(v):
+            raise ValueError("must match ^[a-z][a-z0-9_]{0,62}$")
+        return v
+
+
+class Provider(_Strict):
+    dept: str
+    name: str = Field(min_length=1, max_length=200)
+
+
+class Share(_Strict):
+    type: ShareType
+    condition: str = Field("", max_length=2000)
+    basis: str = Field("", max_length=2000)
+    methods: list[ShareMethod] = Field(default_factory=lambda: ["api"])
+
+    @model_validator(mode="after")
+    def _conditions(self) -> "Share":
+        if self.type == "conditional" and not self.condition.strip():
+            raise ValueError("a conditional share needs its condition")
+        if self.type == "none" and not self.basis.strip():
+            raise ValueError("a share of type none needs its basis (the law or policy that forbids sharing)")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods must not repeat")
+        return self
+
+
+class Open(_Strict):
+    public: bool = False
+    condition: str = Field("", max_length=2000)
+
+
+class EntryContent(_Strict):
+    """What a department writes about its resource (PUT body; POST adds the code)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    category: Category
+    summary: str = Field("", max_length=4000)
+    format: Format
+    items: list[Item] = Field(min_length=1, max_length=500)
+    share: Share
+    open: Open = Open()
+    update_cycle: UpdateCycle
+    published_at: str | None = Field(None, description="YYYY-MM-DD; defaults to today (China Standard Time)")
+    related: list[str] = Field(default_factory=list, max_length=100)
+
+    @field_validator("published_at")
+    @classmethod
+    def _date(cls, v: str | None) -> str | None:
+        if v is not None:
+            date.fromisoformat(v)
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+                raise ValueError("must be YYYY-MM-DD")
+        return v
+
+    @field_validator("related")
+    @classmethod
+    def _related(cls, v: list[str]) -> list[str]:
+        for code in v:
+            if not RESOURCE_CODE.match(code):
+                raise ValueError(f"{code!r} is not a resource code (分类码/顺序码)")
+        return v
+
+    @model_validator(mode="after")
+    def _items(self) -> "EntryContent":
+        keys = [i for i in self.items if i.key]
+        if len(keys) != 1:
+            raise ValueError(f"exactly one item must have key: true (found {len(keys)})")
+        for attr in ("field", "name"):
+            seen: set[str] = set()
+            for i in self.items:
+                v = getattr(i, attr)
+                if v in seen:
+                    raise ValueError(f"item {attr} {v!r} appears twice")
+                seen.add(v)
+        return self
+
+
+class EntryCreate(EntryContent):
+    """POST body: either the whole `code`, or the `classification` (分类码) and the node numbers it."""
+
+    code: str | None = Field(None, description="分类码/顺序码; the 顺序码 must start with this node's id")
+    classification: str | None = Field(None, description="分类码: 类(1) 项(2) 目(3) [细目(3)]")
+
+    @model_validator(mode="after")
+    def _code(self) -> "EntryCreate":
+        if (self.code is None) == (self.classification is None):
+            raise ValueError("give either code or classification")
+        if self.code is not None and not RESOURCE_CODE.match(self.code):
+            raise ValueError("code must be 分类码/顺序码, e.g. 101001/370321000001")
+        if self.classification is not None and not CLASSIFICATION.match(self.classification):
+            raise ValueError("classification must be 6 or 9 digits (类 项 目 [细目])")
+        return self
+
+
+class CatalogEntry(BaseModel):
+    """A signed catalog entry exactly as its origin signed it (SPEC §7)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["catalog_entry"]
+    kind: Literal["resource"]
+    code: str
+    node: str
+    seq: int
+    version: int
+    deleted: bool
+    updated_at: int
+    name: str
+    category: Category
+    provider: Provider
+    summary: str
+    format: Format
+    items: list[Item]
+    share: Share
+    open: Open
+    update_cycle: UpdateCycle
+    published_at: str
+    related: list[str]
+    signatures: dict[str, dict[str, str]]
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        if not RESOURCE_CODE.match(v):
+            raise ValueError("not a resource code")
+        return v
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: Provider) -> Provider:
+        if not DEPT_CODE.match(v.dept):
+            raise ValueError("provider.dept is not a department code")
+        return v
+
+
+class SearchQuery(_Strict):
+    q: str | None = Field(None, max_length=200, description="text in name, summary or item names")
+    node: str | None = Field(None, pattern=r"^\d{6}$")
+    category: Category | None = None
+    share_type: ShareType | None = None
+    provider: str | None = Field(None, description="provider department code")
+    deleted: bool = Field(False, description="include withdrawn entries (tombstones)")
+    page: int = Field(1, ge=1, le=100_000)
+    page_size: int = Field(20, ge=1, le=200)
+
+
+class SearchPage(BaseModel):
+    entries: list[CatalogEntry]
+    page: int
+    page_size: int
+    total: int

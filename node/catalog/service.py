@@ -1,0 +1,198 @@
+"""Catalog rules (SPEC §7): only the origin writes an entry; every change bumps `version` and the node's
+`seq`; withdrawal is a tombstone; received entries apply only when newer and correctly signed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from federation.canonical import encode_canonical_json
+from federation.signing import SigningKey, sign_json
+from node.accounts.service import Account
+from node.catalog import store
+from node.catalog.models import EntryContent, EntryCreate
+from node.db import next_counter, write_tx
+from node.errors import Conflict, Forbidden, InvalidInput, NotFound
+from node.ids import now_ms, resource_node
+
+log = logging.getLogger("govnode.catalog")
+
+CST = timezone(timedelta(hours=8))
+SEQ_COUNTER = "catalog_seq"        # this node's seq over its own entries (travels in the entry)
+CHANGE_COUNTER = "catalog_change"  # local commit order of every entry held (the feed cursor)
+SERIAL_COUNTER = "resource_serial"
+
+
+def today_cst() -> str:
+    return datetime.now(CST).date().isoformat()
+
+
+def search_text(entry: dict[str, Any]) -> str:
+    parts = [entry["name"], entry.get("summary", ""), entry["provider"]["name"], entry["code"]]
+    parts += [i["name"] for i in entry["items"]] + [i["field"] for i in entry["items"]]
+    return " ".join(parts).lower()
+
+
+def row_of(entry: dict[str, Any], change_id: int) -> dict[str, Any]:
+    return {
+        "code": entry["code"],
+        "node": entry["node"],
+        "seq": entry["seq"],
+        "version": entry["version"],
+        "deleted": entry["deleted"],
+        "updated_at": entry["updated_at"],
+        "provider_dept": entry["provider"]["dept"],
+        "name": entry["name"],
+        "category": entry["category"],
+        "share_type": entry["share"]["type"],
+        "search_text": search_text(entry),
+        "entry": encode_canonical_json(entry).decode("utf-8"),
+        "change_id": change_id,
+    }
+
+
+class CatalogService:
+    def __init__(self, engine: AsyncEngine, node_id: str, key: SigningKey) -> None:
+        self.engine = engine
+        self.node_id = node_id
+        self.key = key
+        # Parsed entries by code, dropped whenever this service writes that code.
+        self._cache: dict[str, dict[str, Any] | None] = {}
+        # Called after every committed change (the federation notifies neighbours).
+        self.listeners: list[Any] = []
+
+    # Reading ------------------------------------------------------------------------------------
+
+    async def get(self, code: str, *, include_deleted: bool = False) -> dict[str, Any]:
+        entry = self._cache.get(code)
+        if entry is None:
+            async with self.engine.connect() as conn:
+                row = await store.get(conn, code)
+            if row is None:
+                raise NotFound(f"no catalog entry {code}")
+            entry = json.loads(row.entry)
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[code] = entry
+        if entry["deleted"] and not include_deleted:
+            raise NotFound(f"catalog entry {code} was withdrawn")
+        return entry
+
+    async def search(self, *, q: str | None, node: str | None, category: str | None, share_type: str | None,
+                     provider: str | None, deleted: bool, page: int, page_size: int) -> tuple[int, list[dict]]:
+        async with self.engine.connect() as conn:
+            total, docs = await store.search(
+                conn, text=q, node=node, category=category, share_type=share_type, provider=provider,
+                include_deleted=deleted, offset=(page - 1) * page_size, limit=page_size,
+            )
+        return total, [json.loads(d) for d in docs]
+
+    # Writing this node's own entries --------------------------------------------------------------
+
+    async def create(self, acct: Account, body: EntryCreate) -> dict[str, Any]:
+        async with write_tx(self.engine) as conn:
+            if body.code is not None:
+                code = body.code
+                if resource_node(code) != self.node_id:
+                    raise InvalidInput(
+                        f"the 顺序码 of {code} must start with this node's id {self.node_id}",
+                        [{"field": "code", "error": "wrong node prefix"}],
+                    )
+                if await store.held_seq(conn, code) is not None:
+                    raise Conflict(f"resource {code} already exists")
+            else:
+                serial = await next_counter(conn, SERIAL_COUNTER)
+                code = f"{body.classification}/{self.node_id}{serial:06d}"
+            content = body.model_dump(exclude={"code", "classification"})
+            entry = await self._write(conn, acct, code, content, version=1, deleted=False)
+        await self._changed(code)
+        return entry
+
+    async def update(self, acct: Account, code: str, body: EntryContent) -> dict[str, Any]:
+        async with write_tx(self.engine) as conn:
+            current = await self._own_entry(conn, acct, code)
+            entry = await self._write(conn, acct, code, body.model_dump(), version=current["version"] + 1,
+                                      deleted=False, provider_name=current["provider"]["name"])
+        await self._changed(code)
+        return entry
+
+    async def withdraw(self, acct: Account, code: str) -> dict[str, Any]:
+        async with write_tx(self.engine) as conn:
+            current = await self._own_entry(conn, acct, code)
+            content = {k: current[k] for k in EntryContent.model_fields}
+            entry = await self._write(conn, acct, code, content, version=current["version"] + 1, deleted=True,
+                                      provider_name=current["provider"]["name"])
+        await self._changed(code)
+        return entry
+
+    async def _own_entry(self, conn: AsyncConnection, acct: Account, code: str) -> dict[str, Any]:
+        row = await store.get(conn, code)
+        if row is None:
+            raise NotFound(f"no catalog entry {code}")
+        entry = json.loads(row.entry)
+        if entry["node"] != self.node_id:
+            raise Forbidden(f"{code} belongs to node {entry['node']}; only its origin changes it")
+        if entry["provider"]["dept"] != acct.dept:
+            raise Forbidden(f"{code} is provided by department {entry['provider']['dept']}, not by the caller")
+        if entry["deleted"]:
+            raise NotFound(f"catalog entry {code} was withdrawn")
+        return entry
+
+    async def _write(self, conn: AsyncConnection, acct: Account, code: str, content: dict[str, Any], *,
+                     version: int, deleted: bool, provider_name: str | None = None) -> dict[str, Any]:
+        seq = await next_counter(conn, SEQ_COUNTER)
+        change_id = await next_counter(conn, CHANGE_COUNTER)
+        # Unset attributes (None, false) are left out, as in SPEC §7's example.
+        items = [{k: v for k, v in i.items() if v is not None and v is not False} for i in content["items"]]
+        entry = {
+            "type": "catalog_entry",
+            "kind": "resource",
+            "code": code,
+            "node": self.node_id,
+            "seq": seq,
+            "version": version,
+            "deleted": deleted,
+            "updated_at": now_ms(),
+            "name": content["name"],
+            "category": content["category"],
+            "provider": {"dept": acct.dept, "name": provider_name or acct.name},
+            "summary": content.get("summary", ""),
+            "format": content["format"],
+            "items": items,
+            "share": content["share"],
+            "open": content["open"],
+            "update_cycle": content["update_cycle"],
+            "published_at": content.get("published_at") or today_cst(),
+            "related": content.get("related", []),
+        }
+        signed = sign_json(entry, self.node_id, self.key)
+        await store.upsert(conn, row_of(signed, change_id))
+        return signed
+
+    # Entries received from other nodes (federation) -----------------------------------------------
+
+    async def apply_received(self, entry: dict[str, Any], change_id_conn: AsyncConnection) -> bool:
+        """Store a verified entry of another origin if it is newer than the one held; True if applied.
+
+        The caller (the federation's catalog replication) has checked the signature and code prefix and
+        passes its open write transaction.
+        """
+        held = await store.held_seq(change_id_conn, entry["code"])
+        if held is not None and held >= entry["seq"]:
+            return False
+        change_id = await next_counter(change_id_conn, CHANGE_COUNTER)
+        await store.upsert(change_id_conn, row_of(entry, change_id))
+        self._cache.pop(entry["code"], None)
+        return True
+
+    async def _changed(self, code: str) -> None:
+        self._cache.pop(code, None)
+        for listener in self.listeners:
+            try:
+                await listener(code)
+            except Exception:  # noqa: BLE001 - a listener's failure never undoes a committed change
+                log.exception("catalog change listener failed", extra={"code": code})

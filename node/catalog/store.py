@@ -1,0 +1,113 @@
+"""Catalog entries of every origin, as signed, with a local change cursor for the federation feed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from node.db import metadata
+
+catalog_entries = sa.Table(
+    "catalog_entries",
+    metadata,
+    sa.Column("code", sa.String(40), primary_key=True),
+    sa.Column("node", sa.String(6), nullable=False, index=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("provider_dept", sa.String(32), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("category", sa.String(16), nullable=False),
+    sa.Column("share_type", sa.String(16), nullable=False),
+    sa.Column("search_text", sa.Text, nullable=False),
+    sa.Column("entry", sa.Text, nullable=False),
+    sa.Column("change_id", sa.BigInteger, nullable=False, unique=True),
+)
+
+# Entries received from other nodes and refused (bad signature, wrong code prefix, stale seq …).
+catalog_refusals = sa.Table(
+    "catalog_refusals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("code", sa.String(64), nullable=True),
+    sa.Column("node", sa.String(16), nullable=True),
+    sa.Column("received_from", sa.String(6), nullable=True),
+    sa.Column("reason", sa.String(400), nullable=False),
+)
+
+
+async def get(conn: AsyncConnection, code: str) -> sa.Row | None:
+    return (await conn.execute(sa.select(catalog_entries).where(catalog_entries.c.code == code))).first()
+
+
+async def held_seq(conn: AsyncConnection, code: str) -> int | None:
+    res = await conn.execute(sa.select(catalog_entries.c.seq).where(catalog_entries.c.code == code))
+    return res.scalar()
+
+
+async def upsert(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    exists = await held_seq(conn, row["code"])
+    if exists is None:
+        await conn.execute(sa.insert(catalog_entries).values(**row))
+    else:
+        await conn.execute(sa.update(catalog_entries).where(catalog_entries.c.code == row["code"]).values(**row))
+
+
+async def search(
+    conn: AsyncConnection, *, text: str | None, node: str | None, category: str | None, share_type: str | None,
+    provider: str | None, include_deleted: bool, offset: int, limit: int,
+) -> tuple[int, list[str]]:
+    conds = []
+    if not include_deleted:
+        conds.append(catalog_entries.c.deleted.is_(False))
+    if text:
+        for word in text.lower().split():
+            esc = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conds.append(catalog_entries.c.search_text.like(f"%{esc}%", escape="\\"))
+    if node:
+        conds.append(catalog_entries.c.node == node)
+    if category:
+        conds.append(catalog_entries.c.category == category)
+    if share_type:
+        conds.append(catalog_entries.c.share_type == share_type)
+    if provider:
+        conds.append(catalog_entries.c.provider_dept == provider)
+    where = sa.and_(sa.true(), *conds)
+    total = (await conn.execute(sa.select(sa.func.count()).select_from(catalog_entries).where(where))).scalar_one()
+    q = (
+        sa.select(catalog_entries.c.entry)
+        .where(where)
+        .order_by(catalog_entries.c.node, catalog_entries.c.code)
+        .offset(offset)
+        .limit(limit)
+    )
+    return int(total), [r[0] for r in (await conn.execute(q)).all()]
+
+
+async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[str] | None = None,
+                  nodes_out: set[str] | None = None) -> list[sa.Row]:
+    """Entries changed after cursor `since`, in commit order; optionally only origins in / not in a set."""
+    q = (
+        sa.select(catalog_entries.c.entry, catalog_entries.c.change_id, catalog_entries.c.node)
+        .where(catalog_entries.c.change_id > since)
+        .order_by(catalog_entries.c.change_id)
+        .limit(limit)
+    )
+    if nodes_in is not None:
+        q = q.where(catalog_entries.c.node.in_(sorted(nodes_in)))
+    if nodes_out:
+        q = q.where(catalog_entries.c.node.not_in(sorted(nodes_out)))
+    return list((await conn.execute(q)).all())
+
+
+async def log_refusal(conn: AsyncConnection, **row: Any) -> None:
+    await conn.execute(sa.insert(catalog_refusals).values(**row))
+
+
+async def refusals(conn: AsyncConnection, limit: int = 100) -> list[sa.Row]:
+    q = sa.select(catalog_refusals).order_by(catalog_refusals.c.id.desc()).limit(limit)
+    return list((await conn.execute(q)).all())

@@ -1,0 +1,132 @@
+"""The node's own commands: init, run, dept, audit verify."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from federation.signing import generate_signing_key, verify_key_b64, write_signing_key_file
+from node.accounts.service import AccountService
+from node.audit.service import AuditLog
+from node.cli import command
+from node.config import CONFIG_FILE, Config, ConfigError, load_config, write_config
+from node.db import make_engine, upgrade
+from node.logs import setup_logging
+
+
+@command("init")
+def init(args: argparse.Namespace) -> int:
+    home = Path(args.dir)
+    if (home / CONFIG_FILE).exists():
+        raise ConfigError(f"{home} already holds a node ({CONFIG_FILE} exists); choose another --dir")
+    doc: dict = {"node": {"id": args.node, "name": args.name}, "listen": args.listen}
+    if args.parent_url:
+        doc["node"]["parent_url"] = args.parent_url
+    if args.endpoint:
+        doc["endpoint"] = args.endpoint
+    if args.database:
+        doc["database"] = {"url": args.database}
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    write_config(home, doc)
+    try:
+        config = load_config(home)
+    except ConfigError:
+        (home / CONFIG_FILE).unlink()
+        raise
+    key = generate_signing_key("1")
+    write_signing_key_file(config.key_path, key)
+    print(f"initialised node {config.node.id} ({config.node.name}) in {home}")
+    if not config.node.parent_url:
+        print("this node is the root of its federation; its trust anchor (give it to every node):")
+        print(f"anchor: {config.node.id} {key.key_id} {verify_key_b64(key)}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.dir)
+
+
+@command("run")
+def run(args: argparse.Namespace) -> int:
+    from node.app import init_app
+
+    config = _config(args)
+    setup_logging(config.log_level, config.node.id)
+    app = init_app(config)
+    print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}", flush=True)
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
+                handle_signals=True, shutdown_timeout=10)
+    return 0
+
+
+async def _accounts(config: Config) -> tuple[AccountService, object]:
+    engine = make_engine(config.database, config.sqlite_synchronous)
+    await upgrade(engine, config.database.schema_)
+    return AccountService(engine, config.node.id), engine
+
+
+@command("dept add")
+async def dept_add(args: argparse.Namespace) -> int:
+    accounts, engine = await _accounts(_config(args))
+    try:
+        token = await accounts.add_department(args.code, args.name, args.role)
+    finally:
+        await engine.dispose()
+    print(f"department {args.code} ({args.name}) added with role {args.role}; its token (shown once):")
+    print(token)
+    return 0
+
+
+@command("dept token")
+async def dept_token(args: argparse.Namespace) -> int:
+    accounts, engine = await _accounts(_config(args))
+    try:
+        token = await accounts.issue_token(args.code)
+    finally:
+        await engine.dispose()
+    print(f"new token for department {args.code} (shown once):")
+    print(token)
+    return 0
+
+
+@command("dept revoke")
+async def dept_revoke(args: argparse.Namespace) -> int:
+    accounts, engine = await _accounts(_config(args))
+    try:
+        n = await accounts.revoke(args.code)
+    finally:
+        await engine.dispose()
+    print(f"department {args.code} disabled; {n} token(s) revoked")
+    return 0
+
+
+@command("dept list")
+async def dept_list(args: argparse.Namespace) -> int:
+    accounts, engine = await _accounts(_config(args))
+    try:
+        for d in await accounts.list():
+            print(f"{d['code']}\t{d['role']}\t{'disabled' if d['disabled'] else 'active'}\t{d['name']}")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+@command("audit verify")
+async def audit_verify(args: argparse.Namespace) -> int:
+    config = _config(args)
+    engine = make_engine(config.database, config.sqlite_synchronous)
+    try:
+        await upgrade(engine, config.database.schema_)
+        broken = await AuditLog(engine).verify()
+    finally:
+        await engine.dispose()
+    if broken is not None:
+        print(f"audit chain broken at record {broken.seq}: {broken.reason}", file=sys.stderr)
+        return 1
+    print("audit chain intact")
+    return 0

@@ -1,0 +1,205 @@
+"""Node configuration: YAML in the node's home, validated by pydantic, overridable by GOVNODE_* variables.
+
+Every wrong or missing value is reported in one message (`ConfigError`), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_FILE = "config.yaml"
+KEY_FILE = "signing.key"
+DEFAULT_HOME = "./govnode-data"
+
+# Environment variables that override the YAML, mapped to their dotted path in the config.
+ENV_OVERRIDES = {
+    "GOVNODE_DATABASE_URL": "database.url",
+    "GOVNODE_DATABASE_SCHEMA": "database.schema",
+    "GOVNODE_LISTEN": "listen",
+    "GOVNODE_ENDPOINT": "endpoint",
+    "GOVNODE_LOG_LEVEL": "log_level",
+}
+
+_HOSTPORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
+
+
+def _http_url(v: str | None) -> str | None:
+    if v is not None and not re.match(r"^https?://[^/\s]+$", v.rstrip("/")):
+        raise ValueError("must be an http:// or https:// URL")
+    return v.rstrip("/") if v else v
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names every problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeIdentity(_Strict):
+    id: str = Field(description="6-digit GB/T 2260 division code of the level this node serves")
+    name: str = Field(min_length=1, max_length=100)
+    parent_url: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _six_digits(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{6}", v):
+            raise ValueError("must be a 6-digit GB/T 2260 division code")
+        return v
+
+    @field_validator("parent_url")
+    @classmethod
+    def _parent_url(cls, v: str | None) -> str | None:
+        return _http_url(v)
+
+
+class DatabaseConfig(_Strict):
+    url: str = Field(description="SQLAlchemy URL: sqlite+aiosqlite:///… (default) or postgresql+asyncpg://…")
+    schema_: str | None = Field(default=None, alias="schema", description="PostgreSQL schema (search_path)")
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("url")
+    @classmethod
+    def _driver(cls, v: str) -> str:
+        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return v
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", v):
+            raise ValueError("must be a lower-case SQL identifier")
+        return v
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+class LimitsConfig(_Strict):
+    max_json_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="largest JSON body")
+    max_upload_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1024, description="largest data upload")
+    max_batch_errors: int = Field(default=100, ge=1, description="bad rows listed in one refusal")
+    compare_max_keys: int = Field(default=200_000, ge=1)
+    query_max_limit: int = Field(default=1000, ge=1)
+
+
+class Config(_Strict):
+    home: Path
+    node: NodeIdentity
+    listen: str = "127.0.0.1:8300"
+    endpoint: str | None = None
+    database: DatabaseConfig
+    limits: LimitsConfig = LimitsConfig()
+    log_level: str = "INFO"
+    sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL)$")
+    audit_batch_ms: int = Field(default=2, ge=0, le=1000, description="group-commit window for audit records")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        m = _HOSTPORT.match(v)
+        if not m or not 0 < int(m["port"]) < 65536:
+            raise ValueError("must be HOST:PORT with a port from 1 to 65535")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return _http_url(v)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "Config":
+        if self.endpoint is None:
+            host, port = self.listen.rsplit(":", 1)
+            if host in ("0.0.0.0", "::", "[::]"):
+                host = "127.0.0.1"
+            self.endpoint = f"http://{host}:{port}"
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def key_path(self) -> Path:
+        return self.home / KEY_FILE
+
+
+def default_database_url(home: Path) -> str:
+    return f"sqlite+aiosqlite:///{(home / 'govnode.db').resolve()}"
+
+
+def _set_path(doc: dict, dotted: str, value: str) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        nxt = doc.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            doc[p] = nxt
+        doc = nxt
+    doc[parts[-1]] = value
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        lines.append(f"  {loc}: {msg}")
+    return f"invalid configuration in {path}:\n" + "\n".join(lines)
+
+
+def load_config(home: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read `home/config.yaml`, apply GOVNODE_* overrides, validate. Raises ConfigError."""
+    home = Path(home)
+    env = os.environ if env is None else env
+    path = home / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"no node home at {home} (missing {CONFIG_FILE}); run `govnode init` first")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    for var, dotted in ENV_OVERRIDES.items():
+        if env.get(var):
+            _set_path(doc, dotted, env[var])
+    doc.setdefault("database", {})
+    if isinstance(doc["database"], dict):
+        doc["database"].setdefault("url", default_database_url(home))
+    doc["home"] = home
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+
+
+def write_config(home: Path, doc: dict) -> Path:
+    """Write a new config file (used by `govnode init`)."""
+    path = home / CONFIG_FILE
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,7 @@
+"""Placeholder until the data capability lands."""
+
+from aiohttp import web
+
+
+def setup(app: web.Application) -> None:
+    return None

@@ -1,0 +1,121 @@
+"""Storage plumbing shared by every capability: the engine, the schema's metadata, migrations, counters.
+
+SQLite (aiosqlite, WAL) is the embedded default; PostgreSQL (asyncpg) is chosen by the URL alone.
+The tables themselves are declared in each capability's `store` module on `metadata`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from node.config import DatabaseConfig
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# JSON documents: JSON text in SQLite (queried with json_extract), JSONB in PostgreSQL.
+JsonDoc = sa.JSON().with_variant(JSONB(), "postgresql")
+
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(db: DatabaseConfig, synchronous: str = "FULL") -> AsyncEngine:
+    if db.is_sqlite:
+        engine = create_async_engine(db.url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin, so BEGIN is explicit.
+        @event.listens_for(engine.sync_engine, "connect")
+        def _no_autobegin(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn):  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+        return engine
+    connect_args = {}
+    if db.schema_:
+        connect_args["server_settings"] = {"search_path": db.schema_}
+    return create_async_engine(db.url, pool_size=db.pool_size, max_overflow=db.pool_size, connect_args=connect_args)
+
+
+def _upgrade(sync_conn: sa.Connection) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+async def upgrade(engine: AsyncEngine, schema: str | None = None) -> None:
+    """Create or upgrade the schema to the newest Alembic revision."""
+    async with engine.begin() as conn:
+        if schema and conn.dialect.name == "postgresql":
+            await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.run_sync(_upgrade)
+
+
+@asynccontextmanager
+async def write_tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One write transaction; on SQLite it takes the write lock at BEGIN (BEGIN IMMEDIATE), so two
+    writers never deadlock upgrading read locks. Commits on success, rolls back on any exception."""
+    async with engine.connect() as conn:
+        conn.sync_connection.info["write"] = True  # type: ignore[union-attr]
+        try:
+            async with conn.begin():
+                yield conn
+        finally:
+            conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
+
+
+async def next_counter(conn: AsyncConnection, name: str, n: int = 1) -> int:
+    """Reserve `n` values of a monotonic counter inside the caller's transaction; returns the last one.
+
+    The row lock this takes (PostgreSQL) or the write lock (SQLite) makes commit order follow counter
+    order, so a change feed read by counter never skips a change committed before its cursor.
+    """
+    res = await conn.execute(
+        sa.update(counters).where(counters.c.name == name).values(value=counters.c.value + n).returning(counters.c.value)
+    )
+    row = res.first()
+    if row is not None:
+        return int(row[0])
+    await conn.execute(sa.insert(counters).values(name=name, value=n))
+    return n
+
+
+async def read_counter(conn: AsyncConnection, name: str) -> int:
+    res = await conn.execute(sa.select(counters.c.value).where(counters.c.name == name))
+    v = res.scalar()
+    return int(v) if v is not None else 0
