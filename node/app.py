@@ -45,9 +45,10 @@ def _capabilities() -> list:
     """Each capability's `setup(app)`: its services (in cleanup contexts) and routes."""
     from node.catalog.http import setup as catalog
     from node.data.http import setup as data
+    from node.federation.http import setup as federation
     from node.sharing.http import setup as sharing
 
-    return [catalog, data, sharing]
+    return [catalog, data, sharing, federation]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

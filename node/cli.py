@@ -9,6 +9,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from node.config import DEFAULT_HOME, ConfigError
 from node.errors import ApiError
 
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
     """Commands contributed by other parts of the node (federation, demo)."""
-    return []
+    from node.federation.commands import add_parsers as federation
+
+    return [federation]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as exc:
         print(f"govnode: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    except (OSError, DBAPIError) as exc:
+        # The database or the listening address cannot be used: one line, no traceback, no SQL.
+        reason = getattr(exc, "orig", None) or exc
+        print(f"govnode: {name}: {type(reason).__name__}: {str(reason).splitlines()[0] if str(reason) else ''}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -94,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 # Commands -----------------------------------------------------------------------------------------
 
 from node import commands  # noqa: E402,F401  (registers the commands)
+from node.federation import commands as _federation_commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the imported module `node.cli` (where `node.commands` registers the commands), not
+    # through this `__main__` copy of it, whose command table stays empty.
+    from node.cli import main as _main
+
+    sys.exit(_main())

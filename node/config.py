@@ -46,6 +46,17 @@ class NodeIdentity(_Strict):
     name: str = Field(min_length=1, max_length=100)
     parent_url: str | None = None
 
+    @field_validator("id", mode="before")
+    @classmethod
+    def _unquoted(cls, v: object) -> object:
+        # YAML reads `id: 370321` as a number; a 6-digit one is the code itself. Shorter numbers (an
+        # unquoted 000000 or a leading-zero code YAML took for octal) cannot be recovered.
+        if isinstance(v, int) and not isinstance(v, bool):
+            if 100000 <= v <= 999999:
+                return str(v)
+            raise ValueError("must be a 6-digit GB/T 2260 division code in quotes, e.g. '370321'")
+        return v
+
     @field_validator("id")
     @classmethod
     def _six_digits(cls, v: str) -> str:
@@ -93,6 +104,11 @@ class LimitsConfig(_Strict):
     query_max_limit: int = Field(default=1000, ge=1)
 
 
+class FederationConfig(_Strict):
+    pull_interval_s: float = Field(30.0, ge=0.5, le=3600, description="scheduled pulls of neighbours' feeds")
+    peer_timeout_s: float = Field(10.0, ge=0.1, le=300, description="longest wait for a neighbour's answer")
+
+
 class Config(_Strict):
     home: Path
     node: NodeIdentity
@@ -100,6 +116,7 @@ class Config(_Strict):
     endpoint: str | None = None
     database: DatabaseConfig
     limits: LimitsConfig = LimitsConfig()
+    federation: FederationConfig = FederationConfig()
     log_level: str = "INFO"
     sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL)$")
     audit_batch_ms: int = Field(default=2, ge=0, le=1000, description="group-commit window for audit records")
@@ -161,14 +178,18 @@ def _set_path(doc: dict, dotted: str, value: str) -> None:
     doc[parts[-1]] = value
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
+def _format_errors(path: Path, err: ValidationError, from_env: dict[str, str] | None = None) -> str:
+    """One line per problem, naming the setting (and the GOVNODE_* variable when one set it)."""
+    from_env = from_env or {}
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown setting"
-        lines.append(f"  {loc}: {msg}")
+        source = next((f" (from {var})" for dotted, var in from_env.items() if loc == dotted or
+                       loc.startswith(dotted + ".")), "")
+        lines.append(f"  {loc}{source}: {msg}")
     return f"invalid configuration in {path}:\n" + "\n".join(lines)
 
 
@@ -185,17 +206,20 @@ def load_config(home: str | Path, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path} must hold a mapping of settings")
+    if doc.get("database") is None:
+        doc["database"] = {}
+    from_env: dict[str, str] = {}
     for var, dotted in ENV_OVERRIDES.items():
         if env.get(var):
             _set_path(doc, dotted, env[var])
-    doc.setdefault("database", {})
+            from_env[dotted] = var
     if isinstance(doc["database"], dict):
         doc["database"].setdefault("url", default_database_url(home))
     doc["home"] = home
     try:
         return Config.model_validate(doc)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(path, exc)) from None
+        raise ConfigError(_format_errors(path, exc, from_env)) from None
 
 
 def write_config(home: Path, doc: dict) -> Path:

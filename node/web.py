@@ -21,7 +21,7 @@ log = logging.getLogger("govnode.http")
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def dumps(obj: Any) -> str:

@@ -7,7 +7,7 @@ from aiohttp import web
 from node.accounts.service import Account, AccountService
 from node.errors import Forbidden
 
-ACCOUNT = "account"
+ACCOUNT = web.RequestKey("account", Account)
 ACCOUNTS = web.AppKey("accounts", AccountService)
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
 

@@ -14,7 +14,7 @@ from node.web import REQUEST_ID, ApiRoutes, json_response, query_model
 
 AUDIT = web.AppKey("audit", AuditLog)
 # What a handler tells the audit about its call: resource code, keys touched, message id, details.
-AUDIT_INFO = "audit_info"
+AUDIT_INFO = web.RequestKey("audit_info", dict)
 
 routes = ApiRoutes()
 

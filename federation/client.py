@@ -1,0 +1,84 @@
+"""The peer client: authenticated HTTP calls to a neighbour (SPEC §4), with failures named by hop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from federation.auth import make_authorization
+from federation.canonical import encode_canonical_json
+from federation.errors import FederationError
+from federation.signing import SigningKey
+
+
+class PeerError(FederationError):
+    """A neighbour could not be reached in time (PEER_UNREACHABLE / PEER_TIMEOUT), or refused the call
+    (the code it answered, with its HTTP status in `status`)."""
+
+    def __init__(self, code: str, message: str, details: Any = None, status: int | None = None) -> None:
+        super().__init__(code, message, details)
+        self.status = status
+
+
+class PeerClient:
+    """Signs every request with this node's current key (looked up per call, so rotation takes effect)."""
+
+    def __init__(self, node_id: str, key: Callable[[], SigningKey], timeout_s: float = 10.0) -> None:
+        self.node_id = node_id
+        self._key = key
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30),
+            json_serialize=lambda o: json.dumps(o, ensure_ascii=False),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, peer: str, endpoint: str, method: str, path: str, content: Any = None,
+                      timeout_s: float | None = None, *, origin: str | None = None) -> Any:
+        """Call `peer` at `endpoint`; return the decoded JSON answer of a 2xx, else raise PeerError."""
+        if self._session is None:
+            raise PeerError("PEER_UNREACHABLE", "the peer client is closed", {"hop": peer})
+        uri = path
+        origin = origin or self.node_id
+        auth = make_authorization(method, uri, origin, peer, self._key(), content=content)
+        headers = {"Authorization": auth}
+        data = None
+        if content is not None:
+            data = encode_canonical_json(content)
+            headers["Content-Type"] = "application/json"
+        url = endpoint.rstrip("/") + path
+        timeout = timeout_s if timeout_s is not None else self.timeout_s
+        try:
+            async with asyncio.timeout(max(timeout, 0.001)):
+                async with self._session.request(method, url, data=data, headers=headers) as resp:
+                    text = await resp.text()
+        except TimeoutError:
+            raise PeerError("PEER_TIMEOUT", f"{peer} did not answer within {timeout:.1f} s", {"hop": peer}) from None
+        except aiohttp.ClientError as exc:
+            host = urlsplit(url).netloc
+            raise PeerError("PEER_UNREACHABLE", f"{peer} ({host}) is unreachable: {type(exc).__name__}",
+                            {"hop": peer}) from None
+        try:
+            body = json.loads(text) if text else None
+        except ValueError:
+            raise PeerError("PEER_UNREACHABLE", f"{peer} answered with something that is not JSON",
+                            {"hop": peer}, status=resp.status) from None
+        if resp.status >= 400:
+            err = body.get("error") if isinstance(body, dict) else None
+            code = err.get("code") if isinstance(err, dict) else None
+            message = err.get("message") if isinstance(err, dict) else None
+            raise PeerError(str(code or "PEER_UNREACHABLE"), f"{peer} refused: {message or resp.status}",
+                            (err or {}).get("details") if isinstance(err, dict) else None, status=resp.status)
+        return body

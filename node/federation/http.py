@@ -1,0 +1,140 @@
+"""Federation endpoints (SPEC §5): every one but `GET node` and `POST join` authenticated hop to hop."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from federation.canonical import encode_canonical_json
+from federation.errors import CanonicalJSONError
+from node.audit.http import AUDIT
+from node.catalog.http import CATALOG
+from node.context import CONFIG, DB, SIGNING_KEY
+from node.errors import ApiError, InvalidInput
+from node.federation.service import FederationService
+from node.ops.http import HEALTH_SECTIONS, NODE_INFO
+from node.web import REQUEST_ID, json_response, read_body
+
+FEDERATION = web.AppKey("federation", FederationService)
+MAX_FEDERATION_BODY = 16 * 1024 * 1024
+routes = web.RouteTableDef()
+
+
+async def _authenticated(request: web.Request, allow_self: bool = False) -> tuple[str, Any]:
+    """Read the body (if any) and check the hop's Authorization; returns (origin, parsed body)."""
+    raw = await read_body(request, MAX_FEDERATION_BODY)
+    content = None
+    if raw.strip():
+        try:
+            content = json.loads(raw)
+            encode_canonical_json(content)
+        except ValueError as exc:
+            msg = exc.message if isinstance(exc, CanonicalJSONError) else "the body is not valid JSON"
+            raise InvalidInput(msg) from None
+    origin = await request.app[FEDERATION].authenticate(
+        request.method, request.raw_path, request.headers.get("Authorization"), content, allow_self=allow_self
+    )
+    return origin, content
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise InvalidInput(f"{name} must be an integer from {lo} to {hi}", [{"field": name}])
+    return int(raw)
+
+
+@routes.get("/federation/v1/node")
+async def node_document(request: web.Request) -> web.Response:
+    return json_response(request.app[FEDERATION].node_document())
+
+
+@routes.post("/federation/v1/join")
+async def join(request: web.Request) -> web.Response:
+    raw = await read_body(request, 1024 * 1024)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidInput("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("send {token, certificate}")
+    return json_response(await request.app[FEDERATION].handle_join(body))
+
+
+@routes.get("/federation/v1/registry")
+async def registry(request: web.Request) -> web.Response:
+    await _authenticated(request)
+    since = _int_param(request, "since", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 500, 1, 5000)
+    return json_response(await request.app[FEDERATION].registry_feed(since, limit))
+
+
+@routes.get("/federation/v1/catalog/changes")
+async def catalog_changes(request: web.Request) -> web.Response:
+    origin, _ = await _authenticated(request)
+    since = _int_param(request, "since", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 500, 1, 5000)
+    return json_response(await request.app[FEDERATION].catalog_feed(origin, since, limit))
+
+
+@routes.post("/federation/v1/notify")
+async def notify(request: web.Request) -> web.Response:
+    origin, body = await _authenticated(request)
+    if not isinstance(body, dict) or not isinstance(body.get("feed"), str):
+        raise InvalidInput('send {"feed": "catalog" | "registry", "next": C}')
+    request.app[FEDERATION].handle_notify(origin, body["feed"])
+    return json_response({"ok": True})
+
+
+@routes.post("/federation/v1/messages")
+async def messages(request: web.Request) -> web.Response:
+    origin, body = await _authenticated(request)
+    answer = await request.app[FEDERATION].handle_message(origin, body, request[REQUEST_ID])
+    return web.Response(body=encode_canonical_json(answer), content_type="application/json")
+
+
+@routes.post("/federation/v1/certificate")
+async def renew_certificate(request: web.Request) -> web.Response:
+    origin, body = await _authenticated(request)
+    fed = request.app[FEDERATION]
+    if origin not in fed.children():
+        raise ApiError("only a child asks its parent to sign its certificate", code="FORBIDDEN")
+    return json_response(await fed.renew_child_certificate(origin, body or {}))
+
+
+@routes.post("/federation/v1/admin/{action:rotate|revoke}")
+async def admin(request: web.Request) -> web.Response:
+    """Operator actions, signed with this node's own key by the `govnode` command on the same host."""
+    origin, body = await _authenticated(request, allow_self=True)
+    fed = request.app[FEDERATION]
+    if origin != fed.node_id:
+        raise ApiError("admin actions come only from this node's own key", code="FORBIDDEN")
+    if request.match_info["action"] == "rotate":
+        return json_response({"certificate": await fed.rotate_key()})
+    node = (body or {}).get("node")
+    if not isinstance(node, str):
+        raise InvalidInput('send {"node": "<code>"}')
+    return json_response(await fed.revoke_child(node))
+
+
+async def _service(app: web.Application) -> AsyncIterator[None]:
+    fed = FederationService(app[CONFIG], app[DB], app[SIGNING_KEY], app[CATALOG], app[AUDIT],
+                            pull_interval_s=app[CONFIG].federation.pull_interval_s)
+    await fed.start()
+    app[FEDERATION] = fed
+    app[HEALTH_SECTIONS]["federation"] = fed.health
+    app[NODE_INFO]["level"] = fed.node_document()["chain"][0]["level"] if fed.joined else None
+    try:
+        yield
+    finally:
+        await fed.close()
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_service)
+    app.router.add_routes(routes)

@@ -1,0 +1,875 @@
+"""The federation as this node takes part in it: trust (certificates, join, rotation, revocation),
+request authentication, feeds and their replication, the durable outbox, and message routing.
+
+The protocol mechanics live in the `federation` package; this module supplies the node's storage, its
+catalog and its audit log to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from federation.auth import parse_authorization, verify_authorization
+from federation.certs import TrustStore, level_of, make_certificate, make_revocation
+from federation.client import PeerClient, PeerError
+from federation.envelope import hop_count, make_envelope, next_hop, sign_envelope, verify_envelope_origin
+from federation.errors import AuthError, EnvelopeError, FederationError, SignatureError, TrustError
+from federation.feeds import FeedPuller
+from federation.outbox import OutboxSender
+from federation.signing import (
+    SigningKey, generate_signing_key, read_signing_key_file, sign_json, verify_key_b64, verify_signed_json,
+    write_signing_key_file,
+)
+from node import __version__
+from node.audit.service import AuditLog
+from node.catalog import store as catalog_store
+from node.catalog.models import CatalogEntry
+from node.catalog.service import CHANGE_COUNTER, CatalogService
+from node.config import Config
+from node.db import read_counter, write_tx
+from node.errors import STATUS_OF, ApiError
+from node.federation import store
+from node.ids import new_id, now_ms, resource_node
+
+log = logging.getLogger("govnode.federation")
+
+CERT_VALIDITY_MS = 5 * 365 * 24 * 3600 * 1000
+INVITE_TTL_MS = 24 * 3600 * 1000
+MAX_HOPS = 8
+SYNC_TTL_MS = 30_000
+ASYNC_TTL_MS = 7 * 24 * 3600 * 1000
+# Kinds delivered store-and-forward through the outbox (relays queue them); the others are answered inline.
+ASYNC_KINDS = frozenset({"application.submit", "application.update", "feedback.submit", "feedback.update"})
+FEEDS = ("registry", "catalog")
+SEEN_WINDOW_MS = 600_000
+
+# What a message handler gets and returns: the verified envelope -> the reply body.
+MessageHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _level_rank(node: str) -> int:
+    return ("national", "province", "city", "county").index(level_of(node))
+
+
+def _api_error(exc: FederationError, hop: str | None = None) -> ApiError:
+    """Map a protocol error onto SPEC §9."""
+    code = exc.code
+    mapping = {
+        "EXPIRED": "PEER_TIMEOUT", "UNKNOWN": "UNAUTHENTICATED", "BROKEN_CHAIN": "UNAUTHENTICATED",
+    }
+    code = mapping.get(code, code)
+    if code not in STATUS_OF:
+        code = "INVALID_INPUT"
+    details = exc.details
+    if hop is not None:
+        details = {**(details if isinstance(details, dict) else {}), "hop": hop}
+    return ApiError(exc.message, details, code=code)
+
+
+class FederationService:
+    def __init__(self, config: Config, engine: AsyncEngine, key: SigningKey, catalog: CatalogService,
+                 audit: AuditLog, pull_interval_s: float = 30.0) -> None:
+        self.config = config
+        self.engine = engine
+        self.node_id = config.node.id
+        self.key = key
+        self.catalog = catalog
+        self.audit = audit
+        self.pull_interval_s = pull_interval_s
+        self.trust: TrustStore | None = None
+        self.parent: str | None = None
+        self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s)
+        self.outbox = OutboxSender(_OutboxAdapter(engine), self._deliver)
+        self.puller = FeedPuller(self._pull_once)
+        self.handlers: dict[str, MessageHandler] = {}
+        # Called with (request envelope, reply envelope) when an async message sent from here is answered.
+        self.reply_handlers: dict[str, Callable[[dict, dict], Awaitable[None]]] = {}
+        self.peer_status: dict[str, dict[str, Any]] = {}
+        self._subtrees: dict[str, set[str]] = {}
+        self._key_mtime = 0.0
+        self._stall_retry: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._scheduler: Any = None
+
+    # Life cycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._load_trust()
+        if self.trust is None and not self.config.node.parent_url:
+            await self._become_root()
+        self._key_mtime = self._key_file_mtime()
+        await self.client.start()
+        self.catalog.listeners.append(self._catalog_changed)
+        async with self.engine.connect() as conn:
+            pending = await store.outbox_depths(conn)
+        for peer in pending:
+            self.outbox.ensure(peer)
+        self._start_scheduler()
+        if self.trust is not None:
+            self._spawn(self.pull_all())
+
+    async def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        await self.puller.close()
+        await self.outbox.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await self.client.close()
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        sched = AsyncIOScheduler(timezone="UTC")
+        sched.add_job(self.pull_all, "interval", seconds=self.pull_interval_s, id="pull", max_instances=1,
+                      coalesce=True)
+        sched.add_job(self._prune_seen, "interval", seconds=60, id="prune", max_instances=1, coalesce=True)
+        sched.add_job(self._reload_key_if_changed, "interval", seconds=2, id="key", max_instances=1, coalesce=True)
+        sched.start()
+        self._scheduler = sched
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def joined(self) -> bool:
+        return self.trust is not None and self.trust.certificate(self.node_id) is not None
+
+    def require_joined(self) -> TrustStore:
+        if self.trust is None or self.trust.certificate(self.node_id) is None:
+            raise ApiError("this node has not joined a federation yet (govnode join)", code="UNAVAILABLE")
+        return self.trust
+
+    # Trust --------------------------------------------------------------------------------------
+
+    async def _load_trust(self) -> None:
+        async with self.engine.connect() as conn:
+            anchor = await store.get_state(conn, "anchor")
+            self.parent = await store.get_state(conn, "parent")
+            docs = await store.all_registry(conn)
+        if anchor is None:
+            return
+        self.trust = build_trust(anchor, docs)
+        self._subtrees.clear()
+
+    async def _become_root(self) -> None:
+        now = now_ms()
+        cert = make_certificate(
+            self.node_id, self.config.node.name, level_of(self.node_id), None, self.config.endpoint or "",
+            {self.key.key_id: verify_key_b64(self.key)}, {}, now - 60_000, now + CERT_VALIDITY_MS, self.node_id,
+        )
+        cert = sign_json(cert, self.node_id, self.key)
+        anchor = {"node": self.node_id, "key_id": self.key.key_id, "key": verify_key_b64(self.key)}
+        trust = TrustStore(anchor["node"], anchor["key"])
+        trust.add_certificate(cert)
+        async with write_tx(self.engine) as conn:
+            await store.set_state(conn, "anchor", anchor)
+            await store.put_registry(conn, cert)
+        self.trust = trust
+        log.info("this node is the federation root; anchor %s %s", anchor["node"], anchor["key"])
+
+    def neighbours(self) -> list[str]:
+        out = sorted(self.children())
+        if self.parent:
+            out.insert(0, self.parent)
+        return out
+
+    def children(self) -> set[str]:
+        if self.trust is None:
+            return set()
+        return {n for n in self.trust.known_nodes()
+                if n != self.node_id and (self.trust.certificate(n) or {}).get("parent") == self.node_id}
+
+    def subtree(self, node: str) -> set[str]:
+        cached = self._subtrees.get(node)
+        if cached is None and self.trust is not None:
+            cached = self._subtrees[node] = self.trust.subtree_of(node)
+        return cached or {node}
+
+    def endpoint_of(self, node: str) -> str:
+        cert = self.trust.certificate(node) if self.trust else None
+        if cert is None:
+            raise ApiError(f"node {node} is not known here", {"hop": node}, code="NODE_UNKNOWN")
+        return cert["endpoint"]
+
+    def _trust_changed(self) -> None:
+        self._subtrees.clear()
+
+    async def _store_registry_doc(self, doc: dict[str, Any]) -> None:
+        async with write_tx(self.engine) as conn:
+            await store.put_registry(conn, doc)
+        self._trust_changed()
+        await self.notify_neighbours("registry")
+
+    # Joining ------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def create_invite(engine: AsyncEngine, node: str, ttl_ms: int = INVITE_TTL_MS) -> str:
+        token = "gni_" + secrets.token_urlsafe(24)
+        now = now_ms()
+        async with write_tx(engine) as conn:
+            await store.add_invite(conn, token_digest(token), node, now, now + ttl_ms)
+        return token
+
+    async def handle_join(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A child presents a one-time token and a self-signed draft; it gets its certificate."""
+        trust = self.require_joined()
+        token, draft = body.get("token"), body.get("certificate")
+        if not isinstance(token, str) or not isinstance(draft, dict):
+            raise ApiError("send {token, certificate}", code="INVALID_INPUT")
+        node = draft.get("node")
+        try:
+            cert = make_certificate(
+                draft.get("node"), draft.get("name"), draft.get("level"), draft.get("parent"),
+                draft.get("endpoint"), draft.get("verify_keys") or {}, {}, 0, 1, draft.get("node"),
+            )
+            verify_signed_json(draft, node, draft.get("verify_keys") or {})
+        except TrustError as exc:
+            raise ApiError(f"the draft certificate is malformed: {exc.message}", exc.details, code="INVALID_INPUT") from None
+        except SignatureError as exc:
+            raise ApiError(f"the draft is not signed by the key it lists: {exc.message}",
+                           code="SIGNATURE_INVALID") from None
+        if cert["parent"] != self.node_id:
+            raise ApiError(f"the draft names {cert['parent']} as parent, not this node {self.node_id}",
+                           code="INVALID_INPUT")
+        if cert["level"] != level_of(node) or _level_rank(node) <= _level_rank(self.node_id):
+            raise ApiError(f"a {level_of(self.node_id)} node cannot take {node} as child", code="INVALID_INPUT")
+        now = now_ms()
+        cert.update(valid_from=now - 60_000, valid_until=now + CERT_VALIDITY_MS, issuer=self.node_id)
+        signed = sign_json(cert, self.node_id, self.key)
+        async with write_tx(self.engine) as conn:
+            invite = await store.use_invite(conn, token_digest(token), now)
+            if invite is None:
+                raise ApiError("the join token is unknown, used or expired", code="UNAUTHENTICATED")
+            if invite.node != node:
+                raise ApiError(f"the token was made for {invite.node}, not {node}", code="FORBIDDEN")
+            trust.add_certificate(signed)
+            await store.put_registry(conn, signed)
+        self._trust_changed()
+        self._spawn(self.notify_neighbours("registry"))
+        self.outbox.ensure(node)
+        await self.audit.record(request_id=new_id(), actor=f"{node}", role="node", action="federation.join",
+                                method="POST", path="/federation/v1/join", outcome="ok", status=200,
+                                details={"child": node, "endpoint": cert["endpoint"]})
+        return {"certificate": signed, "chain": trust.chain_for(self.node_id),
+                "anchor": {"node": trust.anchor_node, "key": trust.anchor_key}}
+
+    # Request authentication (SPEC §4) -------------------------------------------------------------
+
+    async def authenticate(self, method: str, uri: str, header: str | None, content: Any,
+                           allow_self: bool = False) -> str:
+        """Check a hop's Authorization; return the origin. Raises ApiError in the SPEC's terms."""
+        try:
+            params = parse_authorization(header)
+        except AuthError as exc:
+            raise ApiError(exc.message, code="UNAUTHENTICATED") from None
+        trust = self.require_joined()
+        now = now_ms()
+        if params.destination != self.node_id:
+            raise ApiError(f"this is {self.node_id}, not {params.destination}", code="UNAUTHENTICATED")
+        try:
+            keys = trust.verify_keys_for(params.origin, now_ms=now)
+        except TrustError as exc:
+            if exc.code == "REVOKED":
+                raise ApiError(f"{params.origin} is revoked", code="REVOKED") from None
+            raise ApiError(f"origin {params.origin} is not trusted here: {exc.message}", code="UNAUTHENTICATED") from None
+        key = keys.get(params.key_id)
+        if key is None:
+            raise ApiError(f"{params.origin} has no current key {params.key_id}", code="SIGNATURE_INVALID")
+        try:
+            verify_authorization(params, method, uri, content, key, self.node_id, now)
+        except AuthError as exc:
+            raise ApiError(exc.message, exc.details, code=exc.code) from None
+        if not (params.origin in self.neighbours() or (allow_self and params.origin == self.node_id)):
+            raise ApiError(f"{params.origin} is neither this node's parent nor one of its children",
+                           code="NOT_NEIGHBOUR")
+        async with write_tx(self.engine) as conn:
+            fresh = await store.remember_nonce(conn, params.origin, params.nonce, params.ts)
+        if not fresh:
+            raise ApiError("this request was already received (nonce seen)", code="REPLAY")
+        self._mark_peer(params.origin, ok=True, inbound=True)
+        return params.origin
+
+    async def _prune_seen(self) -> None:
+        now = now_ms()
+        async with write_tx(self.engine) as conn:
+            await store.prune_seen(conn, now - SEEN_WINDOW_MS, now - ASYNC_TTL_MS - SEEN_WINDOW_MS)
+
+    # Feeds (SPEC §5) ----------------------------------------------------------------------------
+
+    async def registry_feed(self, since: int, limit: int) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            head = await read_counter(conn, store.REGISTRY_COUNTER)
+            rows = await store.registry_changes(conn, since, limit)
+        return _page([json.loads(r.doc) for r in rows], rows, limit, head, since)
+
+    async def catalog_feed(self, requester: str, since: int, limit: int) -> dict[str, Any]:
+        nodes_in = nodes_out = None
+        if requester == self.parent:
+            nodes_in = self.subtree(self.node_id)
+        else:
+            nodes_out = self.subtree(requester)
+        async with self.engine.connect() as conn:
+            head = await read_counter(conn, CHANGE_COUNTER)
+            rows = await catalog_store.changes(conn, since, limit, nodes_in=nodes_in, nodes_out=nodes_out)
+        return _page([json.loads(r.entry) for r in rows], rows, limit, head, since)
+
+    async def pull_all(self) -> None:
+        if not self.joined:
+            return
+        for peer in self.neighbours():
+            for feed in FEEDS:
+                try:
+                    await self.puller.pull_now(peer, feed)
+                except Exception as exc:  # noqa: BLE001 - the next round retries
+                    log.info("scheduled pull of %s from %s failed: %s", feed, peer, exc)
+
+    async def _pull_once(self, peer: str, feed: str) -> bool:
+        async with self.engine.connect() as conn:
+            cursor = await store.get_cursor(conn, peer, feed) or "0"
+        path = f"/federation/v1/{'registry' if feed == 'registry' else 'catalog/changes'}?since={cursor}&limit=500"
+        try:
+            page = await self.client.request(peer, self.endpoint_of(peer), "GET", path)
+        except PeerError as exc:
+            self._mark_peer(peer, ok=False, error=exc.message)
+            raise
+        self._mark_peer(peer, ok=True)
+        if not isinstance(page, dict) or not isinstance(page.get("entries"), list):
+            raise PeerError("INVALID_INPUT", f"{peer} sent a malformed {feed} page")
+        if feed == "registry":
+            return await self._apply_registry(peer, page)
+        return await self._apply_catalog(peer, page)
+
+    async def _apply_registry(self, peer: str, page: dict[str, Any]) -> bool:
+        trust = self.require_joined()
+        pending = [d for d in page["entries"] if isinstance(d, dict)]
+        changed: list[dict[str, Any]] = []
+        progress = True
+        while pending and progress:  # a batch may hold a child's certificate before its issuer's
+            progress = False
+            for doc in list(pending):
+                try:
+                    added = (trust.add_certificate(doc) if doc.get("type") == "node_cert"
+                             else trust.add_revocation(doc))
+                except TrustError as exc:
+                    if exc.code in ("BROKEN_CHAIN", "UNKNOWN"):
+                        continue
+                    log.warning("refused registry entry from %s: %s", peer, exc.message)
+                    pending.remove(doc)
+                    continue
+                pending.remove(doc)
+                progress = True
+                if added:
+                    changed.append(doc)
+        for doc in pending:
+            log.warning("registry entry from %s has no known issuer: %s %s", peer, doc.get("type"), doc.get("node"))
+        async with write_tx(self.engine) as conn:
+            for doc in changed:
+                await store.put_registry(conn, doc)
+            await store.set_cursor(conn, peer, "registry", str(page.get("next", 0)))
+        if changed:
+            self._trust_changed()
+            for child in self.children():
+                self.outbox.ensure(child)
+            await self.notify_neighbours("registry", exclude=peer)
+        return bool(page.get("more"))
+
+    async def _apply_catalog(self, peer: str, page: dict[str, Any]) -> bool:
+        trust = self.require_joined()
+        from_child = peer != self.parent
+        allowed = self.subtree(peer) if from_child else None
+        mine = self.subtree(self.node_id)
+        now = now_ms()
+        accepted: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+        cursor = page.get("next", 0)
+        stalled = False
+        for entry in page["entries"]:
+            reason = None
+            code = entry.get("code") if isinstance(entry, dict) else None
+            origin = entry.get("node") if isinstance(entry, dict) else None
+            try:
+                CatalogEntry.model_validate(entry)
+            except Exception:  # noqa: BLE001 - any shape problem is a refusal
+                reason = "malformed catalog entry"
+            if reason is None and resource_node(code) != origin:
+                reason = f"code {code} does not start with its origin {origin}"
+            elif reason is None and origin == self.node_id:
+                reason = "an entry claiming this node as origin"
+            elif reason is None and from_child and origin not in (allowed or set()):
+                reason = f"{peer} sent an entry of {origin}, outside its subtree"
+            elif reason is None and not from_child and origin in mine:
+                reason = f"the parent sent an entry of {origin}, inside this node's subtree"
+            if reason is None:
+                try:
+                    keys = trust.verify_keys_for(origin, at_ms=entry["updated_at"], now_ms=now)
+                    verify_signed_json(entry, origin, keys)
+                except TrustError as exc:
+                    if exc.code in ("UNKNOWN", "BROKEN_CHAIN"):
+                        # The registry has not caught up with this origin yet: stop here (the cursor
+                        # stays put) and pull again once the registry is pulled.
+                        stalled = True
+                        break
+                    reason = f"origin {origin} is not trusted: {exc.message}"
+                except (SignatureError, FederationError) as exc:
+                    reason = f"signature of {origin} does not verify: {exc.message}"
+            if reason is not None:
+                refused.append({"at": now, "code": str(code)[:64] if code else None,
+                                "node": str(origin)[:16] if origin else None, "received_from": peer,
+                                "reason": reason[:400]})
+                log.warning("refused catalog entry %s from %s: %s", code, peer, reason)
+            else:
+                accepted.append(entry)
+        if stalled and time.monotonic() - self._stall_retry.get(peer, 0.0) > 5.0:
+            self._stall_retry[peer] = time.monotonic()
+            self._spawn(self._registry_then_catalog(peer))
+        applied = 0
+        async with write_tx(self.engine) as conn:
+            for entry in accepted:
+                if await self.catalog.apply_received(entry, conn):
+                    applied += 1
+            for r in refused:
+                await catalog_store.log_refusal(conn, **r)
+            if not stalled:
+                await store.set_cursor(conn, peer, "catalog", str(cursor))
+        if applied:
+            await self.notify_neighbours("catalog", exclude=peer)
+        return bool(page.get("more")) and not stalled
+
+    async def _registry_then_catalog(self, peer: str) -> None:
+        await self.puller.pull_now(peer, "registry")
+        self.puller.trigger(peer, "catalog")
+
+    # Notifications ------------------------------------------------------------------------------
+
+    async def _catalog_changed(self, code: str) -> None:
+        await self.notify_neighbours("catalog")
+
+    async def notify_neighbours(self, feed: str, exclude: str | None = None) -> None:
+        if not self.joined:
+            return
+        peers = [p for p in self.neighbours() if p != exclude]
+        if not peers:
+            return
+        now = now_ms()
+        async with write_tx(self.engine) as conn:
+            for peer in peers:
+                await store.enqueue(conn, peer, "notify", {"feed": feed}, now, dedup=f"notify:{peer}:{feed}")
+        for peer in peers:
+            self.outbox.wake(peer)
+
+    def handle_notify(self, origin: str, feed: str) -> None:
+        if feed not in FEEDS:
+            raise ApiError(f"unknown feed {feed!r}", code="INVALID_INPUT")
+        self.puller.trigger(origin, feed)
+
+    # The outbox -----------------------------------------------------------------------------------
+
+    async def _deliver(self, row: Any) -> None:
+        payload = json.loads(row.payload)
+        endpoint = self.endpoint_of(row.peer)
+        try:
+            if row.kind == "notify":
+                await self.client.request(row.peer, endpoint, "POST", "/federation/v1/notify", payload)
+            else:
+                remaining = max(1.0, (payload["expires_at"] - now_ms()) / 1000)
+                reply = await self.client.request(row.peer, endpoint, "POST", "/federation/v1/messages", payload,
+                                                  timeout_s=min(30.0, remaining))
+                await self._async_reply(payload, reply)
+        except PeerError as exc:
+            self._mark_peer(row.peer, ok=False, error=exc.message)
+            if exc.status in (400, 403, 404, 422):
+                log.warning("message %s to %s refused for good (%s): dropped", payload.get("id"), row.peer, exc.code)
+                return
+            raise
+        self._mark_peer(row.peer, ok=True)
+
+    async def _async_reply(self, request: dict[str, Any], reply: Any) -> None:
+        if not isinstance(reply, dict):
+            return
+        body = reply.get("body") or {}
+        if reply.get("kind") == "reply" and body.get("accepted") and body.get("queued_at"):
+            return  # a relay took it; the destination's answer comes as its own message
+        handler = self.reply_handlers.get(request.get("kind", ""))
+        if handler is not None:
+            await handler(request, reply)
+
+    # Messages and routing (SPEC §6) -------------------------------------------------------------
+
+    def route(self, destination: str) -> str | None:
+        trust = self.require_joined()
+        children = {c: self.subtree(c) for c in self.children()}
+        return next_hop(self.node_id, destination, children, self.parent, trust.known_nodes())
+
+    async def handle_message(self, hop_origin: str | None, env: Any, request_id: str) -> dict[str, Any]:
+        """Deliver or relay one envelope; returns the signed answer envelope (reply or error)."""
+        trust = self.require_joined()
+        started = time.perf_counter()
+        if not isinstance(env, dict):
+            raise ApiError("the body must be an envelope object", code="INVALID_INPUT")
+        try:
+            verify_envelope_origin(env, trust, now_ms())
+            if hop_origin is not None and hop_origin != env["origin"]:
+                verify_signed_json(env, hop_origin, trust.verify_keys_for(hop_origin, now_ms=now_ms()))
+        except (EnvelopeError, SignatureError, TrustError) as exc:
+            raise _api_error(exc) from None
+        if env["kind"] in ("reply", "error"):
+            raise ApiError("answers travel back on the HTTP response, not as messages", code="KIND_UNSUPPORTED")
+        if hop_count(env) > MAX_HOPS:
+            raise ApiError(f"the envelope has passed {hop_count(env)} nodes (limit {MAX_HOPS})", code="INVALID_INPUT")
+        if self.node_id in (env.get("signatures") or {}):
+            raise ApiError("the envelope has already passed this node (a loop)", code="INVALID_INPUT")
+        is_async = env["kind"] in ASYNC_KINDS
+        async with write_tx(self.engine) as conn:
+            fresh = await store.remember_message(conn, env["id"], now_ms())
+        if not fresh and not is_async:
+            raise ApiError(f"message {env['id']} was already received", code="REPLAY")
+        destination = env["destination"]
+        hop = self.node_id if destination == self.node_id else self.route(destination)
+        outcome = "ok"
+        try:
+            if not fresh:
+                answer = self._answer(env, "reply", {"accepted": True, "duplicate": True})
+            elif hop == self.node_id:
+                answer = await self._dispatch(env)
+            elif hop is None or hop == hop_origin:
+                answer = self._error_answer(env, ApiError(f"no route to node {destination}",
+                                                          {"hop": self.node_id}, code="NODE_UNKNOWN"))
+            elif is_async:
+                await self._enqueue_message(hop, sign_envelope(env, self.node_id, self.key))
+                answer = self._answer(env, "reply", {"accepted": True, "queued_at": self.node_id})
+            else:
+                answer = await self._forward(hop, env)
+            if answer["kind"] == "error":
+                outcome = answer["body"].get("error", {}).get("code", "error")
+        finally:
+            await self.audit.record(
+                request_id=request_id, message_id=env["id"], actor=env["origin"], role="node",
+                action="federation.deliver" if hop == self.node_id else "federation.relay",
+                method="POST", path="/federation/v1/messages", outcome=outcome, status=200,
+                latency_ms=round((time.perf_counter() - started) * 1000),
+                resource=(env.get("body") or {}).get("resource") if isinstance(env.get("body"), dict) else None,
+                details={"kind": env["kind"], "from": hop_origin, "to": hop, "origin": env["origin"],
+                         "destination": destination},
+            )
+        return answer
+
+    async def _dispatch(self, env: dict[str, Any]) -> dict[str, Any]:
+        handler = self.handlers.get(env["kind"])
+        if handler is None:
+            return self._error_answer(env, ApiError(f"kind {env['kind']} is not served here", code="KIND_UNSUPPORTED"))
+        try:
+            body = await handler(env)
+        except ApiError as err:
+            return self._error_answer(env, err)
+        signers = list((env.get("signatures") or {}).keys())
+        body = {**body, "via": [n for n in signers if n != env["origin"]] + [self.node_id]}
+        return self._answer(env, "reply", body)
+
+    async def _forward(self, hop: str, env: dict[str, Any]) -> dict[str, Any]:
+        signed = sign_envelope(env, self.node_id, self.key)
+        remaining = (env["expires_at"] - now_ms()) / 1000
+        if remaining <= 0:
+            return self._error_answer(env, ApiError("the envelope expired", {"hop": self.node_id}, code="PEER_TIMEOUT"))
+        try:
+            reply = await self.client.request(hop, self.endpoint_of(hop), "POST", "/federation/v1/messages", signed,
+                                              timeout_s=remaining)
+        except PeerError as exc:
+            self._mark_peer(hop, ok=False, error=exc.message)
+            details = exc.details if isinstance(exc.details, dict) else {}
+            details = {**details, "hop": details.get("hop", hop)}
+            code = exc.code if exc.code in STATUS_OF else "PEER_UNREACHABLE"
+            return self._error_answer(env, ApiError(exc.message, details, code=code))
+        self._mark_peer(hop, ok=True)
+        if not isinstance(reply, dict) or reply.get("in_reply_to") != env["id"]:
+            return self._error_answer(env, ApiError(f"{hop} answered with something that is not the reply",
+                                                    {"hop": hop}, code="PEER_UNREACHABLE"))
+        return sign_envelope(reply, self.node_id, self.key)
+
+    def _answer(self, env: dict[str, Any], kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        ttl = max(1000, env["expires_at"] - now_ms())
+        answer = make_envelope(kind, self.node_id, env["origin"], body, ttl_ms=ttl, in_reply_to=env["id"])
+        return sign_envelope(answer, self.node_id, self.key)
+
+    def _error_answer(self, env: dict[str, Any], err: ApiError) -> dict[str, Any]:
+        return self._answer(env, "error", err.body(None))
+
+    async def _enqueue_message(self, peer: str, env: dict[str, Any]) -> None:
+        async with write_tx(self.engine) as conn:
+            await store.enqueue(conn, peer, "message", env, now_ms())
+        self.outbox.wake(peer)
+
+    # Sending from this node -----------------------------------------------------------------------
+
+    async def call(self, kind: str, destination: str, body: dict[str, Any], ttl_ms: int = SYNC_TTL_MS) -> dict[str, Any]:
+        """Send a message and wait for the destination's answer; returns the reply body (with `via`).
+
+        An error answer is raised as ApiError (its code and details, e.g. the hop that failed).
+        """
+        self.require_joined()
+        env = sign_envelope(make_envelope(kind, self.node_id, destination, body, ttl_ms=ttl_ms),
+                            self.node_id, self.key)
+        hop = self.route(destination)
+        if hop is None:
+            raise ApiError(f"node {destination} is in no known subtree", {"node": destination}, code="NODE_UNKNOWN")
+        if hop == self.node_id:
+            answer = await self._dispatch(env)
+        else:
+            answer = await self._forward_from_origin(hop, env)
+        return self._open_answer(env, answer)
+
+    async def _forward_from_origin(self, hop: str, env: dict[str, Any]) -> dict[str, Any]:
+        remaining = (env["expires_at"] - now_ms()) / 1000
+        try:
+            return await self.client.request(hop, self.endpoint_of(hop), "POST", "/federation/v1/messages", env,
+                                             timeout_s=remaining)
+        except PeerError as exc:
+            self._mark_peer(hop, ok=False, error=exc.message)
+            details = exc.details if isinstance(exc.details, dict) else {}
+            code = exc.code if exc.code in STATUS_OF else "PEER_UNREACHABLE"
+            raise ApiError(exc.message, {**details, "hop": details.get("hop", hop)}, code=code) from None
+
+    def _open_answer(self, env: dict[str, Any], answer: Any) -> dict[str, Any]:
+        trust = self.require_joined()
+        if not isinstance(answer, dict) or answer.get("in_reply_to") != env["id"]:
+            raise ApiError("the answer does not match the request", code="PEER_UNREACHABLE")
+        signer = answer.get("origin")
+        try:
+            verify_signed_json(answer, signer, trust.verify_keys_for(signer, now_ms=now_ms()))
+        except (SignatureError, TrustError) as exc:
+            raise ApiError(f"the answer's signature does not verify: {exc.message}", code="SIGNATURE_INVALID") from None
+        body = answer.get("body") or {}
+        if answer.get("kind") == "error":
+            raise ApiError.from_body(body)
+        return body
+
+    async def send_async(self, kind: str, destination: str, body: dict[str, Any]) -> str:
+        """Queue a message for `destination` in the durable outbox; returns its id."""
+        self.require_joined()
+        env = sign_envelope(make_envelope(kind, self.node_id, destination, body, ttl_ms=ASYNC_TTL_MS),
+                            self.node_id, self.key)
+        hop = self.route(destination)
+        if hop is None:
+            raise ApiError(f"node {destination} is in no known subtree", code="NODE_UNKNOWN")
+        if hop == self.node_id:
+            self._spawn(self._dispatch(env))
+        else:
+            await self._enqueue_message(hop, env)
+        return env["id"]
+
+    # Key rotation and revocation ------------------------------------------------------------------
+
+    def _key_file_mtime(self) -> float:
+        try:
+            return Path(self.config.key_path).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    async def _reload_key_if_changed(self) -> None:
+        mtime = self._key_file_mtime()
+        if mtime and mtime != self._key_mtime:
+            self._key_mtime = mtime
+            self.key = self.catalog.key = read_signing_key_file(self.config.key_path)
+            await self._load_trust()
+            log.info("reloaded signing key %s", self.key.key_id)
+
+    async def rotate_key(self) -> dict[str, Any]:
+        """New key; the old one moves to old_verify_keys; the parent (or, at the root, this node) signs the
+        new certificate, and this node re-issues its children's certificates with the new key."""
+        trust = self.require_joined()
+        now = now_ms()
+        old_key = self.key
+        version = str(int(old_key.key_id.split(":")[1]) + 1) if old_key.key_id.split(":")[1].isdigit() else "2"
+        new_key = generate_signing_key(version)
+        current = trust.certificate(self.node_id)
+        assert current is not None
+        old = dict(current.get("old_verify_keys") or {})
+        for key_id, b64 in current["verify_keys"].items():
+            old[key_id] = {"key": b64, "expired_at": now}
+        draft = make_certificate(
+            self.node_id, current["name"], current["level"], current["parent"], current["endpoint"],
+            {new_key.key_id: verify_key_b64(new_key)}, old, now - 1, now + CERT_VALIDITY_MS,
+            current["parent"] or self.node_id,
+        )
+        if self.parent is None:
+            cert = sign_json(draft, self.node_id, new_key)
+            anchor = {"node": self.node_id, "key_id": new_key.key_id, "key": verify_key_b64(new_key)}
+        else:
+            proof = sign_json({**draft, "issuer": self.node_id}, self.node_id, new_key)
+            answer = await self.client.request(self.parent, self.endpoint_of(self.parent), "POST",
+                                               "/federation/v1/certificate", {"certificate": proof})
+            cert = answer["certificate"]
+            anchor = None
+        path = Path(self.config.key_path)
+        backup = path.with_name(f"{path.name}.{old_key.key_id.replace(':', '-')}.old")
+        write_signing_key_file(backup, old_key)
+        write_signing_key_file(path, new_key)
+        self.key = self.catalog.key = new_key
+        self._key_mtime = self._key_file_mtime()
+        async with write_tx(self.engine) as conn:
+            if anchor is not None:
+                await store.set_state(conn, "anchor", anchor)
+            await store.put_registry(conn, cert)
+            for child in self.children():
+                child_cert = trust.certificate(child)
+                if child_cert is None:
+                    continue
+                renewed = {k: v for k, v in child_cert.items() if k != "signatures"}
+                renewed["valid_from"] = max(now, child_cert["valid_from"] + 1)
+                await store.put_registry(conn, sign_json(renewed, self.node_id, new_key))
+        await self._load_trust()
+        await self.notify_neighbours("registry")
+        return cert
+
+    async def renew_child_certificate(self, origin: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A child rotated its key: check its proof (signed with the new key) and sign the new certificate."""
+        trust = self.require_joined()
+        draft = body.get("certificate") if isinstance(body, dict) else None
+        if not isinstance(draft, dict) or draft.get("node") != origin or draft.get("parent") != self.node_id:
+            raise ApiError("send {certificate} for the calling child", code="INVALID_INPUT")
+        try:
+            verify_signed_json(draft, origin, draft.get("verify_keys") or {})
+        except SignatureError as exc:
+            raise ApiError(f"the new certificate is not signed by its new key: {exc.message}",
+                           code="SIGNATURE_INVALID") from None
+        now = now_ms()
+        current = trust.certificate(origin) or {}
+        cert = {k: v for k, v in draft.items() if k != "signatures"}
+        cert.update(issuer=self.node_id, valid_from=max(now, current.get("valid_from", 0) + 1),
+                    valid_until=now + CERT_VALIDITY_MS, name=current.get("name", cert.get("name")),
+                    level=level_of(origin))
+        signed = sign_json(cert, self.node_id, self.key)
+        try:
+            trust.add_certificate(signed)
+        except TrustError as exc:
+            raise ApiError(exc.message, code="INVALID_INPUT") from None
+        await self._store_registry_doc(signed)
+        return {"certificate": signed}
+
+    async def revoke_child(self, node: str) -> dict[str, Any]:
+        trust = self.require_joined()
+        if node not in self.subtree(self.node_id) or node == self.node_id:
+            raise ApiError(f"{node} is not in this node's subtree", code="NOT_FOUND")
+        cert = trust.certificate(node)
+        assert cert is not None
+        now = now_ms()
+        docs = []
+        for key_id in cert["verify_keys"]:
+            rev = sign_json(make_revocation(node, key_id, now, self.node_id), self.node_id, self.key)
+            trust.add_revocation(rev)
+            docs.append(rev)
+        async with write_tx(self.engine) as conn:
+            for rev in docs:
+                await store.put_registry(conn, rev)
+        self._trust_changed()
+        await self.notify_neighbours("registry")
+        return {"revoked": node, "revocations": docs}
+
+    # Status ---------------------------------------------------------------------------------------
+
+    def _mark_peer(self, peer: str, ok: bool, error: str | None = None, inbound: bool = False) -> None:
+        st = self.peer_status.setdefault(peer, {})
+        now = now_ms()
+        if ok:
+            st["last_ok"] = now
+            if not inbound:
+                st["reachable"] = True
+                st.pop("last_error", None)
+        else:
+            st["reachable"] = False
+            st["last_error"] = error
+            st["last_failure"] = now
+
+    async def health(self) -> dict[str, Any]:
+        if not self.joined:
+            return {"joined": False}
+        async with self.engine.connect() as conn:
+            depths = await store.outbox_depths(conn)
+        peers = {}
+        for p in self.neighbours():
+            st = self.peer_status.get(p, {})
+            peers[p] = {"role": "parent" if p == self.parent else "child", "reachable": st.get("reachable"),
+                        "last_ok": st.get("last_ok"), "last_error": st.get("last_error"),
+                        "outbox": depths.get(p, 0)}
+        return {"joined": True, "parent": self.parent, "peers": peers}
+
+    def node_document(self) -> dict[str, Any]:
+        chain = self.trust.chain_for(self.node_id) if self.trust else []
+        return {"node": self.node_id, "name": self.config.node.name, "software": "govnode",
+                "version": __version__, "chain": chain}
+
+
+def expected_parent_warning(node: str, parent: str) -> str | None:
+    """SPEC §1: a configured parent that does not share the expected code prefix is allowed, with a warning."""
+    from federation.certs import expected_parent_prefix_ok
+
+    if expected_parent_prefix_ok(node, parent):
+        return None
+    return f"{parent} is not the usual parent of {node} by its code prefix; continuing as configured"
+
+
+def build_trust(anchor: dict[str, Any], docs: list[dict[str, Any]]) -> TrustStore:
+    """A trust store from an anchor and stored registry documents (certificates parents first)."""
+    trust = TrustStore(anchor["node"], anchor["key"])
+    certs = sorted((d for d in docs if d.get("type") == "node_cert"), key=lambda d: _level_rank(d["node"]))
+    for cert in certs:
+        try:
+            trust.add_certificate(cert)
+        except TrustError as exc:
+            log.warning("stored certificate of %s no longer verifies: %s", cert.get("node"), exc.message)
+    for rev in (d for d in docs if d.get("type") == "revocation"):
+        try:
+            trust.add_revocation(rev)
+        except TrustError as exc:
+            log.warning("stored revocation of %s no longer verifies: %s", rev.get("node"), exc.message)
+    return trust
+
+
+def _page(entries: list[Any], rows: list[Any], limit: int, head: int, since: int) -> dict[str, Any]:
+    more = len(rows) == limit
+    nxt = rows[-1].change_id if more else max(head, rows[-1].change_id if rows else since)
+    return {"entries": entries, "next": str(nxt), "more": more}
+
+
+class _OutboxAdapter:
+    """The outbox sender's view of the node's outbox table."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def due(self, peer: str, now: int, limit: int) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return await store.due(conn, peer, now, limit)
+
+    async def next_due_at(self, peer: str) -> int | None:
+        async with self.engine.connect() as conn:
+            return await store.next_due_at(conn, peer)
+
+    async def delivered(self, row: Any) -> None:
+        async with write_tx(self.engine) as conn:
+            await store.delivered(conn, row.id, row.payload)
+
+    async def defer(self, row: Any, attempts: int, at: int, error: str) -> None:
+        async with write_tx(self.engine) as conn:
+            await store.defer(conn, row.id, attempts, at, error)

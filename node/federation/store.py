@@ -1,0 +1,227 @@
+"""What the federation keeps in the node's database: trust state, the registry feed, join invites,
+seen nonces and message ids (replay protection that survives restarts), feed cursors, the outbox."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from node.db import metadata, next_counter
+
+REGISTRY_COUNTER = "registry_change"
+
+# Small named documents: the anchor, this node's own certificate, its parent.
+federation_state = sa.Table(
+    "federation_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+# Certificates and revocations this node knows, as a change feed (SPEC §5 registry).
+registry = sa.Table(
+    "registry",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),  # "cert:<node>" or "revocation:<node>:<key id>"
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("node", sa.String(6), nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("change_id", sa.BigInteger, nullable=False, unique=True),
+)
+
+invites = sa.Table(
+    "invites",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("node", sa.String(6), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("used_at", sa.BigInteger, nullable=True),
+)
+
+seen_nonces = sa.Table(
+    "seen_nonces",
+    metadata,
+    sa.Column("origin", sa.String(6), primary_key=True),
+    sa.Column("nonce", sa.String(128), primary_key=True),
+    sa.Column("ts", sa.BigInteger, nullable=False, index=True),
+)
+
+seen_messages = sa.Table(
+    "seen_messages",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("at", sa.BigInteger, nullable=False, index=True),
+)
+
+feed_cursors = sa.Table(
+    "feed_cursors",
+    metadata,
+    sa.Column("peer", sa.String(6), primary_key=True),
+    sa.Column("feed", sa.String(32), primary_key=True),
+    sa.Column("cursor", sa.String(64), nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("peer", sa.String(6), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "notify" or "message"
+    sa.Column("dedup", sa.String(80), nullable=True, unique=True),  # e.g. one pending notify per peer and feed
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False),
+    sa.Column("last_error", sa.String(400), nullable=True),
+)
+
+
+# State --------------------------------------------------------------------------------------------
+
+async def get_state(conn: AsyncConnection, name: str) -> Any:
+    res = await conn.execute(sa.select(federation_state.c.value).where(federation_state.c.name == name))
+    v = res.scalar()
+    return None if v is None else json.loads(v)
+
+
+async def set_state(conn: AsyncConnection, name: str, value: Any) -> None:
+    text = json.dumps(value, ensure_ascii=False)
+    res = await conn.execute(sa.update(federation_state).where(federation_state.c.name == name).values(value=text))
+    if not res.rowcount:
+        await conn.execute(sa.insert(federation_state).values(name=name, value=text))
+
+
+# Registry -----------------------------------------------------------------------------------------
+
+def registry_id(doc: dict[str, Any]) -> str:
+    if doc["type"] == "node_cert":
+        return f"cert:{doc['node']}"
+    return f"revocation:{doc['node']}:{doc['key_id']}"
+
+
+async def put_registry(conn: AsyncConnection, doc: dict[str, Any]) -> int:
+    """Store a certificate or revocation (replacing the older one of the same id); returns its change id."""
+    change_id = await next_counter(conn, REGISTRY_COUNTER)
+    rid = registry_id(doc)
+    row = {"kind": "cert" if doc["type"] == "node_cert" else "revocation", "node": doc["node"],
+           "doc": json.dumps(doc, ensure_ascii=False), "change_id": change_id}
+    res = await conn.execute(sa.update(registry).where(registry.c.id == rid).values(**row))
+    if not res.rowcount:
+        await conn.execute(sa.insert(registry).values(id=rid, **row))
+    return change_id
+
+
+async def all_registry(conn: AsyncConnection) -> list[dict[str, Any]]:
+    rows = (await conn.execute(sa.select(registry.c.doc).order_by(registry.c.change_id))).all()
+    return [json.loads(r[0]) for r in rows]
+
+
+async def registry_changes(conn: AsyncConnection, since: int, limit: int) -> list[sa.Row]:
+    q = sa.select(registry.c.doc, registry.c.change_id).where(registry.c.change_id > since)
+    return list((await conn.execute(q.order_by(registry.c.change_id).limit(limit))).all())
+
+
+# Invites ------------------------------------------------------------------------------------------
+
+async def add_invite(conn: AsyncConnection, digest: str, node: str, created_at: int, expires_at: int) -> None:
+    await conn.execute(sa.insert(invites).values(digest=digest, node=node, created_at=created_at, expires_at=expires_at))
+
+
+async def use_invite(conn: AsyncConnection, digest: str, now: int) -> sa.Row | None:
+    """Mark an unused, unexpired invite used and return it; None if there is no such invite."""
+    row = (await conn.execute(sa.select(invites).where(invites.c.digest == digest))).first()
+    if row is None or row.used_at is not None or row.expires_at <= now:
+        return None
+    res = await conn.execute(
+        sa.update(invites).where(invites.c.digest == digest, invites.c.used_at.is_(None)).values(used_at=now)
+    )
+    return row if res.rowcount == 1 else None
+
+
+# Replay protection --------------------------------------------------------------------------------
+
+async def remember_nonce(conn: AsyncConnection, origin: str, nonce: str, ts: int) -> bool:
+    """Record a nonce; False if it was already seen (a replay)."""
+    exists = (await conn.execute(
+        sa.select(seen_nonces.c.ts).where(seen_nonces.c.origin == origin, seen_nonces.c.nonce == nonce)
+    )).first()
+    if exists is not None:
+        return False
+    await conn.execute(sa.insert(seen_nonces).values(origin=origin, nonce=nonce, ts=ts))
+    return True
+
+
+async def remember_message(conn: AsyncConnection, message_id: str, at: int) -> bool:
+    exists = (await conn.execute(sa.select(seen_messages.c.at).where(seen_messages.c.id == message_id))).first()
+    if exists is not None:
+        return False
+    await conn.execute(sa.insert(seen_messages).values(id=message_id, at=at))
+    return True
+
+
+async def prune_seen(conn: AsyncConnection, nonces_before: int, messages_before: int) -> None:
+    await conn.execute(sa.delete(seen_nonces).where(seen_nonces.c.ts < nonces_before))
+    await conn.execute(sa.delete(seen_messages).where(seen_messages.c.at < messages_before))
+
+
+# Feed cursors -------------------------------------------------------------------------------------
+
+async def get_cursor(conn: AsyncConnection, peer: str, feed: str) -> str | None:
+    res = await conn.execute(
+        sa.select(feed_cursors.c.cursor).where(feed_cursors.c.peer == peer, feed_cursors.c.feed == feed)
+    )
+    return res.scalar()
+
+
+async def set_cursor(conn: AsyncConnection, peer: str, feed: str, cursor: str) -> None:
+    res = await conn.execute(
+        sa.update(feed_cursors).where(feed_cursors.c.peer == peer, feed_cursors.c.feed == feed).values(cursor=cursor)
+    )
+    if not res.rowcount:
+        await conn.execute(sa.insert(feed_cursors).values(peer=peer, feed=feed, cursor=cursor))
+
+
+# Outbox -------------------------------------------------------------------------------------------
+
+async def enqueue(conn: AsyncConnection, peer: str, kind: str, payload: dict[str, Any], now: int,
+                  dedup: str | None = None) -> None:
+    text = json.dumps(payload, ensure_ascii=False)
+    if dedup is not None:
+        res = await conn.execute(
+            sa.update(outbox).where(outbox.c.dedup == dedup).values(payload=text, next_attempt_at=now)
+        )
+        if res.rowcount:
+            return
+    await conn.execute(sa.insert(outbox).values(
+        peer=peer, kind=kind, dedup=dedup, payload=text, created_at=now, attempts=0, next_attempt_at=now,
+    ))
+
+
+async def due(conn: AsyncConnection, peer: str, now: int, limit: int) -> list[sa.Row]:
+    q = (sa.select(outbox).where(outbox.c.peer == peer, outbox.c.next_attempt_at <= now)
+         .order_by(outbox.c.id).limit(limit))
+    return list((await conn.execute(q)).all())
+
+
+async def next_due_at(conn: AsyncConnection, peer: str) -> int | None:
+    res = await conn.execute(sa.select(sa.func.min(outbox.c.next_attempt_at)).where(outbox.c.peer == peer))
+    return res.scalar()
+
+
+async def delivered(conn: AsyncConnection, outbox_id: int, payload: str) -> None:
+    # Only if unchanged: a notify coalesced into this row meanwhile must still be sent.
+    await conn.execute(sa.delete(outbox).where(outbox.c.id == outbox_id, outbox.c.payload == payload))
+
+
+async def defer(conn: AsyncConnection, outbox_id: int, attempts: int, at: int, error: str) -> None:
+    await conn.execute(sa.update(outbox).where(outbox.c.id == outbox_id).values(
+        attempts=attempts, next_attempt_at=at, last_error=error[:400]))
+
+
+async def outbox_depths(conn: AsyncConnection) -> dict[str, int]:
+    rows = (await conn.execute(sa.select(outbox.c.peer, sa.func.count()).group_by(outbox.c.peer))).all()
+    return {r[0]: int(r[1]) for r in rows}
