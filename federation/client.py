@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from federation.auth import make_authorization
 from federation.canonical import encode_canonical_json
@@ -58,7 +59,8 @@ class PeerClient:
         if content is not None:
             data = encode_canonical_json(content)
             headers["Content-Type"] = "application/json"
-        url = endpoint.rstrip("/") + path
+        # The signature covers the request target as sent: stop the client from re-quoting it.
+        url = URL(endpoint.rstrip("/") + path, encoded=True)
         timeout = timeout_s if timeout_s is not None else self.timeout_s
         try:
             async with asyncio.timeout(max(timeout, 0.001)):
@@ -67,7 +69,7 @@ class PeerClient:
         except TimeoutError:
             raise PeerError("PEER_TIMEOUT", f"{peer} did not answer within {timeout:.1f} s", {"hop": peer}) from None
         except aiohttp.ClientError as exc:
-            host = urlsplit(url).netloc
+            host = urlsplit(str(url)).netloc
             raise PeerError("PEER_UNREACHABLE", f"{peer} ({host}) is unreachable: {type(exc).__name__}",
                             {"hop": peer}) from None
         try:

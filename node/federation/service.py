@@ -46,6 +46,7 @@ log = logging.getLogger("govnode.federation")
 CERT_VALIDITY_MS = 5 * 365 * 24 * 3600 * 1000
 INVITE_TTL_MS = 24 * 3600 * 1000
 MAX_HOPS = 8
+ANCHOR_KEY_FILE = "anchor.key"  # the root's original key, which signs every root certificate
 SYNC_TTL_MS = 30_000
 ASYNC_TTL_MS = 7 * 24 * 3600 * 1000
 # Kinds delivered store-and-forward through the outbox (relays queue them); the others are answered inline.
@@ -181,6 +182,9 @@ class FederationService:
         )
         cert = sign_json(cert, self.node_id, self.key)
         anchor = {"node": self.node_id, "key_id": self.key.key_id, "key": verify_key_b64(self.key)}
+        anchor_path = Path(self.config.home) / ANCHOR_KEY_FILE
+        if not anchor_path.exists():
+            write_signing_key_file(anchor_path, self.key)
         trust = TrustStore(anchor["node"], anchor["key"])
         trust.add_certificate(cert)
         async with write_tx(self.engine) as conn:
@@ -713,8 +717,12 @@ class FederationService:
             current["parent"] or self.node_id,
         )
         if self.parent is None:
-            cert = sign_json(draft, self.node_id, new_key)
-            anchor = {"node": self.node_id, "key_id": new_key.key_id, "key": verify_key_b64(new_key)}
+            # Every node checks the root certificate against the anchor key it was configured with, so the
+            # root keeps signing its own certificate with the anchor key too (kept in the home as
+            # anchor.key); the anchor itself never changes without reconfiguring the federation.
+            anchor_key = read_signing_key_file(Path(self.config.home) / ANCHOR_KEY_FILE)
+            cert = sign_json(sign_json(draft, self.node_id, new_key), self.node_id, anchor_key)
+            anchor = None
         else:
             proof = sign_json({**draft, "issuer": self.node_id}, self.node_id, new_key)
             answer = await self.client.request(self.parent, self.endpoint_of(self.parent), "POST",

@@ -1,0 +1,1 @@
+"""govnode federation protocol: canonical JSON, signing, certificates, request auth, envelopes."""

@@ -1,0 +1,178 @@
+"""Signed envelopes and tree routing (SPEC §6).
+
+An envelope is signed by its origin; every relay adds its signature over the same, unchanged
+bytes, so ``hop_count`` (the number of signers) is the path length so far. Seen-id tracking,
+the hop limit, hop authentication and audit logging are the node's job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Set
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from ulid import ULID
+
+from federation.canonical import check_canonical_value
+from federation.certs import Millis, NodeId, Signatures, TrustStore
+from federation.errors import CanonicalJSONError, EnvelopeError, SignatureError, TrustError, summary, validation_details
+from federation.signing import SigningKey, sign_json, verify_signed_json
+
+__all__ = [
+    "DEFAULT_TTL_MS",
+    "KINDS",
+    "Envelope",
+    "EnvelopeError",
+    "hop_count",
+    "make_envelope",
+    "new_ulid",
+    "next_hop",
+    "sign_envelope",
+    "verify_envelope_origin",
+]
+
+KINDS = frozenset(
+    {
+        "service.call",
+        "reply",
+        "error",
+        "application.submit",
+        "application.update",
+        "feedback.submit",
+        "feedback.update",
+        "licence.verify",
+    }
+)
+_ANSWER_KINDS = frozenset({"reply", "error"})
+DEFAULT_TTL_MS = 30_000
+
+Ulid = Annotated[str, StringConstraints(pattern=r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+
+
+class Envelope(BaseModel):
+    """Shape of an envelope. Any ``kind`` string passes here; :data:`KINDS` is checked separately."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["envelope"]
+    v: Annotated[int, Field(ge=1, le=1)]
+    id: Ulid
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]*(\.[a-z][a-z_]*)*$", max_length=64)]
+    origin: NodeId
+    destination: NodeId
+    sent_at: Millis
+    expires_at: Millis
+    in_reply_to: Ulid | None
+    body: dict[str, Any]
+    signatures: Signatures = {}
+    unsigned: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Envelope:
+        if self.expires_at <= self.sent_at:
+            raise ValueError("expires_at must be after sent_at")
+        if self.kind in KINDS and (self.kind in _ANSWER_KINDS) != (self.in_reply_to is not None):
+            raise ValueError("in_reply_to is required for reply and error, and null for other kinds")
+        return self
+
+
+def new_ulid(now_ms: int | None = None) -> str:
+    """A new ULID string (its time part is ``now_ms`` when given)."""
+    return str(ULID() if now_ms is None else ULID.from_timestamp(now_ms))
+
+
+def make_envelope(
+    kind: str,
+    origin: str,
+    destination: str,
+    body: dict[str, Any],
+    ttl_ms: int = DEFAULT_TTL_MS,
+    in_reply_to: str | None = None,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """Build an unsigned envelope; ``EnvelopeError`` (``KIND_UNSUPPORTED``/``INVALID_INPUT``) when wrong."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    envelope = {
+        "type": "envelope",
+        "v": 1,
+        "id": new_ulid(now_ms),
+        "kind": kind,
+        "origin": origin,
+        "destination": destination,
+        "sent_at": now_ms,
+        "expires_at": now_ms + ttl_ms,
+        "in_reply_to": in_reply_to,
+        "body": body,
+    }
+    _check_shape(envelope)
+    return envelope
+
+
+def sign_envelope(envelope: Mapping[str, Any], node: str, key: SigningKey) -> dict[str, Any]:
+    """Return a copy of ``envelope`` with ``node``'s signature added (origin or relay)."""
+    return sign_json(envelope, node, key)
+
+
+def verify_envelope_origin(envelope: Mapping[str, Any], trust: TrustStore, now_ms: int) -> None:
+    """Check shape, kind, expiry and the origin's signature with its current keys.
+
+    Raises ``EnvelopeError`` with code ``INVALID_INPUT`` (shape), ``KIND_UNSUPPORTED``, ``EXPIRED``
+    (``now_ms >= expires_at``), ``REVOKED`` (origin revoked) or ``SIGNATURE_INVALID`` (the origin's
+    chain does not verify, or its signature is missing or bad; ``details.trust`` holds the
+    ``TrustError`` code when the chain failed).
+    """
+    _check_shape(envelope)
+    origin = envelope["origin"]
+    if now_ms >= envelope["expires_at"]:
+        raise EnvelopeError("EXPIRED", f"envelope {envelope['id']} expired at {envelope['expires_at']}")
+    try:
+        keys = trust.verify_keys_for(origin, now_ms=now_ms)
+    except TrustError as exc:
+        code = "REVOKED" if exc.code == "REVOKED" else "SIGNATURE_INVALID"
+        raise EnvelopeError(code, f"origin {origin}: {exc.message}", {"trust": exc.code}) from None
+    try:
+        verify_signed_json(envelope, origin, keys)
+    except SignatureError as exc:
+        raise EnvelopeError("SIGNATURE_INVALID", f"envelope {envelope['id']}: {exc.message}") from None
+
+
+def hop_count(envelope: Mapping[str, Any]) -> int:
+    """Number of nodes that signed the envelope so far (origin and relays)."""
+    return len(envelope.get("signatures") or {})
+
+
+def next_hop(
+    self_node: str,
+    destination: str,
+    children_subtrees: Mapping[str, Set[str]],
+    parent: str | None,
+    known_nodes: Set[str],
+) -> str | None:
+    """Where to send an envelope for ``destination`` next; None means ``NODE_UNKNOWN``.
+
+    Itself when it is the destination; the child whose subtree holds the destination; else the
+    parent when the destination is a known node; None when the destination is unknown here
+    (no point sending it up) or there is no parent to ask.
+    """
+    if destination == self_node:
+        return self_node
+    for child in sorted(children_subtrees):
+        if destination == child or destination in children_subtrees[child]:
+            return child
+    if destination not in known_nodes:
+        return None
+    return parent
+
+
+def _check_shape(envelope: Mapping[str, Any]) -> None:
+    try:
+        Envelope.model_validate(envelope, strict=True)
+        check_canonical_value(envelope)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        raise EnvelopeError("INVALID_INPUT", f"malformed envelope: {summary(details)}", details) from None
+    except CanonicalJSONError as exc:
+        raise EnvelopeError("INVALID_INPUT", f"envelope is not canonical JSON: {exc.message}", exc.details) from None
+    if envelope["kind"] not in KINDS:
+        raise EnvelopeError("KIND_UNSUPPORTED", f"envelope kind {envelope['kind']!r} is not supported")
