@@ -48,7 +48,7 @@ def _capabilities() -> list:
     from node.federation.http import setup as federation
     from node.sharing.http import setup as sharing
 
-    return [catalog, data, sharing, federation]
+    return [catalog, data, federation, sharing]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

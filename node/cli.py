@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
     audit.add_parser("verify", parents=[home], help="check the audit hash chain; exit 1 at the first broken record")
 
+    p = sub.add_parser("demo", help="a whole sample federation on loopback (province, city, two counties)")
+    p.add_argument("--dir", default="./govnode-demo", help="where the demo nodes keep their homes")
+    p.add_argument("--base-port", type=int, default=8300, help="the province listens here, the others next")
+
     for extend in _extensions():
         extend(sub, home)
     return parser
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 # Commands -----------------------------------------------------------------------------------------
 
 from node import commands  # noqa: E402,F401  (registers the commands)
+from node import demo as _demo  # noqa: E402,F401
 from node.federation import commands as _federation_commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from federation.signing import generate_signing_key, verify_key_b64, write_signing_key_file
+from federation.signing import SigningKey, generate_signing_key, read_signing_key_file, verify_key_b64, write_signing_key_file
 from node.accounts.service import AccountService
 from node.audit.service import AuditLog
 from node.cli import command
@@ -18,18 +18,18 @@ from node.db import make_engine, upgrade
 from node.logs import setup_logging
 
 
-@command("init")
-def init(args: argparse.Namespace) -> int:
-    home = Path(args.dir)
+def create_home(home: Path, node: str, name: str, listen: str, parent_url: str | None = None,
+                endpoint: str | None = None, database: str | None = None) -> tuple[Config, SigningKey]:
+    """Create a node home: the config (validated before anything is kept) and a new signing key."""
     if (home / CONFIG_FILE).exists():
         raise ConfigError(f"{home} already holds a node ({CONFIG_FILE} exists); choose another --dir")
-    doc: dict = {"node": {"id": args.node, "name": args.name}, "listen": args.listen}
-    if args.parent_url:
-        doc["node"]["parent_url"] = args.parent_url
-    if args.endpoint:
-        doc["endpoint"] = args.endpoint
-    if args.database:
-        doc["database"] = {"url": args.database}
+    doc: dict = {"node": {"id": node, "name": name}, "listen": listen}
+    if parent_url:
+        doc["node"]["parent_url"] = parent_url
+    if endpoint:
+        doc["endpoint"] = endpoint
+    if database:
+        doc["database"] = {"url": database}
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     write_config(home, doc)
@@ -40,10 +40,20 @@ def init(args: argparse.Namespace) -> int:
         raise
     key = generate_signing_key("1")
     write_signing_key_file(config.key_path, key)
-    print(f"initialised node {config.node.id} ({config.node.name}) in {home}")
+    return config, key
+
+
+@command("init")
+def init(args: argparse.Namespace) -> int:
+    config, key = create_home(Path(args.dir), args.node, args.name, args.listen, args.parent_url,
+                              args.endpoint, args.database)
+    print(f"initialised node {config.node.id} ({config.node.name}) in {args.dir}")
     if not config.node.parent_url:
         print("this node is the root of its federation; its trust anchor (give it to every node):")
         print(f"anchor: {config.node.id} {key.key_id} {verify_key_b64(key)}")
+    else:
+        print(f"next: ask the operator of {config.node.parent_url} for a token (govnode invite "
+              f"{config.node.id}), then run govnode join {config.node.parent_url} TOKEN")
     return 0
 
 
@@ -56,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from node.app import init_app
 
     config = _config(args)
+    try:
+        read_signing_key_file(config.key_path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"the signing key cannot be read: {exc}") from None
     setup_logging(config.log_level, config.node.id)
     app = init_app(config)
     print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}", flush=True)

@@ -50,11 +50,12 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> dict:
         return await resp.json()
 
 
-@command("join")
-async def join(args: argparse.Namespace) -> int:
-    config = load_config(args.dir)
+async def join_parent(config: Config, parent_url: str, token: str, expected_anchor: str | None = None) -> str:
+    """Obtain this node's certificate from its parent (SPEC §3) and store the trust state; returns a summary.
+
+    The node must not be running (its trust state is loaded at start)."""
     key = read_signing_key_file(config.key_path)
-    parent_url = args.parent_url.rstrip("/")
+    parent_url = parent_url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -62,9 +63,6 @@ async def join(args: argparse.Namespace) -> int:
             parent = parent_doc.get("node")
             if not isinstance(parent, str):
                 raise ApiError(f"{parent_url} is not a govnode node", code="PEER_UNREACHABLE")
-            warning = expected_parent_warning(config.node.id, parent)
-            if warning:
-                print(f"warning: {warning}")
             now = now_ms()
             draft = make_certificate(
                 config.node.id, config.node.name, level_of(config.node.id), parent, config.endpoint or "",
@@ -72,7 +70,7 @@ async def join(args: argparse.Namespace) -> int:
             )
             draft = sign_json(draft, config.node.id, key)
             async with session.post(f"{parent_url}/federation/v1/join",
-                                    data=encode_canonical_json({"token": args.token, "certificate": draft}),
+                                    data=encode_canonical_json({"token": token, "certificate": draft}),
                                     headers={"Content-Type": "application/json"}) as resp:
                 answer = await resp.json(content_type=None)
                 if resp.status != 200:
@@ -80,7 +78,7 @@ async def join(args: argparse.Namespace) -> int:
     except aiohttp.ClientError as exc:
         raise ApiError(f"cannot reach {parent_url}: {exc}", code="PEER_UNREACHABLE") from None
     anchor = answer["anchor"]
-    if args.anchor and args.anchor.split()[-1] != anchor["key"]:
+    if expected_anchor and expected_anchor.split()[-1] != anchor["key"]:
         raise ApiError(f"the parent's anchor key {anchor['key']} is not the one you expected", code="FORBIDDEN")
     docs = list(reversed(answer["chain"])) + [answer["certificate"]]
     try:
@@ -100,7 +98,17 @@ async def join(args: argparse.Namespace) -> int:
                 await store.put_registry(conn, doc)
     finally:
         await engine.dispose()
-    print(f"node {config.node.id} joined under {parent} ({parent_url}); trust anchor {anchor['node']} {anchor['key']}")
+    lines = [f"node {config.node.id} joined under {parent} ({parent_url}); "
+             f"trust anchor {anchor['node']} {anchor['key']}"]
+    warning = expected_parent_warning(config.node.id, parent)
+    if warning:
+        lines.insert(0, f"warning: {warning}")
+    return "\n".join(lines)
+
+
+@command("join")
+async def join(args: argparse.Namespace) -> int:
+    print(await join_parent(load_config(args.dir), args.parent_url, args.token, args.anchor))
     return 0
 
 
