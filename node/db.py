@@ -41,7 +41,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def make_engine(db: DatabaseConfig, synchronous: str = "FULL") -> AsyncEngine:
     if db.is_sqlite:
-        engine = create_async_engine(db.url, connect_args={"timeout": 30})
+        # A fixed pool: each aiosqlite connection owns a thread, so overflow connections that are opened
+        # and closed per burst would cost a thread start each.
+        engine = create_async_engine(db.url, connect_args={"timeout": 30}, pool_size=db.pool_size, max_overflow=0,
+                                     pool_timeout=60)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001
@@ -119,3 +122,14 @@ async def read_counter(conn: AsyncConnection, name: str) -> int:
     res = await conn.execute(sa.select(counters.c.value).where(counters.c.name == name))
     v = res.scalar()
     return int(v) if v is not None else 0
+
+
+async def insert_ignoring_duplicates(conn: AsyncConnection, table: sa.Table, rows: list[dict]) -> None:
+    """Insert rows, skipping those whose primary key is already stored (SQLite and PostgreSQL)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    await conn.execute(insert(table).on_conflict_do_nothing(), rows)

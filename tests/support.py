@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import json
 import os
 import secrets
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,31 @@ async def drop_pg_schema(schema: str) -> None:
         await conn.close()
 
 
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run the `govnode` command in-process: (exit code, stdout, stderr).
+
+    Commands run their own event loop (asyncio.run), so inside an async test (a running loop) the
+    command runs in a worker thread; the caller's loop waits for it.
+    """
+    out, err = io.StringIO(), io.StringIO()
+
+    def go() -> int:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                return cli_main(argv)
+            except SystemExit as exc:  # argparse refusing the arguments
+                return exc.code if isinstance(exc.code, int) else 2
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        rc = go()
+    else:
+        with ThreadPoolExecutor(1) as pool:
+            rc = pool.submit(go).result()
+    return rc, out.getvalue(), err.getvalue()
+
+
 def init_home(home: Path, node: str, name: str, *, port: int | None = None, parent_url: str | None = None,
               backend: str = "sqlite", extra: dict | None = None) -> Config:
     """Run `govnode init` for a node home and, for PostgreSQL, point it at a fresh schema."""
@@ -54,7 +83,8 @@ def init_home(home: Path, node: str, name: str, *, port: int | None = None, pare
         argv += ["--parent-url", parent_url]
     if backend == "postgresql":
         argv += ["--database", PG_URL]
-    assert cli_main(argv) == 0
+    rc, out, err = run_cli(argv)
+    assert rc == 0, err
     if backend == "postgresql" or extra:
         import yaml
 
@@ -70,13 +100,9 @@ def init_home(home: Path, node: str, name: str, *, port: int | None = None, pare
 
 def add_dept(home: Path, code: str, name: str, role: str = "dept", capsys: Any = None) -> str:
     """`govnode dept add` through the real CLI; returns the token (the last line it prints)."""
-    import io
-    from contextlib import redirect_stdout
-
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        assert cli_main(["dept", "add", code, "--dir", str(home), "--name", name, "--role", role]) == 0
-    return buf.getvalue().strip().splitlines()[-1]
+    rc, out, err = run_cli(["dept", "add", code, "--dir", str(home), "--name", name, "--role", role])
+    assert rc == 0, err
+    return out.strip().splitlines()[-1]
 
 
 @dataclass
@@ -125,3 +151,308 @@ async def start_node(config: Config) -> RunningNode:
     await site.start()
     session = aiohttp.ClientSession()
     return RunningNode(config, runner, app, session)
+
+
+async def raw_sql(config: Config, statement: str, params: dict | None = None) -> list[tuple]:
+    """Run one SQL statement straight on a node's database (tests that inspect or tamper with storage)."""
+    import sqlalchemy as sa
+
+    from node.db import make_engine
+
+    engine = make_engine(config.database)
+    try:
+        async with engine.begin() as conn:
+            res = await conn.execute(sa.text(statement), params or {})
+            return [tuple(r) for r in res.all()] if res.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def run_cli_async(argv: list[str]) -> tuple[int, str]:
+    """Run a `govnode` command in a thread without blocking this loop (needed when the command talks to a
+    node served by this loop, e.g. `join`); returns (exit code, stdout)."""
+    import asyncio
+    import io
+    from contextlib import redirect_stdout
+
+    def _run() -> tuple[int, str]:
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            code = cli_main(argv)
+        return code, buf.getvalue()
+
+    return await asyncio.to_thread(_run)
+
+
+# The test federation: 山东省 → 淄博市 → 桓台县, 张店区 (SPEC §14 demo tree).
+TREE = [
+    ("370000", "山东省", None),
+    ("370300", "淄博市", "370000"),
+    ("370321", "桓台县", "370300"),
+    ("370303", "张店区", "370300"),
+]
+
+FAST_FEDERATION = {"federation": {"pull_interval_s": 2.0, "peer_timeout_s": 5.0}}
+
+
+async def start_tree(base: Path, backend: str = "sqlite", tree: list | None = None) -> dict[str, RunningNode]:
+    """Initialise, join (through real invite tokens) and start a federation tree; parents first."""
+    tree = tree or TREE
+    nodes: dict[str, RunningNode] = {}
+    for code, name, parent in tree:
+        home = base / code
+        parent_url = nodes[parent].url if parent else None
+        config = init_home(home, code, name, parent_url=parent_url, backend=backend, extra=FAST_FEDERATION)
+        if parent:
+            rc, out = await run_cli_async(["invite", code, "--dir", str(nodes[parent].config.home)])
+            assert rc == 0, out
+            token = out.strip().splitlines()[-1]
+            rc, out = await run_cli_async(["join", parent_url, token, "--dir", str(home)])
+            assert rc == 0, out
+        nodes[code] = await start_node(config)
+    return nodes
+
+
+async def stop_all(nodes: dict[str, RunningNode]) -> None:
+    for n in reversed(list(nodes.values())):
+        await n.stop()
+        if n.config.database.schema_:
+            await drop_pg_schema(n.config.database.schema_)
+
+
+# Federation test helpers (issue 3) ------------------------------------------------------------------
+
+SAMPLE_ENTRY = {
+    "classification": "101001", "name": "户籍人口基本信息", "category": "base", "format": "database",
+    "summary": "户籍人口的基本信息",
+    "items": [{"name": "公民身份号码", "field": "id_number", "type": "C", "length": 18, "key": True, "sensitive": True},
+              {"name": "姓名", "field": "name", "type": "C", "length": 50}],
+    "share": {"type": "unconditional", "methods": ["api"]}, "update_cycle": "realtime",
+}
+
+# Two cities: 淄博市 (two counties) and 青岛市 (one county), for routing across cities.
+TREE_TWO_CITIES = TREE + [
+    ("370200", "青岛市", "370000"),
+    ("370211", "黄岛区", "370200"),
+]
+
+
+async def run_cli_full_async(argv: list[str]) -> tuple[int, str, str]:
+    """Like `run_cli`, without blocking this loop (for commands that talk to a node this loop serves):
+    (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+
+    def go() -> int:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                return cli_main(argv)
+            except SystemExit as exc:
+                return exc.code if isinstance(exc.code, int) else 2
+
+    rc = await asyncio.to_thread(go)
+    return rc, out.getvalue(), err.getvalue()
+
+
+async def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll `predicate` (sync or async) until it returns something truthy; return it, or fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def signing_key_of(home: Path) -> Any:
+    """A node's signing key, read from its home as the node reads it."""
+    from federation.signing import read_signing_key_file
+    from node.config import KEY_FILE
+
+    return read_signing_key_file(Path(home) / KEY_FILE)
+
+
+def fed_headers(method: str, path: str, origin: str, destination: str, key: Any, content: Any = None, *,
+                ts: int | None = None, nonce: str | None = None) -> dict[str, str]:
+    """Headers of a federation request signed with `key` (SPEC §4), built by federation.auth."""
+    from federation.auth import make_authorization
+
+    headers = {"Authorization": make_authorization(method, path, origin, destination, key, content=content,
+                                                   ts=ts, nonce=nonce)}
+    if content is not None:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+async def send_raw(url: str, method: str, path: str, headers: dict[str, str], content: Any = None) -> tuple[int, Any]:
+    """Send one request exactly as given (canonical JSON body); (status, decoded JSON or text)."""
+    from federation.canonical import encode_canonical_json
+
+    data = encode_canonical_json(content) if content is not None else None
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, url.rstrip("/") + path, data=data, headers=headers) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text) if text else None
+            except ValueError:
+                return resp.status, text
+
+
+async def fed_call(target: Any, method: str, path: str, origin: str, key: Any, content: Any = None, *,
+                   destination: str | None = None, ts: int | None = None,
+                   nonce: str | None = None) -> tuple[int, Any, dict[str, str]]:
+    """A signed federation request from `origin` to the node `target` (anything with .url and .config);
+    returns (status, body, headers) so that the very same request can be replayed."""
+    headers = fed_headers(method, path, origin, destination or target.config.node.id, key, content, ts=ts, nonce=nonce)
+    status, body = await send_raw(target.url, method, path, headers, content)
+    return status, body, headers
+
+
+def error_code(body: Any) -> str | None:
+    return body.get("error", {}).get("code") if isinstance(body, dict) else None
+
+
+async def add_child(nodes: dict[str, Any], base: Path, code: str, name: str, parent: str, *,
+                    backend: str = "sqlite", federation: dict | None = None) -> RunningNode:
+    """Invite, join and start one more node under a running parent; adds it to `nodes`."""
+    home = base / code
+    parent_url = nodes[parent].url
+    config = init_home(home, code, name, parent_url=parent_url, backend=backend,
+                       extra=federation or FAST_FEDERATION)
+    rc, out, err = await run_cli_full_async(["invite", code, "--dir", str(nodes[parent].config.home)])
+    assert rc == 0, err
+    token = out.strip().splitlines()[-1]
+    rc, out, err = await run_cli_full_async(["join", parent_url, token, "--dir", str(home)])
+    assert rc == 0, err
+    nodes[code] = await start_node(config)
+    return nodes[code]
+
+
+class NodeProcess:
+    """A node home served by `govnode run` in a subprocess (python -m node.cli), so that it can be killed
+    with SIGKILL and started again on the same home and port. Same `.config`, `.url`, `.call` and `.stop`
+    as RunningNode, so `stop_all` handles both."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.proc: Any = None
+        self.tokens: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return self.config.endpoint or ""
+
+    async def start(self, timeout: float = 30.0) -> "NodeProcess":
+        import subprocess
+        import sys
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GOVNODE_")}
+        log = open(self.config.home / "node.log", "ab")  # noqa: SIM115 - the child keeps it open
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "run", "--dir", str(self.config.home)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        finally:
+            log.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"node {self.config.node.id} exited with {self.proc.returncode}:\n"
+                                         + self.log_tail())
+                try:
+                    async with session.get(self.url + "/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        if r.status == 200:
+                            return self
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                if loop.time() > deadline:
+                    self.kill()
+                    raise AssertionError(f"node {self.config.node.id} did not become healthy:\n" + self.log_tail())
+                await asyncio.sleep(0.05)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = (self.config.home / "node.log").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, nothing flushed that was not committed."""
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    async def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.proc.wait, 20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    async def call(self, method: str, path: str, token: str | None = None, *, json_body: Any = None,
+                   headers: dict | None = None) -> tuple[int, Any]:
+        h = dict(headers or {})
+        if token:
+            h["Authorization"] = f"Bearer {self.tokens.get(token, token)}"
+        data = None
+        if json_body is not None:
+            data = json.dumps(json_body, ensure_ascii=False).encode()
+            h.setdefault("Content-Type", "application/json")
+        async with aiohttp.ClientSession() as session:
+            async with session.request(method, self.url + path, data=data, headers=h) as resp:
+                text = await resp.text()
+                try:
+                    return resp.status, json.loads(text) if text else None
+                except ValueError:
+                    return resp.status, text
+
+
+async def start_federation(base: Path, *, tree: list | None = None, backend: str = "sqlite",
+                           federation: dict | None = None, subprocesses: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Like `start_tree`, with the federation settings given (default FAST_FEDERATION) and the nodes named in
+    `subprocesses` served by `govnode run` in a subprocess (NodeProcess) instead of in this process."""
+    tree = tree or TREE
+    nodes: dict[str, Any] = {}
+    try:
+        for code, name, parent in tree:
+            home = base / code
+            parent_url = nodes[parent].url if parent else None
+            config = init_home(home, code, name, parent_url=parent_url, backend=backend,
+                               extra=federation or FAST_FEDERATION)
+            if parent:
+                rc, out, err = await run_cli_full_async(["invite", code, "--dir", str(nodes[parent].config.home)])
+                assert rc == 0, err
+                rc, out, err = await run_cli_full_async(["join", parent_url, out.strip().splitlines()[-1],
+                                                         "--dir", str(home)])
+                assert rc == 0, err
+            if code in subprocesses:
+                nodes[code] = await NodeProcess(config).start()
+            else:
+                nodes[code] = await start_node(config)
+    except BaseException:
+        await stop_all(nodes)
+        raise
+    return nodes
+
+
+async def add_dept_async(home: Path, code: str, name: str, role: str = "dept") -> str:
+    """`govnode dept add` for a node served by this loop (the command must not block the loop that serves
+    the node, or the two wait on SQLite's write lock); returns the token."""
+    rc, out, err = await run_cli_full_async(["dept", "add", code, "--dir", str(home), "--name", name, "--role", role])
+    assert rc == 0, err
+    return out.strip().splitlines()[-1]

@@ -92,9 +92,10 @@ class AccountService:
         return None if row is None else {"code": row.code, "name": row.name, "role": row.role}
 
     async def authenticate(self, header: str | None) -> Account:
-        if not header or not header.startswith("Bearer "):
+        scheme, _, token = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # the scheme is case-insensitive (RFC 9110)
             raise Unauthenticated("send Authorization: Bearer <token>")
-        token = header[7:].strip()
+        token = token.strip()
         if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
             raise Unauthenticated("unknown or revoked token")
         digest = token_digest(token)

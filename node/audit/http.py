@@ -56,12 +56,19 @@ async def audit_observer(request: web.Request, status: int, outcome: str, elapse
     )
 
 
+MAX_INT64 = 2**63 - 1
+
+
 def _to_ms(v: str | None) -> int | None:
     if v is None:
         return None
     if v.isdigit():
-        return int(v)
-    return int(datetime.fromisoformat(v).timestamp() * 1000)
+        ms = int(v)
+    else:
+        ms = int(datetime.fromisoformat(v).timestamp() * 1000)
+    if not 0 <= ms <= MAX_INT64:  # beyond what the database compares with (a 500, not a refusal)
+        raise ValueError("time out of range")
+    return ms
 
 
 class AuditQuery(BaseModel):
@@ -71,7 +78,8 @@ class AuditQuery(BaseModel):
     message_id: str | None = None
     since: str | None = Field(None, description="ISO 8601 time or epoch milliseconds")
     until: str | None = None
-    before_seq: int | None = Field(None, ge=1, description="page: records older than this sequence number")
+    before_seq: int | None = Field(None, ge=1, le=MAX_INT64,
+                                   description="page: records older than this sequence number")
     limit: int = Field(100, ge=1, le=1000)
 
     @field_validator("since", "until")

@@ -6,21 +6,18 @@ record is committed, so durability costs one commit per batch, not per call.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from node.audit import store
-from node.db import next_counter, read_counter, write_tx
-from node.errors import ApiError
+from node.db import next_counter, read_counter
+from node.groupcommit import GroupCommitter
 from node.ids import now_ms
 
-log = logging.getLogger("govnode.audit")
 
 GENESIS = "0" * 64
 COUNTER = "audit"
@@ -51,68 +48,34 @@ class ChainBreak:
 class AuditLog:
     def __init__(self, engine: AsyncEngine, batch_ms: int = 2) -> None:
         self.engine = engine
-        self.batch_s = batch_ms / 1000
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._writer: GroupCommitter[dict[str, Any]] = GroupCommitter(engine, self._write, "audit", batch_ms)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._writer.start()
 
     async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        await self._writer.close()
 
     async def record(self, **fields: Any) -> None:
         """Append one record; returns once it is committed. Raises ApiError(UNAVAILABLE) if it cannot be."""
-        if self._task is None or self._task.done():
-            raise ApiError("the audit log is not running", code="UNAVAILABLE")
         fields.setdefault("at", now_ms())
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((fields, fut))
-        self._wake.set()
-        await fut
+        await self._writer.submit(fields)
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            if self.batch_s and not self._closing:
-                await asyncio.sleep(self.batch_s)
-            self._wake.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                try:
-                    await self._write([f for f, _ in batch])
-                except Exception:  # noqa: BLE001 - every waiter learns that its record is not durable
-                    log.exception("audit batch of %d records failed", len(batch))
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(ApiError("the audit record could not be stored", code="UNAVAILABLE"))
-                else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-            if self._closing and not self._pending:
-                return
-
-    async def _write(self, records: list[dict[str, Any]]) -> None:
-        async with write_tx(self.engine) as conn:
-            last = await next_counter(conn, COUNTER, len(records))
-            seq = last - len(records) + 1
-            prev = await store.hash_at(conn, seq - 1) if seq > 1 else GENESIS
-            if prev is None:
-                raise RuntimeError(f"audit record {seq - 1} is missing; run `govnode audit verify`")
-            rows = []
-            for rec in records:
-                row = _normalise(rec, seq)
-                row["prev_hash"] = prev
-                row["hash"] = prev = record_hash(prev, row)
-                rows.append(row)
-                seq += 1
-            await store.insert_many(conn, rows)
+    @staticmethod
+    async def _write(conn: AsyncConnection, records: list[dict[str, Any]]) -> None:
+        last = await next_counter(conn, COUNTER, len(records))
+        seq = last - len(records) + 1
+        prev = await store.hash_at(conn, seq - 1) if seq > 1 else GENESIS
+        if prev is None:
+            raise RuntimeError(f"audit record {seq - 1} is missing; run `govnode audit verify`")
+        rows = []
+        for rec in records:
+            row = _normalise(rec, seq)
+            row["prev_hash"] = prev
+            row["hash"] = prev = record_hash(prev, row)
+            rows.append(row)
+            seq += 1
+        await store.insert_many(conn, rows)
 
     async def verify(self, batch: int = 5000) -> ChainBreak | None:
         """Walk the chain; the first record that was altered, removed or inserted, or None if intact."""

@@ -17,6 +17,7 @@ ShareType = Literal["unconditional", "conditional", "none"]
 ShareMethod = Literal["api", "file", "table"]
 UpdateCycle = Literal["realtime", "daily", "weekly", "monthly", "quarterly", "yearly", "other"]
 Check = Literal["gb11643", "gb32100"]
+ControlledOp = Literal["query", "verify", "compare", "subscribe"]
 
 FIELD = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 CLASSIFICATION = re.compile(r"^\d{6}(\d{3})?$")
@@ -86,6 +87,17 @@ class EntryContent(_Strict):
     update_cycle: UpdateCycle
     published_at: str | None = Field(None, description="YYYY-MM-DD; defaults to today (China Standard Time)")
     related: list[str] = Field(default_factory=list, max_length=100)
+    controlled_ops: list[ControlledOp] = Field(
+        default_factory=list, max_length=4,
+        description="operations that need a grant even on an unconditional resource (管控参数); left out of the "
+                    "signed entry when empty")
+
+    @field_validator("controlled_ops")
+    @classmethod
+    def _controlled_ops(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("controlled_ops must not repeat")
+        return [op for op in ("query", "verify", "compare", "subscribe") if op in v]
 
     @field_validator("published_at")
     @classmethod
@@ -104,19 +116,21 @@ class EntryContent(_Strict):
                 raise ValueError(f"{code!r} is not a resource code (分类码/顺序码)")
         return v
 
-    @model_validator(mode="after")
-    def _items(self) -> "EntryContent":
-        keys = [i for i in self.items if i.key]
+    # A field validator (not a model validator), so the refusal names `items` rather than the whole body.
+    @field_validator("items")
+    @classmethod
+    def _items(cls, items: list[Item]) -> list[Item]:
+        keys = [i for i in items if i.key]
         if len(keys) != 1:
             raise ValueError(f"exactly one item must have key: true (found {len(keys)})")
         for attr in ("field", "name"):
             seen: set[str] = set()
-            for i in self.items:
+            for i in items:
                 v = getattr(i, attr)
                 if v in seen:
                     raise ValueError(f"item {attr} {v!r} appears twice")
                 seen.add(v)
-        return self
+        return items
 
 
 class EntryCreate(EntryContent):
@@ -125,14 +139,24 @@ class EntryCreate(EntryContent):
     code: str | None = Field(None, description="分类码/顺序码; the 顺序码 must start with this node's id")
     classification: str | None = Field(None, description="分类码: 类(1) 项(2) 目(3) [细目(3)]")
 
+    @field_validator("code")
+    @classmethod
+    def _code_form(cls, v: str | None) -> str | None:
+        if v is not None and not RESOURCE_CODE.match(v):
+            raise ValueError("code must be 分类码/顺序码, e.g. 101001/370321000001")
+        return v
+
+    @field_validator("classification")
+    @classmethod
+    def _classification_form(cls, v: str | None) -> str | None:
+        if v is not None and not CLASSIFICATION.match(v):
+            raise ValueError("classification must be 6 or 9 digits (类 项 目 [细目])")
+        return v
+
     @model_validator(mode="after")
     def _code(self) -> "EntryCreate":
         if (self.code is None) == (self.classification is None):
             raise ValueError("give either code or classification")
-        if self.code is not None and not RESOURCE_CODE.match(self.code):
-            raise ValueError("code must be 分类码/顺序码, e.g. 101001/370321000001")
-        if self.classification is not None and not CLASSIFICATION.match(self.classification):
-            raise ValueError("classification must be 6 or 9 digits (类 项 目 [细目])")
         return self
 
 
@@ -160,6 +184,7 @@ class CatalogEntry(BaseModel):
     update_cycle: UpdateCycle
     published_at: str
     related: list[str]
+    controlled_ops: list[ControlledOp] = []
     signatures: dict[str, dict[str, str]]
 
     @field_validator("code")

@@ -8,6 +8,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from federation.canonical import encode_canonical_json
@@ -94,6 +95,14 @@ class CatalogService:
     # Writing this node's own entries --------------------------------------------------------------
 
     async def create(self, acct: Account, body: EntryCreate) -> dict[str, Any]:
+        try:
+            return await self._create(acct, body)
+        except IntegrityError:
+            # Two registrations of one code raced past the existence check (PostgreSQL); the loser's
+            # transaction was rolled back whole.
+            raise Conflict(f"resource {body.code} already exists") from None
+
+    async def _create(self, acct: Account, body: EntryCreate) -> dict[str, Any]:
         async with write_tx(self.engine) as conn:
             if body.code is not None:
                 code = body.code
@@ -105,17 +114,24 @@ class CatalogService:
                 if await store.held_seq(conn, code) is not None:
                     raise Conflict(f"resource {code} already exists")
             else:
-                serial = await next_counter(conn, SERIAL_COUNTER)
-                code = f"{body.classification}/{self.node_id}{serial:06d}"
+                # Skip serials already taken by a code registered in full (never overwrite an entry).
+                while True:
+                    serial = await next_counter(conn, SERIAL_COUNTER)
+                    code = f"{body.classification}/{self.node_id}{serial:06d}"
+                    if await store.held_seq(conn, code) is None:
+                        break
             content = body.model_dump(exclude={"code", "classification"})
-            entry = await self._write(conn, acct, code, content, version=1, deleted=False)
+            entry = await self._write(conn, acct, code, content, version=1, deleted=False, new=True)
         await self._changed(code)
         return entry
 
     async def update(self, acct: Account, code: str, body: EntryContent) -> dict[str, Any]:
         async with write_tx(self.engine) as conn:
             current = await self._own_entry(conn, acct, code)
-            entry = await self._write(conn, acct, code, body.model_dump(), version=current["version"] + 1,
+            content = body.model_dump()
+            if content["published_at"] is None:  # a change keeps the resource's publish date
+                content["published_at"] = current["published_at"]
+            entry = await self._write(conn, acct, code, content, version=current["version"] + 1,
                                       deleted=False, provider_name=current["provider"]["name"])
         await self._changed(code)
         return entry
@@ -123,14 +139,14 @@ class CatalogService:
     async def withdraw(self, acct: Account, code: str) -> dict[str, Any]:
         async with write_tx(self.engine) as conn:
             current = await self._own_entry(conn, acct, code)
-            content = {k: current[k] for k in EntryContent.model_fields}
+            content = {k: current.get(k) for k in EntryContent.model_fields}
             entry = await self._write(conn, acct, code, content, version=current["version"] + 1, deleted=True,
                                       provider_name=current["provider"]["name"])
         await self._changed(code)
         return entry
 
     async def _own_entry(self, conn: AsyncConnection, acct: Account, code: str) -> dict[str, Any]:
-        row = await store.get(conn, code)
+        row = await store.get(conn, code, for_update=True)
         if row is None:
             raise NotFound(f"no catalog entry {code}")
         entry = json.loads(row.entry)
@@ -143,7 +159,8 @@ class CatalogService:
         return entry
 
     async def _write(self, conn: AsyncConnection, acct: Account, code: str, content: dict[str, Any], *,
-                     version: int, deleted: bool, provider_name: str | None = None) -> dict[str, Any]:
+                     version: int, deleted: bool, provider_name: str | None = None,
+                     new: bool = False) -> dict[str, Any]:
         seq = await next_counter(conn, SEQ_COUNTER)
         change_id = await next_counter(conn, CHANGE_COUNTER)
         # Unset attributes (None, false) are left out, as in SPEC §7's example.
@@ -169,8 +186,13 @@ class CatalogService:
             "published_at": content.get("published_at") or today_cst(),
             "related": content.get("related", []),
         }
+        if content.get("controlled_ops"):  # left out when empty, like other unset attributes
+            entry["controlled_ops"] = list(content["controlled_ops"])
         signed = sign_json(entry, self.node_id, self.key)
-        await store.upsert(conn, row_of(signed, change_id))
+        if new:  # a registration never replaces an entry that a concurrent registration just stored
+            await store.insert(conn, row_of(signed, change_id))
+        else:
+            await store.upsert(conn, row_of(signed, change_id))
         return signed
 
     # Entries received from other nodes (federation) -----------------------------------------------
@@ -188,6 +210,30 @@ class CatalogService:
         await store.upsert(change_id_conn, row_of(entry, change_id))
         self._cache.pop(entry["code"], None)
         return True
+
+    async def apply_received_many(self, entries: list[dict[str, Any]], conn: AsyncConnection) -> list[dict[str, Any]]:
+        """Like `apply_received` for a page of verified entries, in its order; returns those applied.
+
+        A fixed handful of statements however long the page (held seqs, change ids, inserts, updates), so a
+        page of a feed holds the write lock for a few round trips, not four per entry.
+        """
+        held = await store.held_seqs(conn, sorted({e["code"] for e in entries}))
+        newer: dict[str, dict[str, Any]] = {}
+        for entry in entries:
+            code = entry["code"]
+            floor = newer[code]["seq"] if code in newer else held.get(code)
+            if floor is None or entry["seq"] > floor:
+                newer.pop(code, None)  # a later change of the same code takes the later place
+                newer[code] = entry
+        if not newer:
+            return []
+        applied = list(newer.values())
+        last = await next_counter(conn, CHANGE_COUNTER, len(applied))
+        rows = [row_of(e, last - len(applied) + 1 + i) for i, e in enumerate(applied)]
+        await store.store_many(conn, [r for r in rows if r["code"] not in held], [r for r in rows if r["code"] in held])
+        for code in newer:
+            self._cache.pop(code, None)
+        return applied
 
     async def _changed(self, code: str) -> None:
         self._cache.pop(code, None)

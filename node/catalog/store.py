@@ -40,8 +40,18 @@ catalog_refusals = sa.Table(
 )
 
 
-async def get(conn: AsyncConnection, code: str) -> sa.Row | None:
-    return (await conn.execute(sa.select(catalog_entries).where(catalog_entries.c.code == code))).first()
+async def get(conn: AsyncConnection, code: str, *, for_update: bool = False) -> sa.Row | None:
+    """One entry; `for_update` locks its row until the transaction ends (PostgreSQL; SQLite's write
+    transaction already excludes other writers), so concurrent changes apply one after the other."""
+    q = sa.select(catalog_entries).where(catalog_entries.c.code == code)
+    if for_update:
+        q = q.with_for_update()
+    return (await conn.execute(q)).first()
+
+
+async def insert(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    """A new entry; raises IntegrityError if the code is already held (never overwrites)."""
+    await conn.execute(sa.insert(catalog_entries).values(**row))
 
 
 async def held_seq(conn: AsyncConnection, code: str) -> int | None:
@@ -55,6 +65,24 @@ async def upsert(conn: AsyncConnection, row: dict[str, Any]) -> None:
         await conn.execute(sa.insert(catalog_entries).values(**row))
     else:
         await conn.execute(sa.update(catalog_entries).where(catalog_entries.c.code == row["code"]).values(**row))
+
+
+async def held_seqs(conn: AsyncConnection, codes: list[str]) -> dict[str, int]:
+    """The seq held for each of `codes` that is held at all."""
+    out: dict[str, int] = {}
+    for i in range(0, len(codes), 500):  # well within SQLite's limit on bound parameters
+        q = sa.select(catalog_entries.c.code, catalog_entries.c.seq).where(catalog_entries.c.code.in_(codes[i:i + 500]))
+        out.update({r.code: r.seq for r in (await conn.execute(q)).all()})
+    return out
+
+
+async def store_many(conn: AsyncConnection, new_rows: list[dict[str, Any]], held_rows: list[dict[str, Any]]) -> None:
+    """Insert entries not held yet and replace held ones: one statement for each group (executemany)."""
+    if new_rows:
+        await conn.execute(sa.insert(catalog_entries), new_rows)
+    if held_rows:
+        stmt = sa.update(catalog_entries).where(catalog_entries.c.code == sa.bindparam("_code"))
+        await conn.execute(stmt, [{**{k: v for k, v in r.items() if k != "code"}, "_code": r["code"]} for r in held_rows])
 
 
 async def search(

@@ -39,6 +39,7 @@ from node.config import Config
 from node.db import read_counter, write_tx
 from node.errors import STATUS_OF, ApiError
 from node.federation import store
+from node.federation.replay import ReplayGuard
 from node.ids import new_id, now_ms, resource_node
 
 log = logging.getLogger("govnode.federation")
@@ -46,6 +47,9 @@ log = logging.getLogger("govnode.federation")
 CERT_VALIDITY_MS = 5 * 365 * 24 * 3600 * 1000
 INVITE_TTL_MS = 24 * 3600 * 1000
 MAX_HOPS = 8
+# Each node on a path gives up this much earlier than the one before it, so that the node next to a slow or
+# dead hop answers first and names it (PEER_TIMEOUT / PEER_UNREACHABLE, details.hop), within the expiry.
+HOP_MARGIN_MS = 250
 ANCHOR_KEY_FILE = "anchor.key"  # the root's original key, which signs every root certificate
 SYNC_TTL_MS = 30_000
 ASYNC_TTL_MS = 7 * 24 * 3600 * 1000
@@ -64,6 +68,12 @@ def token_digest(token: str) -> str:
 
 def _level_rank(node: str) -> int:
     return ("national", "province", "city", "county").index(level_of(node))
+
+
+def _hop_deadline_s(env: dict[str, Any]) -> float:
+    """Seconds this node may wait for the next hop or its handler: the envelope's expiry less a margin for each
+    node that signed it so far (the origin waits for the whole expiry)."""
+    return (env["expires_at"] - HOP_MARGIN_MS * hop_count(env) - now_ms()) / 1000
 
 
 def _api_error(exc: FederationError, hop: str | None = None) -> ApiError:
@@ -96,6 +106,7 @@ class FederationService:
         self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s)
         self.outbox = OutboxSender(_OutboxAdapter(engine), self._deliver)
         self.puller = FeedPuller(self._pull_once)
+        self.replay = ReplayGuard(engine, SEEN_WINDOW_MS, ASYNC_TTL_MS + SEEN_WINDOW_MS)
         self.handlers: dict[str, MessageHandler] = {}
         # Called with (request envelope, reply envelope) when an async message sent from here is answered.
         self.reply_handlers: dict[str, Callable[[dict, dict], Awaitable[None]]] = {}
@@ -103,6 +114,11 @@ class FederationService:
         self._subtrees: dict[str, set[str]] = {}
         self._key_mtime = 0.0
         self._stall_retry: dict[str, float] = {}
+        # Feed cursors as stored ((peer, feed) -> cursor, None when no row yet); this node is their only writer.
+        self._cursors: dict[tuple[str, str], str | None] = {}
+        self._caught_up: dict[str, float] = {}  # peer -> when its outbox back-off was last cut short
+        self._stalled_since: dict[str, float] = {}  # peer -> when its catalog feed stalled on an unknown origin
+        self._registry_pulled: dict[str, float] = {}  # peer -> when its registry feed was last read to its end
         self._tasks: set[asyncio.Task[Any]] = set()
         self._scheduler: Any = None
 
@@ -113,9 +129,12 @@ class FederationService:
         if self.trust is None and not self.config.node.parent_url:
             await self._become_root()
         self._key_mtime = self._key_file_mtime()
+        await self.replay.start()
         await self.client.start()
         self.catalog.listeners.append(self._catalog_changed)
-        async with self.engine.connect() as conn:
+        # A restart is a fresh start for every neighbour: what waited out a back-off is sent at once.
+        async with write_tx(self.engine) as conn:
+            await store.retry_now(conn, now_ms())
             pending = await store.outbox_depths(conn)
         for peer in pending:
             self.outbox.ensure(peer)
@@ -136,6 +155,7 @@ class FederationService:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         await self.client.close()
+        await self.replay.close()
 
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -143,7 +163,7 @@ class FederationService:
         sched = AsyncIOScheduler(timezone="UTC")
         sched.add_job(self.pull_all, "interval", seconds=self.pull_interval_s, id="pull", max_instances=1,
                       coalesce=True)
-        sched.add_job(self._prune_seen, "interval", seconds=60, id="prune", max_instances=1, coalesce=True)
+        sched.add_job(self.replay.prune, "interval", seconds=60, id="prune", max_instances=1, coalesce=True)
         sched.add_job(self._reload_key_if_changed, "interval", seconds=2, id="key", max_instances=1, coalesce=True)
         sched.start()
         self._scheduler = sched
@@ -308,17 +328,28 @@ class FederationService:
         if not (params.origin in self.neighbours() or (allow_self and params.origin == self.node_id)):
             raise ApiError(f"{params.origin} is neither this node's parent nor one of its children",
                            code="NOT_NEIGHBOUR")
-        async with write_tx(self.engine) as conn:
-            fresh = await store.remember_nonce(conn, params.origin, params.nonce, params.ts)
-        if not fresh:
+        if not await self.replay.fresh_nonce(params.origin, params.nonce, params.ts):
             raise ApiError("this request was already received (nonce seen)", code="REPLAY")
+        if self.peer_status.get(params.origin, {}).get("reachable") is False:
+            self._catch_up(params.origin)
         self._mark_peer(params.origin, ok=True, inbound=True)
         return params.origin
 
-    async def _prune_seen(self) -> None:
-        now = now_ms()
-        async with write_tx(self.engine) as conn:
-            await store.prune_seen(conn, now - SEEN_WINDOW_MS, now - ASYNC_TTL_MS - SEEN_WINDOW_MS)
+    def _catch_up(self, peer: str) -> None:
+        """A neighbour this node could not reach is talking to it again: send what waits for it now rather
+        than at the end of its back-off (at most once a second)."""
+        now = time.monotonic()
+        if now - self._caught_up.get(peer, 0.0) < 1.0:
+            return
+        self._caught_up[peer] = now
+
+        async def go() -> None:
+            async with write_tx(self.engine) as conn:
+                await store.retry_now(conn, now_ms(), peer)
+            self.outbox.wake(peer)
+
+        self._spawn(go())
+
 
     # Feeds (SPEC §5) ----------------------------------------------------------------------------
 
@@ -350,9 +381,12 @@ class FederationService:
                     log.info("scheduled pull of %s from %s failed: %s", feed, peer, exc)
 
     async def _pull_once(self, peer: str, feed: str) -> bool:
-        async with self.engine.connect() as conn:
-            cursor = await store.get_cursor(conn, peer, feed) or "0"
+        if (peer, feed) not in self._cursors:
+            async with self.engine.connect() as conn:
+                self._cursors[(peer, feed)] = await store.get_cursor(conn, peer, feed)
+        cursor = self._cursors[(peer, feed)] or "0"
         path = f"/federation/v1/{'registry' if feed == 'registry' else 'catalog/changes'}?since={cursor}&limit=500"
+        started = time.monotonic()
         try:
             page = await self.client.request(peer, self.endpoint_of(peer), "GET", path)
         except PeerError as exc:
@@ -362,7 +396,10 @@ class FederationService:
         if not isinstance(page, dict) or not isinstance(page.get("entries"), list):
             raise PeerError("INVALID_INPUT", f"{peer} sent a malformed {feed} page")
         if feed == "registry":
-            return await self._apply_registry(peer, page)
+            more = await self._apply_registry(peer, page)
+            if not more:
+                self._registry_pulled[peer] = started
+            return more
         return await self._apply_catalog(peer, page)
 
     async def _apply_registry(self, peer: str, page: dict[str, Any]) -> bool:
@@ -388,10 +425,13 @@ class FederationService:
                     changed.append(doc)
         for doc in pending:
             log.warning("registry entry from %s has no known issuer: %s %s", peer, doc.get("type"), doc.get("node"))
-        async with write_tx(self.engine) as conn:
-            for doc in changed:
-                await store.put_registry(conn, doc)
-            await store.set_cursor(conn, peer, "registry", str(page.get("next", 0)))
+        new_cursor = str(page.get("next", 0))
+        if changed or new_cursor != self._cursors.get((peer, "registry")):  # an idle pull writes nothing
+            async with write_tx(self.engine) as conn:
+                for doc in changed:
+                    await store.put_registry(conn, doc)
+                await store.set_cursor(conn, peer, "registry", new_cursor)
+            self._cursors[(peer, "registry")] = new_cursor
         if changed:
             self._trust_changed()
             for child in self.children():
@@ -430,9 +470,10 @@ class FederationService:
                     keys = trust.verify_keys_for(origin, at_ms=entry["updated_at"], now_ms=now)
                     verify_signed_json(entry, origin, keys)
                 except TrustError as exc:
-                    if exc.code in ("UNKNOWN", "BROKEN_CHAIN"):
-                        # The registry has not caught up with this origin yet: stop here (the cursor
-                        # stays put) and pull again once the registry is pulled.
+                    if exc.code != "REVOKED" and not self._registry_fresh(peer):
+                        # The registry may not have caught up with this origin (or with a re-issued
+                        # certificate) yet: stop here (the cursor stays put), pull the peer's registry, then
+                        # this page again. If the origin still does not verify then, the entry is refused.
                         stalled = True
                         break
                     reason = f"origin {origin} is not trusted: {exc.message}"
@@ -445,21 +486,34 @@ class FederationService:
                 log.warning("refused catalog entry %s from %s: %s", code, peer, reason)
             else:
                 accepted.append(entry)
-        if stalled and time.monotonic() - self._stall_retry.get(peer, 0.0) > 5.0:
-            self._stall_retry[peer] = time.monotonic()
-            self._spawn(self._registry_then_catalog(peer))
+        if stalled:
+            self._stalled_since.setdefault(peer, time.monotonic())
+            if time.monotonic() - self._stall_retry.get(peer, 0.0) > 5.0:
+                self._stall_retry[peer] = time.monotonic()
+                self._spawn(self._registry_then_catalog(peer))
+        else:
+            self._stalled_since.pop(peer, None)
         applied = 0
-        async with write_tx(self.engine) as conn:
-            for entry in accepted:
-                if await self.catalog.apply_received(entry, conn):
-                    applied += 1
-            for r in refused:
-                await catalog_store.log_refusal(conn, **r)
-            if not stalled:
-                await store.set_cursor(conn, peer, "catalog", str(cursor))
+        new_cursor = None if stalled else str(cursor)
+        moved = new_cursor is not None and new_cursor != self._cursors.get((peer, "catalog"))
+        if accepted or refused or moved:  # an idle pull writes nothing
+            async with write_tx(self.engine) as conn:
+                if accepted:  # the whole page in a few statements: the write lock is held briefly
+                    applied = len(await self.catalog.apply_received_many(accepted, conn))
+                for r in refused:
+                    await catalog_store.log_refusal(conn, **r)
+                if new_cursor is not None:
+                    await store.set_cursor(conn, peer, "catalog", new_cursor)
+            if new_cursor is not None:
+                self._cursors[(peer, "catalog")] = new_cursor
         if applied:
             await self.notify_neighbours("catalog", exclude=peer)
         return bool(page.get("more")) and not stalled
+
+    def _registry_fresh(self, peer: str) -> bool:
+        """Whether this node pulled `peer`'s registry to its end since catalog replication from it stalled."""
+        since = self._stalled_since.get(peer)
+        return since is not None and self._registry_pulled.get(peer, 0.0) > since
 
     async def _registry_then_catalog(self, peer: str) -> None:
         await self.puller.pull_now(peer, "registry")
@@ -478,8 +532,10 @@ class FederationService:
             return
         now = now_ms()
         async with write_tx(self.engine) as conn:
-            for peer in peers:
-                await store.enqueue(conn, peer, "notify", {"feed": feed}, now, dedup=f"notify:{peer}:{feed}")
+            # SPEC §5 {"feed", "next"}: with the feed's head in it, a notify coalesced into a row while that row
+            # is being delivered changes its payload, so the delivery does not delete it (see store.delivered).
+            head = await read_counter(conn, CHANGE_COUNTER if feed == "catalog" else store.REGISTRY_COUNTER)
+            await store.enqueue_notifies(conn, peers, {"feed": feed, "next": str(head)}, now)
         for peer in peers:
             self.outbox.wake(peer)
 
@@ -492,6 +548,13 @@ class FederationService:
 
     async def _deliver(self, row: Any) -> None:
         payload = json.loads(row.payload)
+        if row.kind == "message" and payload.get("expires_at", 0) <= now_ms():
+            # Every hop would refuse it from now on: drop it, and tell the origin if it is this node.
+            log.warning("message %s to %s expired before it could be delivered: dropped", payload.get("id"), row.peer)
+            if payload.get("origin") == self.node_id:
+                await self._async_reply(payload, self._error_answer(payload, ApiError(
+                    f"the message expired before {row.peer} could take it", {"hop": row.peer}, code="PEER_TIMEOUT")))
+            return
         endpoint = self.endpoint_of(row.peer)
         try:
             if row.kind == "notify":
@@ -505,6 +568,11 @@ class FederationService:
             self._mark_peer(row.peer, ok=False, error=exc.message)
             if exc.status in (400, 403, 404, 422):
                 log.warning("message %s to %s refused for good (%s): dropped", payload.get("id"), row.peer, exc.code)
+                if row.kind == "message" and payload.get("origin") == self.node_id:
+                    code = exc.code if exc.code in STATUS_OF else "INVALID_INPUT"
+                    details = {**(exc.details if isinstance(exc.details, dict) else {}), "hop": row.peer}
+                    await self._async_reply(payload, self._error_answer(payload, ApiError(exc.message, details,
+                                                                                          code=code)))
                 return
             raise
         self._mark_peer(row.peer, ok=True)
@@ -545,8 +613,7 @@ class FederationService:
         if self.node_id in (env.get("signatures") or {}):
             raise ApiError("the envelope has already passed this node (a loop)", code="INVALID_INPUT")
         is_async = env["kind"] in ASYNC_KINDS
-        async with write_tx(self.engine) as conn:
-            fresh = await store.remember_message(conn, env["id"], now_ms())
+        fresh = await self.replay.fresh_message(env["id"])
         if not fresh and not is_async:
             raise ApiError(f"message {env['id']} was already received", code="REPLAY")
         destination = env["destination"]
@@ -584,16 +651,35 @@ class FederationService:
         if handler is None:
             return self._error_answer(env, ApiError(f"kind {env['kind']} is not served here", code="KIND_UNSUPPORTED"))
         try:
-            body = await handler(env)
+            # A handler gets what is left of the envelope's time, less the margins of the hops before.
+            async with asyncio.timeout(_hop_deadline_s(env)):
+                body = await handler(env)
         except ApiError as err:
             return self._error_answer(env, err)
-        signers = list((env.get("signatures") or {}).keys())
-        body = {**body, "via": [n for n in signers if n != env["origin"]] + [self.node_id]}
+        except TimeoutError:
+            return self._error_answer(env, ApiError(f"{self.node_id} did not answer {env['kind']} in time",
+                                                    {"hop": self.node_id}, code="PEER_TIMEOUT"))
+        body = {**body, "via": self._via(env)}
         return self._answer(env, "reply", body)
 
+    def _via(self, env: dict[str, Any]) -> list[str]:
+        """The nodes an envelope passed after its origin, in path order, ending with this node.
+
+        The signatures cannot tell the order (canonical JSON sorts them), the tree can: up from the origin to
+        the nearest common ancestor, then down to this node. The relays' signatures must match that path."""
+        signers = set(env.get("signatures") or {})
+        up = [c["node"] for c in self.trust.chain_for(env["origin"])] if self.trust else []
+        down = [c["node"] for c in self.trust.chain_for(self.node_id)] if self.trust else []
+        common = next((n for n in up if n in down), None)
+        if common is not None:
+            path = up[:up.index(common) + 1] + list(reversed(down[:down.index(common)]))
+            if set(path[:-1]) == signers:
+                return path[1:] or [self.node_id]
+        return sorted(signers - {env["origin"], self.node_id}) + [self.node_id]
+
     async def _forward(self, hop: str, env: dict[str, Any]) -> dict[str, Any]:
+        remaining = _hop_deadline_s(env)
         signed = sign_envelope(env, self.node_id, self.key)
-        remaining = (env["expires_at"] - now_ms()) / 1000
         if remaining <= 0:
             return self._error_answer(env, ApiError("the envelope expired", {"hop": self.node_id}, code="PEER_TIMEOUT"))
         try:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.db import metadata, next_counter
+from node.db import insert_ignoring_duplicates, metadata, next_counter
 
 REGISTRY_COUNTER = "registry_change"
 
@@ -144,23 +144,15 @@ async def use_invite(conn: AsyncConnection, digest: str, now: int) -> sa.Row | N
 
 # Replay protection --------------------------------------------------------------------------------
 
-async def remember_nonce(conn: AsyncConnection, origin: str, nonce: str, ts: int) -> bool:
-    """Record a nonce; False if it was already seen (a replay)."""
-    exists = (await conn.execute(
-        sa.select(seen_nonces.c.ts).where(seen_nonces.c.origin == origin, seen_nonces.c.nonce == nonce)
-    )).first()
-    if exists is not None:
-        return False
-    await conn.execute(sa.insert(seen_nonces).values(origin=origin, nonce=nonce, ts=ts))
-    return True
+async def store_seen(conn: AsyncConnection, nonces: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
+    await insert_ignoring_duplicates(conn, seen_nonces, nonces)
+    await insert_ignoring_duplicates(conn, seen_messages, messages)
 
 
-async def remember_message(conn: AsyncConnection, message_id: str, at: int) -> bool:
-    exists = (await conn.execute(sa.select(seen_messages.c.at).where(seen_messages.c.id == message_id))).first()
-    if exists is not None:
-        return False
-    await conn.execute(sa.insert(seen_messages).values(id=message_id, at=at))
-    return True
+async def load_seen(conn: AsyncConnection, nonces_since: int, messages_since: int) -> tuple[list[sa.Row], list[sa.Row]]:
+    n = (await conn.execute(sa.select(seen_nonces).where(seen_nonces.c.ts >= nonces_since))).all()
+    m = (await conn.execute(sa.select(seen_messages).where(seen_messages.c.at >= messages_since))).all()
+    return list(n), list(m)
 
 
 async def prune_seen(conn: AsyncConnection, nonces_before: int, messages_before: int) -> None:
@@ -201,6 +193,20 @@ async def enqueue(conn: AsyncConnection, peer: str, kind: str, payload: dict[str
     ))
 
 
+async def enqueue_notifies(conn: AsyncConnection, peers: list[str], payload: dict[str, Any], now: int) -> None:
+    """`enqueue` of one notify for each peer, coalesced per peer and feed, in a single statement."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    text = json.dumps(payload, ensure_ascii=False)
+    stmt = insert(outbox)
+    stmt = stmt.on_conflict_do_update(index_elements=[outbox.c.dedup],
+                                      set_={"payload": stmt.excluded.payload, "next_attempt_at": stmt.excluded.next_attempt_at})
+    await conn.execute(stmt, [{"peer": p, "kind": "notify", "dedup": f"notify:{p}:{payload['feed']}", "payload": text,
+                               "created_at": now, "attempts": 0, "next_attempt_at": now} for p in peers])
+
+
 async def due(conn: AsyncConnection, peer: str, now: int, limit: int) -> list[sa.Row]:
     q = (sa.select(outbox).where(outbox.c.peer == peer, outbox.c.next_attempt_at <= now)
          .order_by(outbox.c.id).limit(limit))
@@ -220,6 +226,14 @@ async def delivered(conn: AsyncConnection, outbox_id: int, payload: str) -> None
 async def defer(conn: AsyncConnection, outbox_id: int, attempts: int, at: int, error: str) -> None:
     await conn.execute(sa.update(outbox).where(outbox.c.id == outbox_id).values(
         attempts=attempts, next_attempt_at=at, last_error=error[:400]))
+
+
+async def retry_now(conn: AsyncConnection, now: int, peer: str | None = None) -> int:
+    """Make every row waiting out a back-off (for `peer`, or for all peers) due now; returns how many."""
+    q = sa.update(outbox).where(outbox.c.next_attempt_at > now)
+    if peer is not None:
+        q = q.where(outbox.c.peer == peer)
+    return (await conn.execute(q.values(next_attempt_at=now))).rowcount or 0
 
 
 async def outbox_depths(conn: AsyncConnection) -> dict[str, int]:

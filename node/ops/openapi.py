@@ -55,10 +55,7 @@ def build_openapi(docs: list[RouteDoc], title: str = "govnode department API") -
             op["security"] = [{"bearer": []}]
         if d.roles:
             op["description"] = "Roles: " + ", ".join(d.roles)
-        params = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in _path_params(d.path)
-        ]
+        params = _path_params(d.path)
         if d.query is not None:
             qs = d.query.model_json_schema()
             for name, prop in qs.get("properties", {}).items():
@@ -90,18 +87,37 @@ def build_openapi(docs: list[RouteDoc], title: str = "govnode department API") -
     }
 
 
-def _path_params(path: str) -> list[str]:
+def _variables(path: str) -> list[tuple[int, int, str, str | None]]:
+    """aiohttp's path variables as (start, end, name, regex or None). A variable's regex may itself hold
+    braces and slashes (a resource code is `{code:\\d{6,9}/\\d{7,18}}`), so braces are matched by depth."""
     out = []
-    for part in path.split("/"):
-        if part.startswith("{") and part.endswith("}"):
-            out.append(part[1:-1].split(":")[0])
+    depth, start = 0, 0
+    for i, ch in enumerate(path):
+        if ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                name, _, regex = path[start + 1:i].partition(":")
+                out.append((start, i + 1, name, regex or None))
     return out
 
 
+def _path_params(path: str) -> list[dict[str, Any]]:
+    params = []
+    for _, _, name, regex in _variables(path):
+        schema: dict[str, Any] = {"type": "string"}
+        if regex:
+            schema["pattern"] = f"^{regex}$"
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return params
+
+
 def _oas_path(path: str) -> str:
-    parts = []
-    for part in path.split("/"):
-        if part.startswith("{") and ":" in part:
-            part = "{" + part[1:-1].split(":")[0] + "}"
-        parts.append(part)
-    return "/".join(parts)
+    out, pos = [], 0
+    for start, end, name, _ in _variables(path):
+        out.append(path[pos:start] + "{" + name + "}")
+        pos = end
+    return "".join(out) + path[pos:]

@@ -1,0 +1,65 @@
+"""Replay protection: the nonces of hop requests (within the clock-skew window) and the ids of envelopes
+seen. Checked in memory; persisted by group commit before the request goes on, so a restarted node
+still refuses a replay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from node.db import write_tx
+from node.federation import store
+from node.groupcommit import GroupCommitter
+from node.ids import now_ms
+
+
+class ReplayGuard:
+    def __init__(self, engine: AsyncEngine, nonce_window_ms: int, message_window_ms: int) -> None:
+        self.engine = engine
+        self.nonce_window_ms = nonce_window_ms
+        self.message_window_ms = message_window_ms
+        self._nonces: dict[tuple[str, str], int] = {}
+        self._messages: dict[str, int] = {}
+        self._writer: GroupCommitter[tuple[str, dict[str, Any]]] = GroupCommitter(engine, self._write, "replay", 1)
+
+    async def start(self) -> None:
+        now = now_ms()
+        async with self.engine.connect() as conn:
+            nonces, messages = await store.load_seen(conn, now - self.nonce_window_ms, now - self.message_window_ms)
+        self._nonces = {(r.origin, r.nonce): r.ts for r in nonces}
+        self._messages = {r.id: r.at for r in messages}
+        self._writer.start()
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    async def fresh_nonce(self, origin: str, nonce: str, ts: int) -> bool:
+        """True the first time (origin, nonce) is seen; False for a replay."""
+        key = (origin, nonce)
+        if key in self._nonces:
+            return False
+        self._nonces[key] = ts
+        await self._writer.submit(("nonce", {"origin": origin, "nonce": nonce, "ts": ts}))
+        return True
+
+    async def fresh_message(self, message_id: str) -> bool:
+        if message_id in self._messages:
+            return False
+        at = now_ms()
+        self._messages[message_id] = at
+        await self._writer.submit(("message", {"id": message_id, "at": at}))
+        return True
+
+    async def prune(self) -> None:
+        now = now_ms()
+        n_cut, m_cut = now - self.nonce_window_ms, now - self.message_window_ms
+        self._nonces = {k: ts for k, ts in self._nonces.items() if ts >= n_cut}
+        self._messages = {k: at for k, at in self._messages.items() if at >= m_cut}
+        async with write_tx(self.engine) as conn:
+            await store.prune_seen(conn, n_cut, m_cut)
+
+    @staticmethod
+    async def _write(conn: AsyncConnection, items: list[tuple[str, dict[str, Any]]]) -> None:
+        await store.store_seen(conn, [row for kind, row in items if kind == "nonce"],
+                               [row for kind, row in items if kind == "message"])
