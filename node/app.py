@@ -47,8 +47,9 @@ def _capabilities() -> list:
     from node.data.http import setup as data
     from node.federation.http import setup as federation
     from node.sharing.http import setup as sharing
+    from node.applications.http import setup as applications
 
-    return [catalog, data, federation, sharing]
+    return [catalog, data, federation, sharing, applications]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -1,0 +1,308 @@
+"""Payloads of applications and grants (SPEC §8, §10, §11): what departments send and what they get back."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from node.catalog.models import FIELD
+from node.ids import RESOURCE_CODE
+
+Op = Literal["query", "verify", "compare", "subscribe"]
+Status = Literal["submitted", "accepted", "rejected", "approved", "withdrawn"]
+OPEN_STATUSES = ("submitted", "accepted")  # a decision is still to come (withdrawal allowed)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _unique(values: list[str], what: str) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat")
+    return values
+
+
+class ApplicationCreate(_Strict):
+    """Apply for a grant on a resource of any node (统一受理): the provider's node receives it."""
+
+    resource: str = Field(description="resource code (分类码/顺序码) as the catalog lists it")
+    ops: list[Op] = Field(min_length=1, max_length=4, description="operations asked for")
+    fields: list[str] = Field(min_length=1, max_length=500, description="data items asked for (their `field`)")
+    purpose: str = Field(min_length=1, max_length=2000, description="what the data is for (用途)")
+    basis: str = Field(min_length=1, max_length=2000, description="the law, policy or duty the request rests on (依据)")
+
+    @field_validator("resource")
+    @classmethod
+    def _resource(cls, v: str) -> str:
+        if not RESOURCE_CODE.match(v):
+            raise ValueError("must be a resource code 分类码/顺序码")
+        return v
+
+    @field_validator("ops")
+    @classmethod
+    def _ops(cls, v: list[str]) -> list[str]:
+        return _unique(v, "ops")
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: list[str]) -> list[str]:
+        for f in v:
+            if not FIELD.match(f):
+                raise ValueError(f"{f!r} is not a field name")
+        return _unique(v, "fields")
+
+    @field_validator("purpose", "basis")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
+
+
+class Review(_Strict):
+    """The provider node's platform review (operator): accept for the department's decision, or reject."""
+
+    decision: Literal["accept", "reject"]
+    reason: str = Field("", max_length=2000)
+
+    @model_validator(mode="after")
+    def _reason(self) -> "Review":
+        if self.decision == "reject" and not self.reason.strip():
+            raise ValueError("a rejection needs its reason")
+        return self
+
+
+class Decision(_Strict):
+    """The providing department's decision; an approval may narrow the fields and operations, never widen."""
+
+    decision: Literal["approve", "reject"]
+    reason: str = Field("", max_length=2000)
+    valid_until: str | None = Field(None, description="YYYY-MM-DD, the last day the grant is valid (China "
+                                                      "Standard Time); default one year from the approval")
+    fields: list[str] | None = Field(None, max_length=500, description="the fields granted (a subset of those asked)")
+    ops: list[Op] | None = Field(None, max_length=4, description="the operations granted (a subset of those asked)")
+
+    @field_validator("valid_until")
+    @classmethod
+    def _date(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+                raise ValueError("must be YYYY-MM-DD")
+            date.fromisoformat(v)
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _unique(v, "fields")
+
+    @field_validator("ops")
+    @classmethod
+    def _ops(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _unique(v, "ops")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Decision":
+        if self.decision == "reject" and not self.reason.strip():
+            raise ValueError("a rejection needs its reason")
+        if self.decision == "approve" and (self.fields == [] or self.ops == []):
+            raise ValueError("an approval grants at least one field and one operation; reject instead")
+        return self
+
+
+class Reason(_Strict):
+    """Optional body of a withdrawal or a revocation."""
+
+    reason: str = Field("", max_length=2000)
+
+
+class Party(BaseModel):
+    node: str = Field(pattern=r"^\d{6}$")
+    dept: str = Field(pattern=r"^[0-9A-Z]{1,32}$")
+
+
+class HistoryEntry(BaseModel):
+    at: str = Field(description="ISO 8601, China Standard Time")
+    by: str = Field(description="<node>/<department> of the actor, or <node>/platform for the node itself")
+    status: str = Field(description="the application's status after this event")
+    event: str = Field(description="submitted, received, accepted, rejected, approved, withdrawn, "
+                                   "withdraw_refused, overdue, revoked, calendar")
+    reason: str = ""
+
+
+class Application(BaseModel):
+    """SPEC §11: the application as its provider's node holds it (the applicant's node keeps a copy)."""
+
+    id: str
+    resource: str
+    resource_name: str | None = None
+    applicant: Party
+    provider: Party
+    ops: list[str]
+    fields: list[str]
+    purpose: str
+    basis: str
+    status: Status
+    submitted_at: str
+    received_at: str | None = Field(None, description="when the provider's node received it")
+    review_due: str
+    reviewed_at: str | None = None
+    decision_due: str | None = None
+    decided_at: str | None = None
+    overdue: bool
+    grant: dict[str, Any] | None = Field(None, description="the signed grant (SPEC §8) once approved")
+    revoked_at: str | None = Field(None, description="when the grant was revoked")
+    history: list[HistoryEntry]
+    version: int = Field(description="the provider's revision of this application; copies apply newer ones only")
+
+
+class ApplicationQuery(_Strict):
+    status: Status | None = None
+    role: Literal["applicant", "provider"] | None = Field(
+        None, description="applicant: applications made from this node (by the caller's department); "
+                          "provider: applications for resources of this node (of the caller's department)")
+    overdue: bool | None = Field(None, description="only applications whose current step is past its due date")
+    resource: str | None = None
+    page: int = Field(1, ge=1, le=100_000)
+    page_size: int = Field(20, ge=1, le=200)
+
+
+class ApplicationPage(BaseModel):
+    applications: list[Application]
+    page: int
+    page_size: int
+    total: int
+
+
+class GrantQuery(_Strict):
+    role: Literal["consumer", "provider"] | None = Field(
+        None, description="consumer: grants held by the caller's department (or node); provider: grants issued "
+                          "on the caller's resources (or by this node)")
+    resource: str | None = None
+    status: Literal["active", "revoked", "expired"] | None = None
+    page: int = Field(1, ge=1, le=100_000)
+    page_size: int = Field(20, ge=1, le=200)
+
+
+class GrantView(BaseModel):
+    id: str
+    application: str
+    resource: str
+    consumer: Party
+    provider: Party
+    ops: list[str]
+    fields: list[str]
+    valid_from: str
+    valid_until: str
+    status: Literal["active", "revoked", "expired", "not_yet_valid"]
+    revoked_at: str | None
+    revoke_reason: str | None
+    grant: dict[str, Any] = Field(description="the signed grant exactly as issued (SPEC §8)")
+
+
+class GrantPage(BaseModel):
+    grants: list[GrantView]
+    page: int
+    page_size: int
+    total: int
+
+
+class StatsQuery(_Strict):
+    since: str | None = Field(None, description="ISO 8601 time or epoch milliseconds (default: 30 days ago)")
+    until: str | None = Field(None, description="ISO 8601 time or epoch milliseconds (default: now)")
+
+
+class Latency(BaseModel):
+    mean_ms: float | None
+    max_ms: int | None
+
+
+class CallStats(BaseModel):
+    key: str = Field(description="the resource code or the caller (<node>/<department>, or a node id for calls "
+                                 "served to another node)")
+    calls: int
+    errors: int
+    latency: Latency
+
+
+class StepStats(BaseModel):
+    done: int = Field(description="steps completed in the window")
+    on_time: int = Field(description="completed on or before the due date")
+    on_time_rate: float | None = Field(description="on_time / done (null when none done)")
+    median_hours: float | None = Field(description="median time from the step's start to its completion")
+    overdue_open: int = Field(description="still open and past the due date")
+
+
+class ApprovalStats(BaseModel):
+    dept: str = Field(description="providing department (<node>/<department>)")
+    applications: int
+    submitted: int
+    accepted: int
+    approved: int
+    rejected: int
+    withdrawn: int
+    review: StepStats
+    decision: StepStats
+
+
+class CallSummary(BaseModel):
+    total: int
+    errors: int
+    latency: Latency
+    by_resource: list[CallStats]
+    by_department: list[CallStats]
+
+
+class Stats(BaseModel):
+    node: str
+    since: str
+    until: str
+    calls: CallSummary = Field(description="query, verify and compare calls made at this node by its departments "
+                                           "and served here for other nodes (from the audit log)")
+    approvals: list[ApprovalStats] = Field(description="applications for this node's resources submitted in the "
+                                                       "window, per providing department")
+
+
+# Wire bodies (SPEC §6: application.submit and application.update messages) --------------------------------
+
+ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+
+
+class SubmittedApplication(ApplicationCreate):
+    """`application.submit` body["application"]: sent by the applicant's node to the provider's node, which
+    vouches for the applicant department with its signature on the envelope."""
+
+    id: str = Field(pattern=ULID)
+    applicant: Party
+    provider: Party = Field(description="the provider as the applicant's catalog names it")
+    submitted_at: StrictInt = Field(ge=0, description="epoch milliseconds at the applicant's node")
+
+
+class Withdrawal(_Strict):
+    """`application.update` body["withdraw"]: the applicant's node asks the provider's node to withdraw."""
+
+    id: str = Field(pattern=ULID)
+    dept: str = Field(min_length=1, max_length=32)
+    reason: str = Field("", max_length=2000)
+
+
+class GrantDoc(BaseModel):
+    """A signed grant (SPEC §8), as presented with a call or received in an application.update."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["grant"]
+    id: str = Field(pattern=ULID)
+    resource: str
+    consumer: Party
+    ops: list[str]
+    fields: list[str]
+    purpose: str = ""
+    valid_from: StrictInt
+    valid_until: StrictInt
+    issuer: str
+    signatures: dict[str, dict[str, str]]

@@ -1,0 +1,763 @@
+"""Applications and grants (SPEC §8, §11): 统一受理、平台授权 with working-day deadlines.
+
+Where things live:
+- an application lives at the provider's node (the authority: it reviews, decides, flags deadlines);
+  the applicant's node keeps a copy with the same id, replaced by every `application.update` whose
+  `version` is newer than the one it holds. Submission and withdrawal travel the other way
+  (`application.submit`, `application.update` with a `withdraw` body). Every message goes through the
+  federation's durable outbox, so an outage delays and never loses them;
+- a grant is issued and signed by the provider's node on approval, stored there and sent to the
+  applicant's node inside the application.update; the applicant's node attaches it to its department's
+  calls on that resource (`find_grant`), the provider checks it on every call (`check_grant`) and is the
+  only one that revokes it.
+
+Deadlines (China Standard Time, official working days through node.workdays): the platform review is
+due on the 3rd working day after the submission day, the department's decision on the 10th working day
+after the review. A scheduled job flags a step past its due date once (`overdue: true`, a history entry,
+an audit record for the node's operators, an update to the applicant's node).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from federation.canonical import encode_canonical_json
+from federation.errors import FederationError, SignatureError, TrustError
+from federation.signing import sign_json, verify_signed_json
+from node.accounts.service import Account
+from node.applications import store
+from node.applications.models import (OPEN_STATUSES, Application, ApplicationCreate, Decision, GrantDoc, Review,
+                                      SubmittedApplication, Withdrawal)
+from node.audit.service import AuditLog
+from node.catalog.service import CatalogService
+from node.db import write_tx
+from node.errors import ApiError, Conflict, Forbidden, GrantRequired, InvalidInput, NotFound, ShareForbidden
+from node.federation.service import ASYNC_TTL_MS, FederationService
+from node.ids import new_id, now_ms
+from node.web import validation_details
+from node.workdays import add_working_days, cst_date, cst_iso, end_of_day_ms
+
+log = logging.getLogger("govnode.applications")
+
+REVIEW_DAYS = 3
+DECISION_DAYS = 10
+DEFAULT_GRANT_DAYS = 365
+PLATFORM = "platform"          # the `by` of events the node itself records: <node>/platform
+RESEND_AFTER_MS = 20_000       # a change not queued for the other node this long after it is retried
+_CACHE_LIMIT = 10_000
+
+
+def iso_ms(iso: str | None) -> int | None:
+    return None if iso is None else int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def row_of(doc: dict[str, Any], pending: bool) -> dict[str, Any]:
+    """The columns of an application's row, all derived from its document."""
+    return {
+        "id": doc["id"], "resource": doc["resource"],
+        "applicant_node": doc["applicant"]["node"], "applicant_dept": doc["applicant"]["dept"],
+        "provider_node": doc["provider"]["node"], "provider_dept": doc["provider"]["dept"],
+        "status": doc["status"], "overdue": doc["overdue"],
+        "submitted_at": iso_ms(doc["submitted_at"]), "received_at": iso_ms(doc.get("received_at")),
+        "review_due": doc["review_due"], "reviewed_at": iso_ms(doc.get("reviewed_at")),
+        "decision_due": doc.get("decision_due"), "decided_at": iso_ms(doc.get("decided_at")),
+        "version": doc["version"], "notify_pending": pending, "updated_at": now_ms(),
+        "doc": json.dumps(doc, ensure_ascii=False),
+    }
+
+
+def grant_row(grant: dict[str, Any], application_id: str, provider_dept: str, revoked_at: int | None = None,
+              reason: str | None = None) -> dict[str, Any]:
+    return {
+        "id": grant["id"], "application_id": application_id, "resource": grant["resource"],
+        "consumer_node": grant["consumer"]["node"], "consumer_dept": grant["consumer"]["dept"],
+        "issuer": grant["issuer"], "provider_dept": provider_dept, "valid_from": grant["valid_from"],
+        "valid_until": grant["valid_until"], "revoked_at": revoked_at, "revoke_reason": reason,
+        "doc": json.dumps(grant, ensure_ascii=False),
+    }
+
+
+def grant_status(valid_from: int, valid_until: int, revoked_at: int | None, now: int) -> str:
+    if revoked_at is not None:
+        return "revoked"
+    if now > valid_until:
+        return "expired"
+    if now < valid_from:
+        return "not_yet_valid"
+    return "active"
+
+
+def _median_hours(values: list[int]) -> float | None:
+    return round(statistics.median(values) / 3_600_000, 2) if values else None
+
+
+class ApplicationService:
+    def __init__(self, engine: AsyncEngine, node_id: str, catalog: CatalogService, federation: FederationService,
+                 audit: AuditLog) -> None:
+        self.engine = engine
+        self.node_id = node_id
+        self.catalog = catalog
+        self.federation = federation
+        self.audit = audit
+        # Now, in epoch milliseconds: submissions, reviews, decisions, deadlines and grant validity all read
+        # this clock (tests set it to a chosen day); trust checks of certificates use the real time.
+        self.clock: Callable[[], int] = now_ms
+        self.check_interval_s = 60.0
+        self._scheduler: Any = None
+        # Grants issued here: id -> revoked_at (None while live). The provider is the authority on
+        # revocation, and every revocation goes through this service, so the cache is never stale.
+        self._revoked: dict[str, int | None] = {}
+        self._verified: set[bytes] = set()  # grants whose signature verified (exact bytes)
+        self._verified_with = ""
+        # Grants held by (resource, consumer node, consumer dept), for attaching to calls.
+        self._held: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+
+    # Life cycle -------------------------------------------------------------------------------------
+
+    def connect(self, sharing: Any) -> None:
+        """Register the federation's message handlers and the sharing service's grant hooks."""
+        self.federation.handlers["application.submit"] = self.on_submit
+        self.federation.handlers["application.update"] = self.on_update
+        sharing.grant_checker = self.check_grant
+        sharing.grant_finder = self.find_grant
+
+    async def start(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        sched = AsyncIOScheduler(timezone="UTC")
+        sched.add_job(self._scheduled_check, "interval", seconds=self.check_interval_s, id="deadlines",
+                      max_instances=1, coalesce=True)
+        sched.add_job(self.resend_pending, "interval", seconds=30, id="resend", max_instances=1, coalesce=True)
+        sched.start()
+        self._scheduler = sched
+
+    async def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+
+    async def _scheduled_check(self) -> None:
+        try:
+            await self.check_deadlines()
+        except Exception:  # noqa: BLE001 - the next run tries again
+            log.exception("deadline check failed")
+
+    # Documents ----------------------------------------------------------------------------------------
+
+    def _event(self, at: int, by: str, status: str, event: str, reason: str = "") -> dict[str, Any]:
+        return {"at": cst_iso(at), "by": by, "status": status, "event": event, "reason": reason}
+
+    @property
+    def _platform(self) -> str:
+        return f"{self.node_id}/{PLATFORM}"
+
+    def _calendar_note(self, doc: dict[str, Any], at: int, deadline: Any, step: str) -> None:
+        note = deadline.note()
+        if note:
+            doc["history"].append(self._event(at, self._platform, doc["status"], "calendar", f"{step}: {note}"))
+
+    def _new_doc(self, *, app_id: str, body: ApplicationCreate, name: str | None, applicant: dict[str, str],
+                 provider: dict[str, str], submitted: int, received: int | None) -> dict[str, Any]:
+        deadline = add_working_days(cst_date(submitted), REVIEW_DAYS)
+        doc: dict[str, Any] = {
+            "id": app_id, "resource": body.resource, "resource_name": name, "applicant": applicant,
+            "provider": provider, "ops": list(body.ops), "fields": list(body.fields), "purpose": body.purpose,
+            "basis": body.basis, "status": "submitted", "submitted_at": cst_iso(submitted),
+            "received_at": cst_iso(received) if received is not None else None,
+            "review_due": deadline.due.isoformat(), "reviewed_at": None, "decision_due": None, "decided_at": None,
+            "overdue": False, "grant": None, "revoked_at": None,
+            "history": [self._event(submitted, f"{applicant['node']}/{applicant['dept']}", "submitted", "submitted")],
+            "version": 0,
+        }
+        if received is not None and provider["node"] != applicant["node"]:
+            doc["history"].append(self._event(received, self._platform, "submitted", "received"))
+        self._calendar_note(doc, received if received is not None else submitted, deadline, "review_due")
+        return doc
+
+    @staticmethod
+    def _problem(entry: dict[str, Any], ops: list[str], fields: list[str]) -> ApiError | None:
+        """Why an application for this entry cannot be made, or None."""
+        share = entry["share"]
+        if share["type"] == "none":
+            return ShareForbidden(f"{entry['code']} is not shared (basis: {share.get('basis', '')})")
+        known = {i["field"] for i in entry["items"]}
+        unknown = [f for f in fields if f not in known]
+        if unknown:
+            return InvalidInput(f"{', '.join(unknown)}: not items of {entry['code']}",
+                                [{"field": f"fields.{f}", "error": "not an item of this resource"} for f in unknown])
+        return None
+
+    def _may_see(self, acct: Account, doc: dict[str, Any]) -> bool:
+        if acct.role in ("operator", "auditor"):
+            return True
+        a, p = doc["applicant"], doc["provider"]
+        return (acct.node, acct.dept) in ((a["node"], a["dept"]), (p["node"], p["dept"]))
+
+    async def _load(self, app_id: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = await store.get_application(conn, app_id)
+        if row is None:
+            raise NotFound(f"no application {app_id} at node {self.node_id}")
+        return json.loads(row.doc)
+
+    # The department API ---------------------------------------------------------------------------------
+
+    async def submit(self, acct: Account, body: ApplicationCreate) -> dict[str, Any]:
+        entry = await self.catalog.get(body.resource)
+        problem = self._problem(entry, list(body.ops), list(body.fields))
+        if problem is not None:
+            raise problem
+        if entry["node"] == acct.node and entry["provider"]["dept"] == acct.dept:
+            raise InvalidInput(f"{body.resource} is the caller's own resource; no grant is needed",
+                               [{"field": "resource", "error": "own resource"}])
+        provider = {"node": entry["node"], "dept": entry["provider"]["dept"]}
+        applicant = {"node": acct.node, "dept": acct.dept}
+        remote = provider["node"] != self.node_id
+        if remote:
+            self.federation.require_joined()
+            if self.federation.route(provider["node"]) is None:
+                raise ApiError(f"node {provider['node']} is in no known subtree", {"node": provider["node"]},
+                               code="NODE_UNKNOWN")
+        now = self.clock()
+        doc = self._new_doc(app_id=new_id(), body=body, name=entry["name"], applicant=applicant, provider=provider,
+                            submitted=now, received=None if remote else now)
+        doc["version"] = 0 if remote else 1
+        async with self.engine.connect() as conn:
+            existing = await store.open_application(conn, body.resource, acct.node, acct.dept)
+        if existing is not None:
+            raise Conflict(f"application {existing} for {body.resource} still awaits its decision",
+                           {"application": existing})
+        if remote:
+            # Queued durably before anything is stored here: if storing fails, the provider's first update
+            # creates this copy anyway; if queueing fails, nothing was made.
+            await self.federation.send_async("application.submit", provider["node"], {"application": {
+                "id": doc["id"], "resource": body.resource, "applicant": applicant, "provider": provider,
+                "ops": doc["ops"], "fields": doc["fields"], "purpose": body.purpose, "basis": body.basis,
+                "submitted_at": now,
+            }})
+        async with write_tx(self.engine) as conn:
+            held = await store.get_application(conn, doc["id"])
+            if held is None:
+                await store.insert_application(conn, row_of(doc, pending=False))
+        return doc if held is None else json.loads(held.doc)  # the provider's first update came first
+
+    async def get(self, acct: Account, app_id: str) -> dict[str, Any]:
+        doc = await self._load(app_id)
+        if not self._may_see(acct, doc):
+            raise Forbidden(f"application {app_id} is neither the caller's nor on the caller's resource")
+        return doc
+
+    async def list_applications(self, acct: Account, *, role: str | None, status: str | None, overdue: bool | None,
+                   resource: str | None, page: int, page_size: int) -> tuple[int, list[dict[str, Any]]]:
+        dept = None if acct.role in ("operator", "auditor") else acct.dept
+        async with self.engine.connect() as conn:
+            total, docs = await store.list_applications(
+                conn, node=self.node_id, dept=dept, role=role, status=status, overdue=overdue, resource=resource,
+                offset=(page - 1) * page_size, limit=page_size)
+        return total, [json.loads(d) for d in docs]
+
+    async def withdraw(self, acct: Account, app_id: str, reason: str) -> dict[str, Any]:
+        doc = await self._load(app_id)
+        a = doc["applicant"]
+        if acct.role != "dept" or (acct.node, acct.dept) != (a["node"], a["dept"]):
+            raise Forbidden("only the applicant department withdraws its application")
+        if doc["status"] not in OPEN_STATUSES:
+            raise Conflict(f"application {app_id} is {doc['status']}; only one awaiting a decision can be withdrawn")
+        if doc["provider"]["node"] == self.node_id:
+            return await self._apply_withdrawal(app_id, acct.dept, reason, acct.node)
+        # The provider's node decides (a decision may cross the request); this copy shows the withdrawal
+        # at once and is replaced by the provider's answer (withdrawn, or withdraw_refused).
+        await self.federation.send_async("application.update", doc["provider"]["node"],
+                                         {"withdraw": {"id": app_id, "dept": acct.dept, "reason": reason}})
+        async with write_tx(self.engine) as conn:
+            row = await store.get_application(conn, app_id, for_update=True)
+            assert row is not None
+            doc = json.loads(row.doc)
+            if doc["status"] in OPEN_STATUSES:
+                doc["status"] = "withdrawn"
+                doc["history"].append(self._event(self.clock(), acct.principal, "withdrawn", "withdrawn", reason))
+                await store.update_application(conn, app_id, row_of(doc, pending=False))
+        return doc
+
+    async def review(self, acct: Account, app_id: str, body: Review) -> dict[str, Any]:
+        if acct.role != "operator":
+            raise Forbidden("the platform review is made by the provider node's operator")
+        async with write_tx(self.engine) as conn:
+            row = await store.get_application(conn, app_id, for_update=True)
+            if row is None:
+                raise NotFound(f"no application {app_id} at node {self.node_id}")
+            if row.provider_node != self.node_id:
+                raise Forbidden(f"application {app_id} is reviewed by the operator of node {row.provider_node}")
+            doc = json.loads(row.doc)
+            if doc["status"] != "submitted":
+                raise Conflict(f"application {app_id} is {doc['status']}; only a submitted one is reviewed")
+            now = self.clock()
+            doc["reviewed_at"] = cst_iso(now)
+            doc["overdue"] = False
+            if body.decision == "accept":
+                doc["status"] = "accepted"
+                deadline = add_working_days(cst_date(now), DECISION_DAYS)
+                doc["decision_due"] = deadline.due.isoformat()
+                doc["history"].append(self._event(now, acct.principal, "accepted", "accepted", body.reason))
+                self._calendar_note(doc, now, deadline, "decision_due")
+            else:
+                doc["status"] = "rejected"
+                doc["history"].append(self._event(now, acct.principal, "rejected", "rejected", body.reason))
+            doc["version"] += 1
+            await store.update_application(conn, app_id, row_of(doc, pending=self._remote_applicant(doc)))
+        await self._notify(doc)
+        return doc
+
+    async def decide(self, acct: Account, app_id: str, body: Decision) -> dict[str, Any]:
+        doc = await self._load(app_id)
+        p = doc["provider"]
+        if doc["provider"]["node"] != self.node_id:
+            raise Forbidden(f"application {app_id} is decided at node {p['node']} by its providing department")
+        if acct.role != "dept" or acct.dept != p["dept"]:
+            raise Forbidden(f"the decision is made by the providing department {p['node']}/{p['dept']}")
+        if doc["status"] != "accepted":
+            hint = "; the platform review comes first" if doc["status"] == "submitted" else ""
+            raise Conflict(f"application {app_id} is {doc['status']}{hint}")
+        grant = None
+        now = self.clock()
+        if body.decision == "approve":
+            grant = await self._issue(doc, body, now)
+        async with write_tx(self.engine) as conn:
+            row = await store.get_application(conn, app_id, for_update=True)
+            assert row is not None
+            doc = json.loads(row.doc)
+            if doc["status"] != "accepted":
+                hint = "; the platform review comes first" if doc["status"] == "submitted" else ""
+                raise Conflict(f"application {app_id} is {doc['status']}{hint}")
+            doc["decided_at"] = cst_iso(now)
+            doc["overdue"] = False
+            if grant is not None:
+                doc["status"] = "approved"
+                doc["grant"] = grant
+                await store.put_grant(conn, grant_row(grant, app_id, p["dept"]))
+            else:
+                doc["status"] = "rejected"
+            doc["history"].append(self._event(now, acct.principal, doc["status"], doc["status"], body.reason))
+            doc["version"] += 1
+            await store.update_application(conn, app_id, row_of(doc, pending=self._remote_applicant(doc)))
+        if grant is not None:
+            self._revoked[grant["id"]] = None
+            self._held.clear()
+        await self._notify(doc)
+        return doc
+
+    async def _issue(self, doc: dict[str, Any], body: Decision, now: int) -> dict[str, Any]:
+        """The signed grant of an approval (checked against what was asked: narrower, never wider)."""
+        fields = body.fields if body.fields is not None else doc["fields"]
+        ops = body.ops if body.ops is not None else doc["ops"]
+        wider = [{"field": f"fields.{f}", "error": "not asked for"} for f in fields if f not in doc["fields"]]
+        wider += [{"field": f"ops.{o}", "error": "not asked for"} for o in ops if o not in doc["ops"]]
+        if wider:
+            raise InvalidInput("an approval may narrow the fields and operations asked for, never widen them", wider)
+        today = cst_date(now)
+        until = date.fromisoformat(body.valid_until) if body.valid_until else today + timedelta(days=DEFAULT_GRANT_DAYS)
+        if until < today:
+            raise InvalidInput("valid_until is in the past", [{"field": "valid_until", "error": "before today"}])
+        try:
+            entry = await self.catalog.get(doc["resource"])
+        except NotFound:
+            raise Conflict(f"{doc['resource']} was withdrawn from the catalog; nothing can be granted") from None
+        known = {i["field"] for i in entry["items"]}
+        order = {f: i for i, f in enumerate(i["field"] for i in entry["items"])}
+        grant = {
+            "type": "grant", "id": new_id(), "resource": doc["resource"],
+            "consumer": dict(doc["applicant"]),
+            "ops": [o for o in ("query", "verify", "compare", "subscribe") if o in ops],
+            "fields": sorted((f for f in fields if f in known), key=order.__getitem__),
+            "purpose": doc["purpose"], "valid_from": now, "valid_until": end_of_day_ms(until), "issuer": self.node_id,
+        }
+        return sign_json(grant, self.node_id, self.federation.key)
+
+    async def list_grants(self, acct: Account, *, role: str | None, resource: str | None, status: str | None,
+                     page: int, page_size: int) -> tuple[int, list[dict[str, Any]]]:
+        dept = None if acct.role in ("operator", "auditor") else acct.dept
+        now = self.clock()
+        async with self.engine.connect() as conn:
+            total, rows = await store.list_grants(conn, node=self.node_id, dept=dept, role=role, resource=resource,
+                                                  status=status, now=now, offset=(page - 1) * page_size,
+                                                  limit=page_size)
+        return total, [self._grant_view(r, now) for r in rows]
+
+    def _grant_view(self, row: Any, now: int) -> dict[str, Any]:
+        grant = json.loads(row.doc)
+        return {
+            "id": row.id, "application": row.application_id, "resource": row.resource,
+            "consumer": grant["consumer"], "provider": {"node": row.issuer, "dept": row.provider_dept},
+            "ops": grant["ops"], "fields": grant["fields"],
+            "valid_from": cst_iso(row.valid_from), "valid_until": cst_iso(row.valid_until),
+            "status": grant_status(row.valid_from, row.valid_until, row.revoked_at, now),
+            "revoked_at": cst_iso(row.revoked_at) if row.revoked_at is not None else None,
+            "revoke_reason": row.revoke_reason, "grant": grant,
+        }
+
+    async def revoke(self, acct: Account, grant_id: str, reason: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = await store.get_grant(conn, grant_id)
+        if row is None:
+            raise NotFound(f"no grant {grant_id} at node {self.node_id}")
+        if row.issuer != self.node_id:
+            raise Forbidden(f"grant {grant_id} is revoked by its issuer, node {row.issuer}")
+        if not (acct.role == "operator" or (acct.role == "dept" and acct.dept == row.provider_dept)):
+            raise Forbidden("a grant is revoked by the providing department or the provider node's operator")
+        now = self.clock()
+        async with write_tx(self.engine) as conn:
+            row = await store.get_grant(conn, grant_id)
+            assert row is not None
+            if row.revoked_at is not None:
+                raise Conflict(f"grant {grant_id} was already revoked")
+            await store.revoke_grant(conn, grant_id, now, reason)
+            app = await store.get_application(conn, row.application_id, for_update=True)
+            doc = None
+            if app is not None:
+                doc = json.loads(app.doc)
+                doc["revoked_at"] = cst_iso(now)
+                doc["history"].append(self._event(now, acct.principal, doc["status"], "revoked", reason))
+                doc["version"] += 1
+                await store.update_application(conn, app.id, row_of(doc, pending=self._remote_applicant(doc)))
+            row = await store.get_grant(conn, grant_id)
+        self._revoked[grant_id] = now
+        self._held.clear()
+        if doc is not None:
+            await self._notify(doc)
+        return self._grant_view(row, now)
+
+    # Messages from other nodes -----------------------------------------------------------------------------
+
+    async def on_submit(self, env: dict[str, Any]) -> dict[str, Any]:
+        """application.submit at the provider's node: store it (refused on receipt if it cannot be served)."""
+        try:
+            sub = SubmittedApplication.model_validate((env.get("body") or {}).get("application"))
+        except ValidationError as exc:
+            raise InvalidInput("the application is malformed", validation_details(exc)) from None
+        if sub.applicant.node != env["origin"]:
+            raise Forbidden(f"{env['origin']} cannot submit for a department of node {sub.applicant.node}")
+        async with self.engine.connect() as conn:
+            held = await store.get_application(conn, sub.id)
+        if held is not None:
+            if held.applicant_node != sub.applicant.node:
+                raise Conflict(f"application id {sub.id} is taken")
+            await self._notify(json.loads(held.doc))  # the applicant's node asked again: answer again
+            return {"accepted": True, "duplicate": True}
+        now = self.clock()
+        submitted = min(max(sub.submitted_at, now - ASYNC_TTL_MS), now)
+        problem: ApiError | None = None
+        entry = None
+        try:
+            entry = await self.catalog.get(sub.resource)
+        except NotFound as exc:
+            problem = exc
+        if entry is not None:
+            if entry["node"] != self.node_id:
+                problem = NotFound(f"{sub.resource} is held at node {entry['node']}, not here")
+            else:
+                problem = self._problem(entry, list(sub.ops), list(sub.fields))
+        provider = {"node": self.node_id,
+                    "dept": entry["provider"]["dept"] if entry is not None else sub.provider.dept}
+        doc = self._new_doc(app_id=sub.id, body=sub, name=entry["name"] if entry else None,
+                            applicant=sub.applicant.model_dump(), provider=provider, submitted=submitted, received=now)
+        if problem is not None:
+            doc["status"] = "rejected"
+            doc["history"].append(self._event(now, self._platform, "rejected", "rejected",
+                                              f"refused on receipt: {problem.message}"))
+        doc["version"] = 1
+        try:
+            async with write_tx(self.engine) as conn:
+                await store.insert_application(conn, row_of(doc, pending=self._remote_applicant(doc)))
+        except IntegrityError:  # the same submission delivered twice at once
+            return {"accepted": True, "duplicate": True}
+        await self._notify(doc)
+        return {"accepted": True}
+
+    async def on_update(self, env: dict[str, Any]) -> dict[str, Any]:
+        body = env.get("body") or {}
+        if "withdraw" in body:
+            try:
+                w = Withdrawal.model_validate(body["withdraw"])
+            except ValidationError as exc:
+                raise InvalidInput("the withdrawal is malformed", validation_details(exc)) from None
+            doc = await self._apply_withdrawal(w.id, w.dept, w.reason, env["origin"])
+            return {"accepted": True, "status": doc["status"]}
+        try:
+            app = Application.model_validate(body.get("application"))
+        except ValidationError as exc:
+            raise InvalidInput("the application is malformed", validation_details(exc)) from None
+        if app.provider.node != env["origin"]:
+            raise Forbidden(f"{env['origin']} cannot update an application held at node {app.provider.node}")
+        if app.applicant.node != self.node_id:
+            raise InvalidInput(f"application {app.id} was made at node {app.applicant.node}, not here")
+        doc = app.model_dump()
+        grant = doc.get("grant")
+        if grant is not None:
+            self._verify_received_grant(grant, doc, env["origin"])
+        async with write_tx(self.engine) as conn:
+            held = await store.get_application(conn, app.id, for_update=True)
+            if held is not None and (held.provider_node, held.applicant_node, held.applicant_dept) != (
+                    app.provider.node, app.applicant.node, app.applicant.dept):
+                raise Forbidden(f"application {app.id} held here is not {env['origin']}'s to update")
+            if held is not None and held.version >= app.version:
+                return {"accepted": True, "stale": True}
+            if held is None:
+                await store.insert_application(conn, row_of(doc, pending=False))
+            else:
+                await store.update_application(conn, app.id, row_of(doc, pending=False))
+            if grant is not None:
+                revoked = iso_ms(doc.get("revoked_at"))
+                reason = next((h["reason"] for h in reversed(doc["history"]) if h["event"] == "revoked"), None)
+                await store.put_grant(conn, grant_row(grant, app.id, app.provider.dept, revoked, reason))
+        self._held.clear()
+        return {"accepted": True}
+
+    async def _apply_withdrawal(self, app_id: str, dept: str, reason: str, origin: str) -> dict[str, Any]:
+        """At the provider's node: withdraw if no decision was made yet, else record the refusal."""
+        async with write_tx(self.engine) as conn:
+            row = await store.get_application(conn, app_id, for_update=True)
+            if row is None:
+                raise NotFound(f"no application {app_id} at node {self.node_id}")
+            if row.provider_node != self.node_id:
+                raise Forbidden(f"application {app_id} is held at node {row.provider_node}")
+            if (row.applicant_node, row.applicant_dept) != (origin, dept):
+                raise Forbidden("only the applicant department withdraws its application")
+            doc = json.loads(row.doc)
+            now = self.clock()
+            by = f"{origin}/{dept}"
+            if doc["status"] in OPEN_STATUSES:
+                doc["status"] = "withdrawn"
+                doc["overdue"] = False
+                doc["history"].append(self._event(now, by, "withdrawn", "withdrawn", reason))
+            else:
+                doc["history"].append(self._event(now, by, doc["status"], "withdraw_refused",
+                                                  f"the application was already {doc['status']}"))
+            doc["version"] += 1
+            await store.update_application(conn, app_id, row_of(doc, pending=self._remote_applicant(doc)))
+        await self._notify(doc)
+        return doc
+
+    def _remote_applicant(self, doc: dict[str, Any]) -> bool:
+        return doc["applicant"]["node"] != self.node_id
+
+    async def _notify(self, doc: dict[str, Any]) -> None:
+        """Queue the application's current state for the applicant's node (no-op when that is this node)."""
+        dest = doc["applicant"]["node"]
+        if dest == self.node_id:
+            return
+        try:
+            await self.federation.send_async("application.update", dest, {"application": doc})
+        except Exception as exc:  # noqa: BLE001 - the row stays pending; resend_pending tries again
+            log.warning("application %s: update for %s not queued yet: %s", doc["id"], dest, exc)
+            return
+        async with write_tx(self.engine) as conn:
+            await store.clear_pending(conn, doc["id"], doc["version"])
+
+    async def resend_pending(self) -> int:
+        """Queue the updates a crash or an unknown route kept from being queued; returns how many were."""
+        async with self.engine.connect() as conn:
+            ids = await store.pending(conn, now_ms() - RESEND_AFTER_MS)
+        n = 0
+        for app_id in ids:
+            async with self.engine.connect() as conn:
+                row = await store.get_application(conn, app_id)
+            if row is not None and row.notify_pending:
+                await self._notify(json.loads(row.doc))
+                n += 1
+        return n
+
+    # Deadlines ----------------------------------------------------------------------------------------------
+
+    async def check_deadlines(self) -> list[str]:
+        """Flag every open step past its due date (once a step); returns the ids flagged."""
+        now = self.clock()
+        today = cst_date(now).isoformat()
+        async with self.engine.connect() as conn:
+            ids = await store.overdue_candidates(conn, self.node_id, today)
+        flagged = []
+        for app_id in ids:
+            async with write_tx(self.engine) as conn:
+                row = await store.get_application(conn, app_id, for_update=True)
+                if row is None or row.overdue:
+                    continue
+                doc = json.loads(row.doc)
+                if doc["status"] == "submitted" and doc["review_due"] < today:
+                    step, due = "the platform review", doc["review_due"]
+                elif doc["status"] == "accepted" and (doc.get("decision_due") or today) < today:
+                    step, due = "the providing department's decision", doc["decision_due"]
+                else:
+                    continue
+                doc["overdue"] = True
+                doc["history"].append(self._event(now, self._platform, doc["status"], "overdue",
+                                                  f"{step} was due on {due}"))
+                doc["version"] += 1
+                await store.update_application(conn, app_id, row_of(doc, pending=self._remote_applicant(doc)))
+            await self.audit.record(
+                request_id=new_id(), actor=self._platform, role="system", action="applications.overdue",
+                method="", path="", outcome="ok", status=0, resource=doc["resource"],
+                details={"application": app_id, "step": "review" if doc["status"] == "submitted" else "decision",
+                         "due": due, "applicant": f"{doc['applicant']['node']}/{doc['applicant']['dept']}",
+                         "provider": f"{doc['provider']['node']}/{doc['provider']['dept']}"},
+            )
+            await self._notify(doc)
+            flagged.append(app_id)
+        if flagged:
+            log.warning("%d application step(s) overdue at %s: %s", len(flagged), self.node_id, ", ".join(flagged))
+        return flagged
+
+    # Grants in calls (the sharing service's hooks) ------------------------------------------------------------
+
+    def _own_keys(self, at_ms: int) -> dict[str, Any]:
+        key = self.federation.key
+        keys: dict[str, Any] = {key.key_id: key.verify_key}
+        trust = self.federation.trust
+        if trust is not None and trust.certificate(self.node_id) is not None:
+            try:
+                keys.update(trust.verify_keys_for(self.node_id, at_ms=at_ms, now_ms=now_ms()))
+            except TrustError as exc:
+                log.warning("own certificate does not verify: %s", exc.message)
+        return keys
+
+    async def check_grant(self, entry: dict[str, Any], op: str, requester: Any, grant: dict[str, Any]) -> frozenset[str]:
+        """At the provider: does this grant allow this call? Returns the fields it grants."""
+        try:
+            g = GrantDoc.model_validate(grant)
+        except ValidationError as exc:  # what was presented is no grant at all
+            raise GrantRequired("the grant presented is malformed", validation_details(exc)) from None
+        if g.issuer != self.node_id:
+            raise ApiError(f"the grant is issued by {g.issuer}; grants on {entry['code']} are issued by {self.node_id}",
+                           code="SIGNATURE_INVALID")
+        try:
+            seen = encode_canonical_json(grant)  # the whole grant, signatures included
+        except ValueError:
+            raise InvalidInput("the grant is not canonical JSON") from None
+        if self._verified_with != self.federation.key.key_id:  # a rotation: verify again with the new set
+            self._verified.clear()
+            self._verified_with = self.federation.key.key_id
+        if seen not in self._verified:
+            try:
+                verify_signed_json(grant, self.node_id, self._own_keys(g.valid_from))
+            except (SignatureError, FederationError, ValueError) as exc:
+                raise ApiError(f"the grant's signature does not verify: {getattr(exc, 'message', exc)}",
+                               code="SIGNATURE_INVALID") from None
+            if len(self._verified) > _CACHE_LIMIT:
+                self._verified.clear()
+            self._verified.add(seen)
+        if g.id not in self._revoked:
+            async with self.engine.connect() as conn:
+                row = await store.get_grant(conn, g.id)
+            if row is None:
+                raise GrantRequired(f"node {self.node_id} has no record of grant {g.id}")
+            if len(self._revoked) > _CACHE_LIMIT:
+                self._revoked.clear()
+            self._revoked[g.id] = row.revoked_at
+        if self._revoked[g.id] is not None:
+            raise ApiError(f"grant {g.id} was revoked", {"grant": g.id}, code="REVOKED")
+        if g.resource != entry["code"]:
+            raise GrantRequired(f"grant {g.id} is for {g.resource}, not {entry['code']}", {"grant": g.id})
+        if (g.consumer.node, g.consumer.dept) != (requester.node, requester.dept):
+            raise Forbidden(f"grant {g.id} was issued to {g.consumer.node}/{g.consumer.dept}, not to "
+                            f"{requester.node}/{requester.dept}", {"grant": g.id})
+        if op not in g.ops:
+            raise GrantRequired(f"grant {g.id} allows {', '.join(g.ops)}, not {op}", {"grant": g.id})
+        now = self.clock()
+        if now > g.valid_until:
+            raise GrantRequired(f"grant {g.id} expired at {cst_iso(g.valid_until)}", {"grant": g.id})
+        if now < g.valid_from:
+            raise GrantRequired(f"grant {g.id} is valid from {cst_iso(g.valid_from)}", {"grant": g.id})
+        return frozenset(g.fields)
+
+    async def find_grant(self, entry: dict[str, Any], op: str, requester: Any) -> dict[str, Any] | None:
+        """At the consumer: the grant to attach to a department's call (valid now, allowing the op), if any."""
+        key = (entry["code"], requester.node, requester.dept)
+        held = self._held.get(key)
+        if held is None:
+            async with self.engine.connect() as conn:
+                rows = await store.held_grants(conn, *key)
+            held = [json.loads(r.doc) for r in rows]
+            if len(self._held) > _CACHE_LIMIT:
+                self._held.clear()
+            self._held[key] = held
+        now = self.clock()
+        usable = [g for g in held if op in g["ops"] and g["valid_from"] <= now <= g["valid_until"]]
+        if not usable:
+            return None
+        return max(usable, key=lambda g: (len(g["fields"]), g["valid_until"]))
+
+    def _verify_received_grant(self, grant: dict[str, Any], doc: dict[str, Any], issuer: str) -> None:
+        try:
+            g = GrantDoc.model_validate(grant)
+        except ValidationError as exc:
+            raise InvalidInput("the grant is malformed", validation_details(exc)) from None
+        consumer = (g.consumer.node, g.consumer.dept)
+        if g.issuer != issuer or g.resource != doc["resource"] or consumer != (doc["applicant"]["node"],
+                                                                                 doc["applicant"]["dept"]):
+            raise InvalidInput(f"grant {g.id} does not belong to application {doc['id']}")
+        trust = self.federation.require_joined()
+        try:
+            verify_signed_json(grant, issuer, trust.verify_keys_for(issuer, at_ms=g.valid_from, now_ms=now_ms()))
+        except (SignatureError, TrustError, FederationError, ValueError) as exc:
+            raise ApiError(f"grant {g.id} does not verify: {getattr(exc, 'message', exc)}",
+                           code="SIGNATURE_INVALID") from None
+
+    # Statistics (SPEC §10) -------------------------------------------------------------------------------
+
+    async def stats(self, since: int, until: int) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            total = (await store.call_stats(conn, since, until, None))[0]
+            by_resource = await store.call_stats(conn, since, until, "resource")
+            by_actor = await store.call_stats(conn, since, until, "actor")
+            rows = await store.approval_rows(conn, self.node_id, since, until)
+
+        def calls(r: Any) -> dict[str, Any]:
+            return {"key": r.key, "calls": int(r.calls), "errors": int(r.errors or 0),
+                    "latency": {"mean_ms": round(float(r.mean), 1) if r.mean is not None else None,
+                                "max_ms": int(r.max) if r.max is not None else None}}
+
+        today = cst_date(self.clock()).isoformat()
+        per_dept: dict[str, list[Any]] = defaultdict(list)
+        for r in rows:
+            per_dept[r.provider_dept].append(r)
+        approvals = []
+        for dept in sorted(per_dept):
+            rs = per_dept[dept]
+            counts = {s: sum(1 for r in rs if r.status == s)
+                      for s in ("submitted", "accepted", "approved", "rejected", "withdrawn")}
+            reviewed = [r for r in rs if r.reviewed_at is not None]
+            decided = [r for r in rs if r.decided_at is not None and r.reviewed_at is not None]
+            review_on_time = sum(1 for r in reviewed if cst_date(r.reviewed_at).isoformat() <= r.review_due)
+            decision_on_time = sum(1 for r in decided if r.decision_due and cst_date(r.decided_at).isoformat() <= r.decision_due)
+            approvals.append({
+                "dept": f"{self.node_id}/{dept}", "applications": len(rs), **counts,
+                "review": {
+                    "done": len(reviewed), "on_time": review_on_time,
+                    "on_time_rate": round(review_on_time / len(reviewed), 4) if reviewed else None,
+                    "median_hours": _median_hours([r.reviewed_at - r.submitted_at for r in reviewed]),
+                    "overdue_open": sum(1 for r in rs if r.status == "submitted" and r.review_due < today),
+                },
+                "decision": {
+                    "done": len(decided), "on_time": decision_on_time,
+                    "on_time_rate": round(decision_on_time / len(decided), 4) if decided else None,
+                    "median_hours": _median_hours([r.decided_at - r.reviewed_at for r in decided]),
+                    "overdue_open": sum(1 for r in rs if r.status == "accepted" and r.decision_due
+                                        and r.decision_due < today),
+                },
+            })
+        return {
+            "node": self.node_id, "since": cst_iso(since), "until": cst_iso(until),
+            "calls": {"total": int(total.calls), "errors": int(total.errors or 0),
+                      "latency": calls(total)["latency"],
+                      "by_resource": [calls(r) for r in by_resource], "by_department": [calls(r) for r in by_actor]},
+            "approvals": approvals,
+        }
+

@@ -1,0 +1,297 @@
+"""Streaming readers of pushed and uploaded records: NDJSON, a JSON array, CSV, XLSX.
+
+Each reader takes the body as an async iterator of byte chunks (XLSX: a spooled file, since a zip needs
+the whole file) and yields lists of `(row, value)` a chunk at a time, so a body of any size passes
+through in bounded memory. `value` is the parsed row, or a `Malformed` saying why it could not be parsed.
+
+Row numbers are what a person would look for: the line of an NDJSON body, the 1-based position in a JSON
+array, the spreadsheet row of a CSV or XLSX file (the header is row 1).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import IO, Any
+
+from node.errors import InvalidInput
+
+
+class Malformed:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+# Decimals stay exact (Decimal), NaN/Infinity are refused.
+_decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants)
+_loads = _decoder.decode
+_raw_decode = _decoder.raw_decode
+
+
+def _json_error(exc: Exception) -> Malformed:
+    if isinstance(exc, json.JSONDecodeError):
+        return Malformed(f"not valid JSON: {exc.msg} at column {exc.colno}")
+    if isinstance(exc, UnicodeDecodeError):
+        return Malformed("not valid UTF-8")
+    return Malformed(f"not valid JSON: {exc}")
+
+
+Rows = list[tuple[int, Any]]
+
+
+async def ndjson_rows(chunks: AsyncIterator[bytes], max_line: int) -> AsyncIterator[Rows]:
+    """One JSON value a line; blank lines are skipped (but counted)."""
+    pending = b""
+    line_no = 0
+    async for chunk in chunks:
+        buf = pending + chunk if pending else chunk
+        lines = buf.split(b"\n")
+        pending = lines.pop()
+        if len(pending) > max_line:
+            raise InvalidInput(f"line {line_no + len(lines) + 1} is longer than {max_line} bytes",
+                               [{"row": line_no + len(lines) + 1, "field": None, "error": "line too long"}])
+        out: Rows = []
+        for line in lines:
+            line_no += 1
+            if not line.strip():
+                continue
+            try:
+                out.append((line_no, _loads(line.decode("utf-8"))))
+            except (ValueError, UnicodeDecodeError) as exc:
+                out.append((line_no, _json_error(exc)))
+        if out:
+            yield out
+    if pending.strip():
+        line_no += 1
+        try:
+            yield [(line_no, _loads(pending.decode("utf-8")))]
+        except (ValueError, UnicodeDecodeError) as exc:
+            yield [(line_no, _json_error(exc))]
+
+
+_WS = " \t\r\n"
+
+
+async def json_array_rows(chunks: AsyncIterator[bytes], max_element: int) -> AsyncIterator[Rows]:
+    """A JSON array read element by element; a syntax error ends the array (nothing after it can be
+    trusted), so it is reported for the element where it occurred."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    buf = ""
+    pos = 0
+    state = "start"  # start → first (after '[') → sep (after an element) → next (after ',') → end
+    row = 0
+    eof = False
+    it = chunks.__aiter__()
+
+    async def more() -> bool:
+        nonlocal buf, pos, eof
+        if eof:
+            return False
+        try:
+            chunk = await it.__anext__()
+        except StopAsyncIteration:
+            eof = True
+            buf = buf[pos:] + decoder.decode(b"", final=True)
+            pos = 0
+            return True
+        try:
+            text = decoder.decode(chunk)
+        except UnicodeDecodeError:
+            raise InvalidInput("the body is not valid UTF-8") from None
+        buf = buf[pos:] + text
+        pos = 0
+        return True
+
+    while True:
+        out: Rows = []
+        while True:
+            while pos < len(buf) and buf[pos] in _WS:
+                pos += 1
+            if pos >= len(buf):
+                break
+            ch = buf[pos]
+            if state == "start":
+                if ch != "[":
+                    raise InvalidInput("a JSON body must be an array of records (or send application/x-ndjson)")
+                pos += 1
+                state = "first"
+                continue
+            if state == "sep":
+                if ch == ",":
+                    pos += 1
+                    state = "next"
+                    continue
+                if ch == "]":
+                    pos += 1
+                    state = "end"
+                    continue
+                out.append((row + 1, Malformed("expected ',' or ']' after the record")))
+                state = "broken"
+                break
+            if state == "first" and ch == "]":
+                pos += 1
+                state = "end"
+                continue
+            if state == "end":
+                out.append((row + 1, Malformed("unexpected data after the closing ']'")))
+                state = "broken"
+                break
+            if state in ("first", "next"):
+                try:
+                    value, end = _raw_decode(buf, pos)
+                except ValueError as exc:
+                    if not eof and len(buf) - pos <= max_element:
+                        break  # the element may continue in the next chunk
+                    row += 1
+                    out.append((row, _json_error(exc) if len(buf) - pos <= max_element
+                                else Malformed(f"a record is larger than {max_element} bytes")))
+                    state = "broken"
+                    break
+                if end >= len(buf) and not eof:
+                    break  # a number at the end of the buffer may go on in the next chunk
+                row += 1
+                out.append((row, value))
+                pos = end
+                state = "sep"
+                continue
+            break
+        if out:
+            yield out
+        if state == "broken":
+            return
+        if not await more():
+            break
+    if state != "end":
+        if state == "start":
+            raise InvalidInput("a JSON body is required: an array of records")
+        yield [(row + 1, Malformed("the array is not closed with ']'"))]
+
+
+def _sniff(first: bytes) -> str:
+    """UTF-8 unless the first chunk is not (a CSV saved by a Chinese-locale spreadsheet is GB 18030)."""
+    for cut in range(4):
+        try:
+            first[: len(first) - cut].decode("utf-8")
+            return "utf-8"
+        except UnicodeDecodeError:
+            continue
+    return "gb18030"
+
+
+async def csv_rows(chunks: AsyncIterator[bytes], encoding: str | None, max_line: int) -> AsyncIterator[Rows]:
+    """CSV (RFC 4180, comma-separated, quoted fields may hold newlines) decoded from `encoding` (the
+    charset the sender named; without one, UTF-8, or GB 18030 if the start of the file is not UTF-8);
+    yields (row, list of cells) with the header as row 1; blank lines are skipped."""
+    it = chunks.__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        return
+    encoding = encoding or _sniff(first)
+    try:
+        decoder = codecs.getincrementaldecoder("utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding)()
+    except LookupError:
+        raise InvalidInput(f"unknown charset {encoding!r}") from None
+    pending = ""
+    row = 0
+
+    async def rest() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in it:
+            yield chunk
+
+    def records(text: str, final: bool) -> tuple[list[str], str]:
+        # Cut the text after the last line end that is outside quotes (quote count even so far).
+        lines = text.split("\n")
+        tail = lines.pop()
+        complete: list[str] = []
+        current: list[str] = []
+        quotes = 0
+        for line in lines:
+            current.append(line)
+            quotes += line.count('"')
+            if quotes % 2 == 0:
+                complete.append("\n".join(current) + "\n")
+                current = []
+                quotes = 0
+        current.append(tail)
+        rest = "\n".join(current)
+        if final and rest.strip():
+            complete.append(rest)
+            rest = ""
+        return complete, rest
+
+    def parse(lines: list[str]) -> Rows:
+        nonlocal row
+        out: Rows = []
+        try:
+            for cells in csv.reader(lines, strict=True):
+                row += 1
+                if not cells or (len(cells) == 1 and not cells[0].strip()):
+                    continue
+                out.append((row, cells))
+        except csv.Error as exc:
+            out.append((row + 1, Malformed(f"not valid CSV: {exc}")))
+        return out
+
+    async for chunk in rest():
+        try:
+            text = decoder.decode(chunk)
+        except UnicodeDecodeError:
+            raise InvalidInput(f"the file is not valid {encoding}; name its charset, e.g. text/csv; charset=gb18030") from None
+        complete, pending = records(pending + text, False)
+        if len(pending) > max_line:
+            raise InvalidInput(f"a CSV record is longer than {max_line} characters (an unclosed quote?)")
+        if complete:
+            out = parse(complete)
+            if out:
+                yield out
+    try:
+        pending += decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"the file is not valid {encoding}") from None
+    complete, _ = records(pending, True)
+    if complete:
+        out = parse(complete)
+        if out:
+            yield out
+
+
+def xlsx_rows(file: IO[bytes], chunk_rows: int = 2000) -> Iterator[Rows]:
+    """The first worksheet of an XLSX file, read in openpyxl's streaming (read-only) mode."""
+    import zipfile
+
+    from openpyxl import load_workbook
+
+    try:
+        wb = load_workbook(file, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, TypeError) as exc:
+        raise InvalidInput(f"not a readable XLSX file ({type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds on a damaged file
+        raise InvalidInput(f"not a readable XLSX file ({type(exc).__name__})") from None
+    try:
+        ws = wb.worksheets[0] if wb.worksheets else None
+        if ws is None:
+            raise InvalidInput("the XLSX file has no worksheet")
+        out: Rows = []
+        first = ws.min_row or 1
+        for n, values in enumerate(ws.iter_rows(values_only=True), start=first):
+            if not values or all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
+                continue
+            out.append((n, list(values)))
+            if len(out) >= chunk_rows:
+                yield out
+                out = []
+        if out:
+            yield out
+    finally:
+        wb.close()
