@@ -35,13 +35,20 @@ class FeedPuller:
     async def pull_now(self, peer: str, feed: str) -> None:
         """Pull until caught up and wait for it (used at start-up and by scheduled pulls)."""
         key = (peer, feed)
+        if self._closing:
+            return
         task = self._running.get(key)
         if task is not None and not task.done():
             self._again.add(key)
+        else:
+            self._running[key] = task = asyncio.create_task(self._run(key, debounce=False))
+        try:
             await asyncio.shield(task)
-            return
-        self._running[key] = task = asyncio.create_task(self._run(key, debounce=False))
-        await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._closing and current is not None and not current.cancelling():
+                return  # the pull was cancelled by close(), not the caller: a quiet end
+            raise
 
     async def close(self) -> None:
         self._closing = True

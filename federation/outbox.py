@@ -45,10 +45,13 @@ class OutboxSender:
         self.batch = batch
         self._wakes: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Peers that may have rows waiting for a later attempt (unknown at start, or after a failure).
+        self._later: set[str] = set()
         self._closing = False
 
     def ensure(self, peer: str) -> None:
         if peer not in self._tasks and not self._closing:
+            self._later.add(peer)
             self._wakes[peer] = asyncio.Event()
             self._tasks[peer] = asyncio.create_task(self._run(peer), name=f"outbox-{peer}")
 
@@ -74,7 +77,12 @@ class OutboxSender:
             wake.clear()
             try:
                 sent_all = await self._send_due(peer)
-                nxt = await self.store.next_due_at(peer)
+                if sent_all and peer not in self._later:
+                    nxt = None  # all that was due went out and nothing waits for a retry: sleep until woken
+                else:
+                    nxt = await self.store.next_due_at(peer)
+                    if nxt is None:
+                        self._later.discard(peer)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
@@ -100,6 +108,7 @@ class OutboxSender:
             except Exception as exc:  # noqa: BLE001 - any failure means: try again later
                 attempts = row.attempts + 1
                 at = _now_ms() + int(backoff_s(attempts) * 1000)
+                self._later.add(peer)
                 await self.store.defer(row, attempts, at, f"{type(exc).__name__}: {exc}")
                 log.info("delivery to %s failed (attempt %d), next at %d: %s", peer, attempts, at, exc)
                 return False

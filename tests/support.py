@@ -253,7 +253,7 @@ async def run_cli_full_async(argv: list[str]) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-async def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> Any:
+async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll `predicate` (sync or async) until it returns something truthy; return it, or fail at the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -391,6 +391,17 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the node hangs (its socket still accepts connections, nothing answers)."""
+        import signal
+
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGCONT)
 
     async def stop(self) -> None:
         import signal

@@ -94,6 +94,8 @@ async def join_parent(config: Config, parent_url: str, token: str, expected_anch
         async with write_tx(engine) as conn:
             await store.set_state(conn, "anchor", {"node": anchor["node"], "key": anchor["key"]})
             await store.set_state(conn, "parent", parent)
+            if isinstance(answer.get("holder_key"), str):  # the federation's holder-digest key (licences)
+                await store.set_state(conn, "holder_key", answer["holder_key"])
             for doc in docs:
                 await store.put_registry(conn, doc)
     finally:

@@ -74,12 +74,20 @@ async def registry(request: web.Request) -> web.Response:
     return json_response(await request.app[FEDERATION].registry_feed(since, limit))
 
 
-@routes.get("/federation/v1/catalog/changes")
-async def catalog_changes(request: web.Request) -> web.Response:
+@routes.get("/federation/v1/{feed:[a-z_]+}/changes")
+async def feed_changes(request: web.Request) -> web.Response:
+    """A signed feed (the catalog, the licence index …) as a change feed for a neighbour."""
     origin, _ = await _authenticated(request)
     since = _int_param(request, "since", 0, 0, 2**62)
     limit = _int_param(request, "limit", 500, 1, 5000)
-    return json_response(await request.app[FEDERATION].catalog_feed(origin, since, limit))
+    return json_response(await request.app[FEDERATION].feed_page(request.match_info["feed"], origin, since, limit))
+
+
+@routes.get("/federation/v1/holder_key")
+async def holder_key(request: web.Request) -> web.Response:
+    """The federation-wide key of holder digests, for a child that joined before this node had one."""
+    origin, _ = await _authenticated(request)
+    return json_response(request.app[FEDERATION].holder_key_for(origin))
 
 
 @routes.post("/federation/v1/notify")

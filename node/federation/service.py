@@ -27,8 +27,8 @@ from federation.errors import AuthError, EnvelopeError, FederationError, Signatu
 from federation.feeds import FeedPuller
 from federation.outbox import OutboxSender
 from federation.signing import (
-    SigningKey, generate_signing_key, read_signing_key_file, sign_json, verify_key_b64, verify_signed_json,
-    write_signing_key_file,
+    SigningKey, decode_b64, encode_b64, generate_signing_key, read_signing_key_file, sign_json, verify_key_b64,
+    verify_signed_json, write_signing_key_file,
 )
 from node import __version__
 from node.audit.service import AuditLog
@@ -55,11 +55,93 @@ SYNC_TTL_MS = 30_000
 ASYNC_TTL_MS = 7 * 24 * 3600 * 1000
 # Kinds delivered store-and-forward through the outbox (relays queue them); the others are answered inline.
 ASYNC_KINDS = frozenset({"application.submit", "application.update", "feedback.submit", "feedback.update"})
-FEEDS = ("registry", "catalog")
+FEEDS = ("registry", "catalog")  # every node's feeds; capabilities add signed feeds (register_feed)
+REGISTRY_FEED = "registry"
+HOLDER_KEY_STATE = "holder_key"  # the federation-wide key of holder digests (licences), made by the root
 SEEN_WINDOW_MS = 600_000
 
 # What a message handler gets and returns: the verified envelope -> the reply body.
 MessageHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class SignedFeed:
+    """A feed of signed objects that replicates like the catalog (SPEC §5, §7): each object has one origin node,
+    which alone writes and signs it, and a `seq` that grows with each of the origin's changes. A node serves its
+    parent the objects of its subtree and each child those from outside the child's subtree; it applies what it
+    receives only when the origin's signature verifies (with the origin's keys of the signing time) and the
+    object is newer than the one held, and logs what it refuses. The catalog is one; capabilities register
+    theirs with `FederationService.register_feed`. The feed is served at `/federation/v1/<name>/changes`."""
+
+    name = ""
+    counter = ""  # the local change counter: cursor of the feed, head of its notifies
+
+    def origin(self, obj: dict[str, Any]) -> Any:
+        return obj.get("node")
+
+    def key(self, obj: dict[str, Any]) -> Any:
+        """The object's identity, for logs and refusals."""
+        raise NotImplementedError
+
+    def signed_at(self, obj: dict[str, Any]) -> int:
+        return obj["updated_at"]
+
+    def problem(self, obj: dict[str, Any]) -> str | None:
+        """Why the object is malformed or inconsistent (checked before its signature), or None."""
+        raise NotImplementedError
+
+    def document(self, row: Any) -> dict[str, Any]:
+        """The object of a row returned by `changes`."""
+        raise NotImplementedError
+
+    async def changes(self, conn: Any, since: int, limit: int, nodes_in: set[str] | None,
+                      nodes_out: set[str] | None) -> list[Any]:
+        """Rows (with `change_id`) changed after `since`, in commit order, of origins in / not in a set."""
+        raise NotImplementedError
+
+    async def apply_many(self, objs: list[dict[str, Any]], conn: Any) -> int:
+        """Store the verified objects that are newer than those held, in the caller's write transaction;
+        returns how many were applied."""
+        raise NotImplementedError
+
+    async def log_refusal(self, conn: Any, refusal: dict[str, Any]) -> None:
+        """Record a refused object: {at, key, node, received_from, reason}."""
+        raise NotImplementedError
+
+
+class CatalogFeed(SignedFeed):
+    """The catalog as a signed feed (SPEC §7)."""
+
+    name = "catalog"
+    counter = CHANGE_COUNTER
+
+    def __init__(self, catalog: CatalogService) -> None:
+        self.catalog = catalog
+
+    def key(self, obj: dict[str, Any]) -> Any:
+        return obj.get("code")
+
+    def problem(self, obj: dict[str, Any]) -> str | None:
+        try:
+            CatalogEntry.model_validate(obj)
+        except Exception:  # noqa: BLE001 - any shape problem is a refusal
+            return "malformed catalog entry"
+        if resource_node(obj["code"]) != obj["node"]:
+            return f"code {obj['code']} does not start with its origin {obj['node']}"
+        return None
+
+    def document(self, row: Any) -> dict[str, Any]:
+        return json.loads(row.entry)
+
+    async def changes(self, conn: Any, since: int, limit: int, nodes_in: set[str] | None,
+                      nodes_out: set[str] | None) -> list[Any]:
+        return await catalog_store.changes(conn, since, limit, nodes_in=nodes_in, nodes_out=nodes_out)
+
+    async def apply_many(self, objs: list[dict[str, Any]], conn: Any) -> int:
+        return len(await self.catalog.apply_received_many(objs, conn))
+
+    async def log_refusal(self, conn: Any, refusal: dict[str, Any]) -> None:
+        await catalog_store.log_refusal(conn, at=refusal["at"], code=refusal["key"], node=refusal["node"],
+                                        received_from=refusal["received_from"], reason=refusal["reason"])
 
 
 def token_digest(token: str) -> str:
@@ -117,7 +199,10 @@ class FederationService:
         # Feed cursors as stored ((peer, feed) -> cursor, None when no row yet); this node is their only writer.
         self._cursors: dict[tuple[str, str], str | None] = {}
         self._caught_up: dict[str, float] = {}  # peer -> when its outbox back-off was last cut short
-        self._stalled_since: dict[str, float] = {}  # peer -> when its catalog feed stalled on an unknown origin
+        # (peer, feed) -> when that signed feed stalled on an origin the registry did not verify yet
+        self._stalled_since: dict[tuple[str, str], float] = {}
+        self.feeds: dict[str, SignedFeed] = {"catalog": CatalogFeed(catalog)}
+        self.holder_key: bytes | None = None
         self._registry_pulled: dict[str, float] = {}  # peer -> when its registry feed was last read to its end
         self._tasks: set[asyncio.Task[Any]] = set()
         self._scheduler: Any = None
@@ -140,6 +225,8 @@ class FederationService:
             self.outbox.ensure(peer)
         self._start_scheduler()
         if self.trust is not None:
+            if self.holder_key is None and self.parent is None:
+                await self._make_holder_key()
             self._spawn(self.pull_all())
 
     async def close(self) -> None:
@@ -189,6 +276,12 @@ class FederationService:
             anchor = await store.get_state(conn, "anchor")
             self.parent = await store.get_state(conn, "parent")
             docs = await store.all_registry(conn)
+            holder_key = await store.get_state(conn, HOLDER_KEY_STATE)
+        try:
+            self.holder_key = decode_b64(holder_key) if holder_key else None
+        except ValueError:
+            log.warning("the stored holder key is malformed; asking the parent again")
+            self.holder_key = None
         if anchor is None:
             return
         self.trust = build_trust(anchor, docs)
@@ -211,7 +304,38 @@ class FederationService:
             await store.set_state(conn, "anchor", anchor)
             await store.put_registry(conn, cert)
         self.trust = trust
+        await self._make_holder_key()
         log.info("this node is the federation root; anchor %s %s", anchor["node"], anchor["key"])
+
+    async def _make_holder_key(self) -> None:
+        """At the root: the federation-wide secret that keys holder digests (licences); children get it in the
+        answer to their join (or later from their parent, GET /federation/v1/holder_key)."""
+        key = secrets.token_bytes(32)
+        async with write_tx(self.engine) as conn:
+            held = await store.get_state(conn, HOLDER_KEY_STATE)
+            if held is None:
+                await store.set_state(conn, HOLDER_KEY_STATE, encode_b64(key))
+        self.holder_key = decode_b64(held) if held else key
+
+    async def _fetch_holder_key(self) -> None:
+        """A node that joined before its parent handed out a holder key asks its parent for it."""
+        if self.holder_key is not None or self.parent is None:
+            return
+        answer = await self.client.request(self.parent, self.endpoint_of(self.parent), "GET", "/federation/v1/holder_key")
+        key = decode_b64(answer["holder_key"]) if isinstance(answer, dict) else b""
+        if len(key) < 16:
+            raise PeerError("INVALID_INPUT", f"{self.parent} sent a malformed holder key")
+        async with write_tx(self.engine) as conn:
+            await store.set_state(conn, HOLDER_KEY_STATE, encode_b64(key))
+        self.holder_key = key
+        log.info("received the federation's holder key from %s", self.parent)
+
+    def holder_key_for(self, origin: str) -> dict[str, Any]:
+        if origin not in self.children():
+            raise ApiError("only a child asks its parent for the holder key", code="FORBIDDEN")
+        if self.holder_key is None:
+            raise ApiError("this node has no holder key yet", code="UNAVAILABLE")
+        return {"holder_key": encode_b64(self.holder_key)}
 
     def neighbours(self) -> list[str]:
         out = sorted(self.children())
@@ -296,8 +420,11 @@ class FederationService:
         await self.audit.record(request_id=new_id(), actor=f"{node}", role="node", action="federation.join",
                                 method="POST", path="/federation/v1/join", outcome="ok", status=200,
                                 details={"child": node, "endpoint": cert["endpoint"]})
-        return {"certificate": signed, "chain": trust.chain_for(self.node_id),
-                "anchor": {"node": trust.anchor_node, "key": trust.anchor_key}}
+        answer = {"certificate": signed, "chain": trust.chain_for(self.node_id),
+                  "anchor": {"node": trust.anchor_node, "key": trust.anchor_key}}
+        if self.holder_key is not None:  # the federation's holder-digest key (licences): a secret of the members
+            answer["holder_key"] = encode_b64(self.holder_key)
+        return answer
 
     # Request authentication (SPEC §4) -------------------------------------------------------------
 
@@ -360,21 +487,44 @@ class FederationService:
         return _page([json.loads(r.doc) for r in rows], rows, limit, head, since)
 
     async def catalog_feed(self, requester: str, since: int, limit: int) -> dict[str, Any]:
+        return await self.feed_page("catalog", requester, since, limit)
+
+    def register_feed(self, feed: SignedFeed) -> None:
+        """Add a signed feed (served, pulled, notified like the catalog); pulled at once from every neighbour."""
+        self.feeds[feed.name] = feed
+        if self.joined:
+            for peer in self.neighbours():
+                self.puller.trigger(peer, feed.name)
+
+    def feed_names(self) -> tuple[str, ...]:
+        return (REGISTRY_FEED, *self.feeds)
+
+    async def feed_page(self, name: str, requester: str, since: int, limit: int) -> dict[str, Any]:
+        """A page of a signed feed for a neighbour: the parent gets the objects of this node's subtree, a child
+        those whose origin is outside the child's subtree."""
+        feed = self.feeds.get(name)
+        if feed is None:
+            raise ApiError(f"there is no feed {name!r}", code="NOT_FOUND")
         nodes_in = nodes_out = None
         if requester == self.parent:
             nodes_in = self.subtree(self.node_id)
         else:
             nodes_out = self.subtree(requester)
         async with self.engine.connect() as conn:
-            head = await read_counter(conn, CHANGE_COUNTER)
-            rows = await catalog_store.changes(conn, since, limit, nodes_in=nodes_in, nodes_out=nodes_out)
-        return _page([json.loads(r.entry) for r in rows], rows, limit, head, since)
+            head = await read_counter(conn, feed.counter)
+            rows = await feed.changes(conn, since, limit, nodes_in, nodes_out)
+        return _page([feed.document(r) for r in rows], rows, limit, head, since)
 
     async def pull_all(self) -> None:
         if not self.joined:
             return
+        if self.holder_key is None and self.parent is not None:
+            try:
+                await self._fetch_holder_key()
+            except Exception as exc:  # noqa: BLE001 - the next round retries
+                log.info("could not get the holder key from %s: %s", self.parent, exc)
         for peer in self.neighbours():
-            for feed in FEEDS:
+            for feed in self.feed_names():
                 try:
                     await self.puller.pull_now(peer, feed)
                 except Exception as exc:  # noqa: BLE001 - the next round retries
@@ -385,7 +535,9 @@ class FederationService:
             async with self.engine.connect() as conn:
                 self._cursors[(peer, feed)] = await store.get_cursor(conn, peer, feed)
         cursor = self._cursors[(peer, feed)] or "0"
-        path = f"/federation/v1/{'registry' if feed == 'registry' else 'catalog/changes'}?since={cursor}&limit=500"
+        if feed != REGISTRY_FEED and feed not in self.feeds:
+            raise PeerError("INVALID_INPUT", f"no feed {feed!r} at this node")
+        path = f"/federation/v1/{'registry' if feed == REGISTRY_FEED else feed + '/changes'}?since={cursor}&limit=500"
         started = time.monotonic()
         try:
             page = await self.client.request(peer, self.endpoint_of(peer), "GET", path)
@@ -400,7 +552,7 @@ class FederationService:
             if not more:
                 self._registry_pulled[peer] = started
             return more
-        return await self._apply_catalog(peer, page)
+        return await self._apply_signed(peer, self.feeds[feed], page)
 
     async def _apply_registry(self, peer: str, page: dict[str, Any]) -> bool:
         trust = self.require_joined()
@@ -439,8 +591,9 @@ class FederationService:
             await self.notify_neighbours("registry", exclude=peer)
         return bool(page.get("more"))
 
-    async def _apply_catalog(self, peer: str, page: dict[str, Any]) -> bool:
+    async def _apply_signed(self, peer: str, feed: SignedFeed, page: dict[str, Any]) -> bool:
         trust = self.require_joined()
+        name = feed.name
         from_child = peer != self.parent
         allowed = self.subtree(peer) if from_child else None
         mine = self.subtree(self.node_id)
@@ -450,16 +603,10 @@ class FederationService:
         cursor = page.get("next", 0)
         stalled = False
         for entry in page["entries"]:
-            reason = None
-            code = entry.get("code") if isinstance(entry, dict) else None
-            origin = entry.get("node") if isinstance(entry, dict) else None
-            try:
-                CatalogEntry.model_validate(entry)
-            except Exception:  # noqa: BLE001 - any shape problem is a refusal
-                reason = "malformed catalog entry"
-            if reason is None and resource_node(code) != origin:
-                reason = f"code {code} does not start with its origin {origin}"
-            elif reason is None and origin == self.node_id:
+            key = feed.key(entry) if isinstance(entry, dict) else None
+            origin = feed.origin(entry) if isinstance(entry, dict) else None
+            reason = feed.problem(entry) if isinstance(entry, dict) else f"malformed {name} entry"
+            if reason is None and origin == self.node_id:
                 reason = "an entry claiming this node as origin"
             elif reason is None and from_child and origin not in (allowed or set()):
                 reason = f"{peer} sent an entry of {origin}, outside its subtree"
@@ -467,10 +614,10 @@ class FederationService:
                 reason = f"the parent sent an entry of {origin}, inside this node's subtree"
             if reason is None:
                 try:
-                    keys = trust.verify_keys_for(origin, at_ms=entry["updated_at"], now_ms=now)
+                    keys = trust.verify_keys_for(origin, at_ms=feed.signed_at(entry), now_ms=now)
                     verify_signed_json(entry, origin, keys)
                 except TrustError as exc:
-                    if exc.code != "REVOKED" and not self._registry_fresh(peer):
+                    if exc.code != "REVOKED" and not self._registry_fresh(peer, name):
                         # The registry may not have caught up with this origin (or with a re-issued
                         # certificate) yet: stop here (the cursor stays put), pull the peer's registry, then
                         # this page again. If the origin still does not verify then, the entry is refused.
@@ -480,44 +627,44 @@ class FederationService:
                 except (SignatureError, FederationError) as exc:
                     reason = f"signature of {origin} does not verify: {exc.message}"
             if reason is not None:
-                refused.append({"at": now, "code": str(code)[:64] if code else None,
+                refused.append({"at": now, "key": str(key)[:64] if key else None,
                                 "node": str(origin)[:16] if origin else None, "received_from": peer,
                                 "reason": reason[:400]})
-                log.warning("refused catalog entry %s from %s: %s", code, peer, reason)
+                log.warning("refused %s entry %s from %s: %s", name, key, peer, reason)
             else:
                 accepted.append(entry)
         if stalled:
-            self._stalled_since.setdefault(peer, time.monotonic())
-            if time.monotonic() - self._stall_retry.get(peer, 0.0) > 5.0:
-                self._stall_retry[peer] = time.monotonic()
-                self._spawn(self._registry_then_catalog(peer))
+            self._stalled_since.setdefault((peer, name), time.monotonic())
+            if time.monotonic() - self._stall_retry.get(f"{peer}:{name}", 0.0) > 5.0:
+                self._stall_retry[f"{peer}:{name}"] = time.monotonic()
+                self._spawn(self._registry_then(peer, name))
         else:
-            self._stalled_since.pop(peer, None)
+            self._stalled_since.pop((peer, name), None)
         applied = 0
         new_cursor = None if stalled else str(cursor)
-        moved = new_cursor is not None and new_cursor != self._cursors.get((peer, "catalog"))
+        moved = new_cursor is not None and new_cursor != self._cursors.get((peer, name))
         if accepted or refused or moved:  # an idle pull writes nothing
             async with write_tx(self.engine) as conn:
                 if accepted:  # the whole page in a few statements: the write lock is held briefly
-                    applied = len(await self.catalog.apply_received_many(accepted, conn))
+                    applied = await feed.apply_many(accepted, conn)
                 for r in refused:
-                    await catalog_store.log_refusal(conn, **r)
+                    await feed.log_refusal(conn, r)
                 if new_cursor is not None:
-                    await store.set_cursor(conn, peer, "catalog", new_cursor)
+                    await store.set_cursor(conn, peer, name, new_cursor)
             if new_cursor is not None:
-                self._cursors[(peer, "catalog")] = new_cursor
+                self._cursors[(peer, name)] = new_cursor
         if applied:
-            await self.notify_neighbours("catalog", exclude=peer)
+            await self.notify_neighbours(name, exclude=peer)
         return bool(page.get("more")) and not stalled
 
-    def _registry_fresh(self, peer: str) -> bool:
-        """Whether this node pulled `peer`'s registry to its end since catalog replication from it stalled."""
-        since = self._stalled_since.get(peer)
+    def _registry_fresh(self, peer: str, feed: str = "catalog") -> bool:
+        """Whether this node pulled `peer`'s registry to its end since replication of `feed` from it stalled."""
+        since = self._stalled_since.get((peer, feed))
         return since is not None and self._registry_pulled.get(peer, 0.0) > since
 
-    async def _registry_then_catalog(self, peer: str) -> None:
-        await self.puller.pull_now(peer, "registry")
-        self.puller.trigger(peer, "catalog")
+    async def _registry_then(self, peer: str, feed: str) -> None:
+        await self.puller.pull_now(peer, REGISTRY_FEED)
+        self.puller.trigger(peer, feed)
 
     # Notifications ------------------------------------------------------------------------------
 
@@ -534,13 +681,13 @@ class FederationService:
         async with write_tx(self.engine) as conn:
             # SPEC §5 {"feed", "next"}: with the feed's head in it, a notify coalesced into a row while that row
             # is being delivered changes its payload, so the delivery does not delete it (see store.delivered).
-            head = await read_counter(conn, CHANGE_COUNTER if feed == "catalog" else store.REGISTRY_COUNTER)
+            head = await read_counter(conn, self.feeds[feed].counter if feed in self.feeds else store.REGISTRY_COUNTER)
             await store.enqueue_notifies(conn, peers, {"feed": feed, "next": str(head)}, now)
         for peer in peers:
             self.outbox.wake(peer)
 
     def handle_notify(self, origin: str, feed: str) -> None:
-        if feed not in FEEDS:
+        if feed not in self.feed_names():
             raise ApiError(f"unknown feed {feed!r}", code="INVALID_INPUT")
         self.puller.trigger(origin, feed)
 

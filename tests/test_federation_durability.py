@@ -1,0 +1,196 @@
+"""The durable outbox (DESIGN: an outage delays and never loses): the city runs as a real `govnode run`
+subprocess and is killed with SIGKILL while its county registers entries and while messages wait in
+outboxes; after it comes back on the same home and port, every node converges and nothing is lost.
+
+The province and the counties run in this process (real nodes on loopback all the same), so the province's
+`application.submit` handler can record what it receives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from federation.envelope import make_envelope, sign_envelope
+from node.errors import ApiError
+from node.federation.http import FEDERATION
+from node.ids import now_ms
+from support import (
+    SAMPLE_ENTRY, add_dept_async, raw_sql, signing_key_of, start_federation, start_node, stop_all, wait_for,
+)
+
+CODES = ("370000", "370300", "370321", "370303")
+
+
+class Inbox:
+    """The province's `application.submit` handler: every delivery, duplicates included."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.bodies: dict[str, dict] = {}
+
+    async def __call__(self, env: dict) -> dict:
+        self.ids.append(env["id"])
+        self.bodies[env["id"]] = env["body"]
+        return {"received": env["id"]}
+
+    def install(self, node) -> None:  # noqa: ANN001
+        node.app[FEDERATION].handlers["application.submit"] = self
+
+
+async def codes_at(node) -> dict[str, tuple]:  # noqa: ANN001
+    rows = await raw_sql(node.config, "SELECT code, seq, deleted FROM catalog_entries")
+    return {r[0]: (r[1], bool(r[2])) for r in rows}
+
+
+async def outbox_rows(node, kind: str | None = None) -> list[tuple]:  # noqa: ANN001
+    q = "SELECT peer, kind, payload FROM outbox"
+    return await raw_sql(node.config, q + (" WHERE kind = :k" if kind else ""), {"k": kind} if kind else None)
+
+
+async def register(node, token: str, name: str) -> dict:  # noqa: ANN001
+    status, entry = await node.call("POST", "/api/v1/catalog", token, json_body={**SAMPLE_ENTRY, "name": name})
+    assert status == 201, entry
+    return entry
+
+
+async def converged(nodes: dict, expected: dict[str, tuple]) -> bool:
+    for code in CODES:
+        if await codes_at(nodes[code]) != expected:
+            return False
+    return True
+
+
+async def submit(county, n: int, tag: str) -> list[str]:  # noqa: ANN001
+    return [await county.app[FEDERATION].send_async("application.submit", "370000", {"tag": tag, "n": i})
+            for i in range(n)]
+
+
+async def test_city_killed_while_a_county_registers_and_messages_wait(tmp_path):
+    nodes = await start_federation(tmp_path, subprocesses=("370300",))
+    city, county = nodes["370300"], nodes["370321"]
+    inbox = Inbox()
+    inbox.install(nodes["370000"])
+    try:
+        token = await add_dept_async(county.config.home, "11370321MB0000001X", "桓台县公安局")
+        sibling = await add_dept_async(nodes["370303"].config.home, "11370303MB0000001X", "张店区公安局")
+        entries: dict[str, dict] = {}
+        first = await register(county, token, "断电前")
+        entries[first["code"]] = first
+        await wait_for(lambda: converged(nodes, {first["code"]: (first["seq"], False)}), timeout=20,
+                       what="the first entry everywhere")
+
+        # A hung city (stopped, its socket still accepting): calls through it time out within their expiry.
+        city.pause()
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(ApiError) as err:
+                await county.app[FEDERATION].call("licence.verify", "370000", {}, ttl_ms=2000)
+            assert (err.value.code, err.value.details["hop"]) == ("PEER_TIMEOUT", "370300")
+            assert asyncio.get_running_loop().time() - started < 2.5
+        finally:
+            city.resume()
+
+        # The county keeps registering; the city is killed in the middle of it.
+        async def keep_registering() -> None:
+            for i in range(12):
+                entry = await register(county, token, f"持续登记{i}")
+                entries[entry["code"]] = entry
+                await asyncio.sleep(0.05)
+
+        registering = asyncio.create_task(keep_registering())
+        await wait_for(lambda: len(entries) >= 4, what="a few registrations")
+        city.kill()
+        # While the city is dead: messages wait in the county's outbox, the other county registers too.
+        sent = await submit(county, 5, "city-dead")
+        other = await register(nodes["370303"], sibling, "张店区在城市断线时登记")
+        entries[other["code"]] = other
+        await registering
+        pending = await outbox_rows(county, "message")
+        assert sorted(json.loads(r[2])["id"] for r in pending) == sorted(sent)
+        assert all(r[0] == "370300" for r in pending)
+        assert inbox.ids == []
+
+        await city.start()  # same home, same port
+        expected = {code: (e["seq"], e["deleted"]) for code, e in entries.items()}
+        await wait_for(lambda: converged(nodes, expected), timeout=30, what="every catalog after the restart")
+        await wait_for(lambda: set(inbox.ids) == set(sent), timeout=30, what="the queued messages at the province")
+        assert sorted(inbox.ids) == sorted(sent)  # each delivered once
+        assert all(inbox.bodies[i]["tag"] == "city-dead" for i in sent)
+        for code in CODES:
+            await wait_for(lambda code=code: _no_messages(nodes[code]), timeout=20, what=f"an empty outbox at {code}")
+    finally:
+        await stop_all(nodes)
+
+
+async def _no_messages(node) -> bool:  # noqa: ANN001
+    return await outbox_rows(node, "message") == []
+
+
+async def test_messages_queued_at_a_killed_city_are_delivered_after_it_returns(tmp_path):
+    """Messages accepted by the city (queued for the province, which is down) survive the city's SIGKILL."""
+    nodes = await start_federation(tmp_path, subprocesses=("370300",))
+    city, county, province = nodes["370300"], nodes["370321"], nodes["370000"]
+    inbox = Inbox()
+    try:
+        token = await add_dept_async(county.config.home, "11370321MB0000001X", "桓台县公安局")
+        await province.stop()
+        sent = await submit(county, 6, "province-down")
+        # The city takes them from the county and keeps them in its own outbox for the province.
+        await wait_for(lambda: _no_messages(county), timeout=20, what="the county's outbox to drain")
+
+        async def queued_at_city() -> bool:
+            rows = await outbox_rows(city, "message")
+            return sorted(json.loads(r[2])["id"] for r in rows if r[0] == "370000") == sorted(sent)
+
+        await wait_for(queued_at_city, timeout=20, what="the messages in the city's outbox")
+        entries = {}
+        city.kill()
+        for i in range(3):
+            entry = await register(county, token, f"城市宕机时登记{i}")
+            entries[entry["code"]] = entry
+
+        nodes["370000"] = province = await start_node(province.config)
+        inbox.install(province)
+        await city.start()
+        await wait_for(lambda: set(inbox.ids) == set(sent), timeout=30, what="the city's queued messages")
+        assert sorted(inbox.ids) == sorted(sent)
+        expected = {code: (e["seq"], e["deleted"]) for code, e in entries.items()}
+        await wait_for(lambda: converged(nodes, expected), timeout=30, what="every catalog")
+        for code in CODES:
+            await wait_for(lambda code=code: _no_messages(nodes[code]), timeout=20, what=f"an empty outbox at {code}")
+        # The city's audit log shows it relayed (queued) each message once, before and after its death.
+        rows = await raw_sql(city.config, "SELECT message_id FROM audit_log WHERE action = 'federation.relay'")
+        assert sorted(r[0] for r in rows) == sorted(sent)
+    finally:
+        await stop_all(nodes)
+
+
+async def test_an_expired_message_is_dropped_and_does_not_block_the_outbox(tmp_path):
+    """A message that expired while it waited is not sent (the next hop would refuse it forever); the origin
+    is told, and what was queued behind it goes on."""
+    nodes = await start_federation(tmp_path)
+    county = nodes["370321"]
+    inbox, answers = Inbox(), []
+    inbox.install(nodes["370000"])
+
+    async def on_answer(request: dict, reply: dict) -> None:
+        answers.append((request["id"], reply))
+
+    county.app[FEDERATION].reply_handlers["application.submit"] = on_answer
+    try:
+        stale = sign_envelope(make_envelope("application.submit", "370321", "370000", {"tag": "stale"},
+                                            ttl_ms=1000, now_ms=now_ms() - 60_000), "370321",
+                              signing_key_of(county.config.home))
+        await raw_sql(county.config, "INSERT INTO outbox (peer, kind, payload, created_at, attempts, next_attempt_at) "
+                                     "VALUES ('370300', 'message', :p, :t, 0, :t)",
+                      {"p": json.dumps(stale, ensure_ascii=False), "t": now_ms()})
+        [fresh] = await submit(county, 1, "fresh")  # queued behind the stale one; wakes the sender
+        await wait_for(lambda: inbox.ids == [fresh], timeout=20, what="the fresh message at the province")
+        await wait_for(lambda: _no_messages(county), what="an empty outbox at the county")
+        assert stale["id"] not in inbox.ids
+        [(request_id, answer)] = [a for a in answers if a[0] == stale["id"]]
+        assert answer["kind"] == "error" and answer["body"]["error"]["code"] == "PEER_TIMEOUT"
+    finally:
+        await stop_all(nodes)
