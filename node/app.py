@@ -48,8 +48,12 @@ def _capabilities() -> list:
     from node.federation.http import setup as federation
     from node.sharing.http import setup as sharing
     from node.applications.http import setup as applications
+    from node.licences.http import setup as licences
+    from node.exchange.http import setup as exchange
+    from node.subscriptions.http import setup as subscriptions
+    from node.quality.http import setup as quality
 
-    return [catalog, data, federation, sharing, applications]
+    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -1,7 +1,9 @@
 """Group commit: many callers each wait until their item is durable, and one transaction stores them all.
 
 Durable before acknowledged (DESIGN.md) costs one commit per batch instead of one per call: while a
-batch commits, the next one gathers.
+batch commits, the next one gathers. One committer serves the whole node (the journal): audit records
+and replay-protection claims made by the same requests share a commit. Each item carries the function
+that writes its kind; a batch calls each function once with its items, in order of first appearance.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,18 +24,17 @@ T = TypeVar("T")
 WriteBatch = Callable[[AsyncConnection, list[T]], Awaitable[None]]
 
 
-class GroupCommitter(Generic[T]):
-    def __init__(self, engine: AsyncEngine, write: WriteBatch[T], name: str, window_ms: int = 2,
-                 max_batch: int = 5000) -> None:
+class GroupCommitter:
+    def __init__(self, engine: AsyncEngine, name: str = "journal", window_ms: int = 2, max_batch: int = 5000) -> None:
         self.engine = engine
-        self.write = write
         self.name = name
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
-        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        self._pending: list[tuple[WriteBatch[Any], Any, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_batch = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"group-commit-{self.name}")
@@ -44,39 +45,46 @@ class GroupCommitter(Generic[T]):
         if self._task is not None:
             await self._task
 
-    async def submit(self, item: T) -> None:
+    async def submit(self, write: WriteBatch[T], item: T) -> None:
         """Returns once `item` is committed; raises ApiError(UNAVAILABLE) if it could not be."""
+        await self.enqueue(write, item)
+
+    def enqueue(self, write: WriteBatch[T], item: T) -> asyncio.Future[None]:
+        """Queue `item`; the future completes when it is committed (so the caller can overlap the wait)."""
         if self._task is None or self._task.done():
             raise ApiError(f"the {self.name} writer is not running", code="UNAVAILABLE")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, fut))
+        self._pending.append((write, item, fut))
         self._wake.set()
-        await fut
+        return fut
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if self.window_s and not self._closing:
+            # Wait a moment for company only when calls are arriving together; a lone call commits at once.
+            if self.window_s and not self._closing and self._last_batch > 1:
                 await asyncio.sleep(self.window_s)
             self._wake.clear()
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
             if self._pending:
                 self._wake.set()
+            self._last_batch = len(batch)
             if batch:
                 await self._commit(batch)
             if self._closing and not self._pending:
                 return
 
-    async def _commit(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+    async def _commit(self, batch: list[tuple[WriteBatch[Any], Any, asyncio.Future[None]]]) -> None:
         try:
             async with write_tx(self.engine) as conn:
-                await self.write(conn, [item for item, _ in batch])
+                for write in dict.fromkeys(w for w, _, _ in batch):
+                    await write(conn, [item for w, item, _ in batch if w is write])
         except Exception:  # noqa: BLE001 - every waiter learns that its item is not durable
             log.exception("%s: a batch of %d could not be committed", self.name, len(batch))
-            for _, fut in batch:
+            for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(ApiError(f"the {self.name} record could not be stored", code="UNAVAILABLE"))
             return
-        for _, fut in batch:
+        for _, _, fut in batch:
             if not fut.done():
                 fut.set_result(None)

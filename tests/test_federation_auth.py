@@ -63,6 +63,7 @@ def endpoints(fed: dict, origin: str, destination: str) -> list[tuple[str, str, 
     return [
         ("GET", "/federation/v1/registry?since=0", None),
         ("GET", "/federation/v1/catalog/changes?since=0&limit=5", None),
+        ("GET", "/federation/v1/holder_key", None),
         ("POST", "/federation/v1/notify", {"feed": "catalog", "next": "0"}),
         ("POST", "/federation/v1/messages", envelope(origin, destination, fed["keys"][origin])),
         ("POST", "/federation/v1/certificate", {"certificate": {}}),
@@ -89,6 +90,7 @@ async def test_a_good_request_is_accepted_on_every_endpoint(fed):
     assert answers == {
         "/federation/v1/registry": (200, None),
         "/federation/v1/catalog/changes": (200, None),
+        "/federation/v1/holder_key": (200, None),  # the parent hands its child the holder-digest key
         "/federation/v1/notify": (200, None),
         "/federation/v1/messages": (200, None),  # the signed answer envelope (here: an error envelope)
         "/federation/v1/certificate": (400, "INVALID_INPUT"),  # authenticated; the body is refused

@@ -6,6 +6,7 @@ record is committed, so durability costs one commit per batch, not per call.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
@@ -48,18 +49,23 @@ class ChainBreak:
 class AuditLog:
     def __init__(self, engine: AsyncEngine, batch_ms: int = 2) -> None:
         self.engine = engine
-        self._writer: GroupCommitter[dict[str, Any]] = GroupCommitter(engine, self._write, "audit", batch_ms)
+        # The node's journal: audit records and other durable-before-answer claims share its commits.
+        self.journal = GroupCommitter(engine, "journal", batch_ms)
 
     async def start(self) -> None:
-        self._writer.start()
+        self.journal.start()
 
     async def close(self) -> None:
-        await self._writer.close()
+        await self.journal.close()
 
     async def record(self, **fields: Any) -> None:
         """Append one record; returns once it is committed. Raises ApiError(UNAVAILABLE) if it cannot be."""
+        await self.enqueue(**fields)
+
+    def enqueue(self, **fields: Any) -> "asyncio.Future[None]":
+        """Append one record without waiting; the future completes once it is committed."""
         fields.setdefault("at", now_ms())
-        await self._writer.submit(fields)
+        return self.journal.enqueue(self._write, fields)
 
     @staticmethod
     async def _write(conn: AsyncConnection, records: list[dict[str, Any]]) -> None:

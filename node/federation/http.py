@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,8 +24,9 @@ MAX_FEDERATION_BODY = 16 * 1024 * 1024
 routes = web.RouteTableDef()
 
 
-async def _authenticated(request: web.Request, allow_self: bool = False) -> tuple[str, Any]:
-    """Read the body (if any) and check the hop's Authorization; returns (origin, parsed body)."""
+async def _check(request: web.Request, allow_self: bool = False) -> tuple[str, Any, asyncio.Future[None]]:
+    """Read the body (if any) and check the hop's Authorization; returns (origin, parsed body, the pending
+    durable record of its nonce)."""
     raw = await read_body(request, MAX_FEDERATION_BODY)
     content = None
     if raw.strip():
@@ -34,9 +36,16 @@ async def _authenticated(request: web.Request, allow_self: bool = False) -> tupl
         except ValueError as exc:
             msg = exc.message if isinstance(exc, CanonicalJSONError) else "the body is not valid JSON"
             raise InvalidInput(msg) from None
-    origin = await request.app[FEDERATION].authenticate(
+    origin, durable = request.app[FEDERATION].check_hop(
         request.method, request.raw_path, request.headers.get("Authorization"), content, allow_self=allow_self
     )
+    return origin, content, durable
+
+
+async def _authenticated(request: web.Request, allow_self: bool = False) -> tuple[str, Any]:
+    """Read the body and check the hop's Authorization; returns (origin, parsed body) once the nonce is durable."""
+    origin, content, durable = await _check(request, allow_self)
+    await durable
     return origin, content
 
 
@@ -101,8 +110,8 @@ async def notify(request: web.Request) -> web.Response:
 
 @routes.post("/federation/v1/messages")
 async def messages(request: web.Request) -> web.Response:
-    origin, body = await _authenticated(request)
-    answer = await request.app[FEDERATION].handle_message(origin, body, request[REQUEST_ID])
+    origin, body, durable = await _check(request)
+    answer = await request.app[FEDERATION].handle_message(origin, body, request[REQUEST_ID], durable)
     return web.Response(body=encode_canonical_json(answer), content_type="application/json")
 
 

@@ -4,6 +4,7 @@ still refuses a replay."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -15,13 +16,14 @@ from node.ids import now_ms
 
 
 class ReplayGuard:
-    def __init__(self, engine: AsyncEngine, nonce_window_ms: int, message_window_ms: int) -> None:
+    def __init__(self, engine: AsyncEngine, journal: GroupCommitter, nonce_window_ms: int,
+                 message_window_ms: int) -> None:
         self.engine = engine
+        self.journal = journal
         self.nonce_window_ms = nonce_window_ms
         self.message_window_ms = message_window_ms
         self._nonces: dict[tuple[str, str], int] = {}
         self._messages: dict[str, int] = {}
-        self._writer: GroupCommitter[tuple[str, dict[str, Any]]] = GroupCommitter(engine, self._write, "replay", 1)
 
     async def start(self) -> None:
         now = now_ms()
@@ -29,27 +31,23 @@ class ReplayGuard:
             nonces, messages = await store.load_seen(conn, now - self.nonce_window_ms, now - self.message_window_ms)
         self._nonces = {(r.origin, r.nonce): r.ts for r in nonces}
         self._messages = {r.id: r.at for r in messages}
-        self._writer.start()
 
-    async def close(self) -> None:
-        await self._writer.close()
-
-    async def fresh_nonce(self, origin: str, nonce: str, ts: int) -> bool:
-        """True the first time (origin, nonce) is seen; False for a replay."""
+    def claim_nonce(self, origin: str, nonce: str, ts: int) -> asyncio.Future[None] | None:
+        """Claim (origin, nonce): None for a replay, else a future that completes once the claim is durable
+        (await it before answering; a relay may overlap the wait with forwarding)."""
         key = (origin, nonce)
         if key in self._nonces:
-            return False
+            return None
         self._nonces[key] = ts
-        await self._writer.submit(("nonce", {"origin": origin, "nonce": nonce, "ts": ts}))
-        return True
+        return self.journal.enqueue(self._write, ("nonce", {"origin": origin, "nonce": nonce, "ts": ts}))
 
-    async def fresh_message(self, message_id: str) -> bool:
+    def claim_message(self, message_id: str) -> asyncio.Future[None] | None:
+        """Claim an envelope id: None if it was seen, else a future completing once the claim is durable."""
         if message_id in self._messages:
-            return False
+            return None
         at = now_ms()
         self._messages[message_id] = at
-        await self._writer.submit(("message", {"id": message_id, "at": at}))
-        return True
+        return self.journal.enqueue(self._write, ("message", {"id": message_id, "at": at}))
 
     async def prune(self) -> None:
         now = now_ms()

@@ -54,6 +54,8 @@ ANCHOR_KEY_FILE = "anchor.key"  # the root's original key, which signs every roo
 SYNC_TTL_MS = 30_000
 ASYNC_TTL_MS = 7 * 24 * 3600 * 1000
 # Kinds delivered store-and-forward through the outbox (relays queue them); the others are answered inline.
+# Kinds whose handling changes nothing here, so it may overlap the durable claim of the envelope id.
+READ_ONLY_KINDS = frozenset({"service.call", "licence.verify"})
 ASYNC_KINDS = frozenset({"application.submit", "application.update", "feedback.submit", "feedback.update"})
 FEEDS = ("registry", "catalog")  # every node's feeds; capabilities add signed feeds (register_feed)
 REGISTRY_FEED = "registry"
@@ -140,7 +142,8 @@ class CatalogFeed(SignedFeed):
         return len(await self.catalog.apply_received_many(objs, conn))
 
     async def log_refusal(self, conn: Any, refusal: dict[str, Any]) -> None:
-        await catalog_store.log_refusal(conn, at=refusal["at"], code=refusal["key"], node=refusal["node"],
+        code = refusal["key"][:64] if refusal["key"] else None
+        await catalog_store.log_refusal(conn, at=refusal["at"], code=code, node=refusal["node"],
                                         received_from=refusal["received_from"], reason=refusal["reason"])
 
 
@@ -188,12 +191,13 @@ class FederationService:
         self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s)
         self.outbox = OutboxSender(_OutboxAdapter(engine), self._deliver)
         self.puller = FeedPuller(self._pull_once)
-        self.replay = ReplayGuard(engine, SEEN_WINDOW_MS, ASYNC_TTL_MS + SEEN_WINDOW_MS)
+        self.replay = ReplayGuard(engine, audit.journal, SEEN_WINDOW_MS, ASYNC_TTL_MS + SEEN_WINDOW_MS)
         self.handlers: dict[str, MessageHandler] = {}
         # Called with (request envelope, reply envelope) when an async message sent from here is answered.
         self.reply_handlers: dict[str, Callable[[dict, dict], Awaitable[None]]] = {}
         self.peer_status: dict[str, dict[str, Any]] = {}
         self._subtrees: dict[str, set[str]] = {}
+        self._children: set[str] | None = None  # cached like _subtrees: every request asks for the neighbours
         self._key_mtime = 0.0
         self._stall_retry: dict[str, float] = {}
         # Feed cursors as stored ((peer, feed) -> cursor, None when no row yet); this node is their only writer.
@@ -242,7 +246,6 @@ class FederationService:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         await self.client.close()
-        await self.replay.close()
 
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -285,7 +288,7 @@ class FederationService:
         if anchor is None:
             return
         self.trust = build_trust(anchor, docs)
-        self._subtrees.clear()
+        self._trust_changed()
 
     async def _become_root(self) -> None:
         now = now_ms()
@@ -346,8 +349,10 @@ class FederationService:
     def children(self) -> set[str]:
         if self.trust is None:
             return set()
-        return {n for n in self.trust.known_nodes()
-                if n != self.node_id and (self.trust.certificate(n) or {}).get("parent") == self.node_id}
+        if self._children is None:
+            self._children = {n for n in self.trust.known_nodes()
+                              if n != self.node_id and (self.trust.certificate(n) or {}).get("parent") == self.node_id}
+        return set(self._children)
 
     def subtree(self, node: str) -> set[str]:
         cached = self._subtrees.get(node)
@@ -363,6 +368,7 @@ class FederationService:
 
     def _trust_changed(self) -> None:
         self._subtrees.clear()
+        self._children = None
 
     async def _store_registry_doc(self, doc: dict[str, Any]) -> None:
         async with write_tx(self.engine) as conn:
@@ -430,7 +436,15 @@ class FederationService:
 
     async def authenticate(self, method: str, uri: str, header: str | None, content: Any,
                            allow_self: bool = False) -> str:
-        """Check a hop's Authorization; return the origin. Raises ApiError in the SPEC's terms."""
+        """Check a hop's Authorization; return the origin once its nonce is durable. Raises ApiError."""
+        origin, durable = self.check_hop(method, uri, header, content, allow_self)
+        await durable
+        return origin
+
+    def check_hop(self, method: str, uri: str, header: str | None, content: Any,
+                  allow_self: bool = False) -> tuple[str, asyncio.Future[None]]:
+        """Check a hop's Authorization (SPEC §4); returns the origin and the future of its nonce's durable
+        record, which the caller awaits before answering. Raises ApiError in the SPEC's terms."""
         try:
             params = parse_authorization(header)
         except AuthError as exc:
@@ -455,12 +469,13 @@ class FederationService:
         if not (params.origin in self.neighbours() or (allow_self and params.origin == self.node_id)):
             raise ApiError(f"{params.origin} is neither this node's parent nor one of its children",
                            code="NOT_NEIGHBOUR")
-        if not await self.replay.fresh_nonce(params.origin, params.nonce, params.ts):
+        durable = self.replay.claim_nonce(params.origin, params.nonce, params.ts)
+        if durable is None:
             raise ApiError("this request was already received (nonce seen)", code="REPLAY")
         if self.peer_status.get(params.origin, {}).get("reachable") is False:
             self._catch_up(params.origin)
         self._mark_peer(params.origin, ok=True, inbound=True)
-        return params.origin
+        return params.origin, durable
 
     def _catch_up(self, peer: str) -> None:
         """A neighbour this node could not reach is talking to it again: send what waits for it now rather
@@ -627,7 +642,7 @@ class FederationService:
                 except (SignatureError, FederationError) as exc:
                     reason = f"signature of {origin} does not verify: {exc.message}"
             if reason is not None:
-                refused.append({"at": now, "key": str(key)[:64] if key else None,
+                refused.append({"at": now, "key": str(key)[:120] if key else None,
                                 "node": str(origin)[:16] if origin else None, "received_from": peer,
                                 "reason": reason[:400]})
                 log.warning("refused %s entry %s from %s: %s", name, key, peer, reason)
@@ -741,8 +756,13 @@ class FederationService:
         children = {c: self.subtree(c) for c in self.children()}
         return next_hop(self.node_id, destination, children, self.parent, trust.known_nodes())
 
-    async def handle_message(self, hop_origin: str | None, env: Any, request_id: str) -> dict[str, Any]:
-        """Deliver or relay one envelope; returns the signed answer envelope (reply or error)."""
+    async def handle_message(self, hop_origin: str | None, env: Any, request_id: str,
+                             hop_durable: Awaitable[None] | None = None) -> dict[str, Any]:
+        """Deliver or relay one envelope; returns the signed answer envelope (reply or error).
+
+        `hop_durable` is the pending durable record of the hop's nonce: with the envelope id's, it is
+        awaited before the destination acts, and overlapped with forwarding at a relay (both are awaited
+        before any answer leaves this node)."""
         trust = self.require_joined()
         started = time.perf_counter()
         if not isinstance(env, dict):
@@ -760,37 +780,61 @@ class FederationService:
         if self.node_id in (env.get("signatures") or {}):
             raise ApiError("the envelope has already passed this node (a loop)", code="INVALID_INPUT")
         is_async = env["kind"] in ASYNC_KINDS
-        fresh = await self.replay.fresh_message(env["id"])
+        claimed = self.replay.claim_message(env["id"])
+        fresh = claimed is not None
         if not fresh and not is_async:
+            if hop_durable is not None:
+                await hop_durable
             raise ApiError(f"message {env['id']} was already received", code="REPLAY")
+        # One wait for both durable claims (they share a group commit), started now.
+        durable = asyncio.ensure_future(_all_of(hop_durable, claimed))
         destination = env["destination"]
         hop = self.node_id if destination == self.node_id else self.route(destination)
         outcome = "ok"
-        try:
-            if not fresh:
-                answer = self._answer(env, "reply", {"accepted": True, "duplicate": True})
-            elif hop == self.node_id:
-                answer = await self._dispatch(env)
-            elif hop is None or hop == hop_origin:
-                answer = self._error_answer(env, ApiError(f"no route to node {destination}",
-                                                          {"hop": self.node_id}, code="NODE_UNKNOWN"))
-            elif is_async:
-                await self._enqueue_message(hop, sign_envelope(env, self.node_id, self.key))
-                answer = self._answer(env, "reply", {"accepted": True, "queued_at": self.node_id})
-            else:
-                answer = await self._forward(hop, env)
-            if answer["kind"] == "error":
-                outcome = answer["body"].get("error", {}).get("code", "error")
-        finally:
-            await self.audit.record(
+
+        def audit_fields(result: str) -> dict[str, Any]:
+            return dict(
                 request_id=request_id, message_id=env["id"], actor=env["origin"], role="node",
                 action="federation.deliver" if hop == self.node_id else "federation.relay",
-                method="POST", path="/federation/v1/messages", outcome=outcome, status=200,
+                method="POST", path="/federation/v1/messages", outcome=result, status=200,
                 latency_ms=round((time.perf_counter() - started) * 1000),
                 resource=(env.get("body") or {}).get("resource") if isinstance(env.get("body"), dict) else None,
                 details={"kind": env["kind"], "from": hop_origin, "to": hop, "origin": env["origin"],
                          "destination": destination},
             )
+
+        relay_record: asyncio.Future[None] | None = None
+        try:
+            if not fresh:
+                await durable
+                answer = self._answer(env, "reply", {"accepted": True, "duplicate": True})
+            elif hop == self.node_id:
+                if env["kind"] not in READ_ONLY_KINDS:
+                    await durable  # act only on a durable claim; reads overlap it (answered after it)
+                answer = await self._dispatch(env)
+            elif hop is None or hop == hop_origin:
+                answer = self._error_answer(env, ApiError(f"no route to node {destination}",
+                                                          {"hop": self.node_id}, code="NODE_UNKNOWN"))
+            elif is_async:
+                await durable
+                await self._enqueue_message(hop, sign_envelope(env, self.node_id, self.key))
+                answer = self._answer(env, "reply", {"accepted": True, "queued_at": self.node_id})
+            else:
+                # The relay's record commits with this hop's claims while the next hop works.
+                relay_record = self.audit.enqueue(**audit_fields("ok"))
+                answer = await self._forward(hop, env)
+            await durable  # no answer leaves before this hop's claims are durable
+            if answer["kind"] == "error":
+                outcome = answer["body"].get("error", {}).get("code", "error")
+        finally:
+            if not durable.done():
+                durable.cancel()
+            if relay_record is not None:
+                await relay_record
+                if outcome != "ok":  # the forward failed: record how
+                    await self.audit.record(**audit_fields(outcome))
+            else:
+                await self.audit.record(**audit_fields(outcome))
         return answer
 
     async def _dispatch(self, env: dict[str, Any]) -> dict[str, Any]:
@@ -1059,6 +1103,10 @@ class FederationService:
         chain = self.trust.chain_for(self.node_id) if self.trust else []
         return {"node": self.node_id, "name": self.config.node.name, "software": "govnode",
                 "version": __version__, "chain": chain}
+
+
+async def _all_of(*futures: Awaitable[None] | None) -> None:
+    await asyncio.gather(*(f for f in futures if f is not None))
 
 
 def expected_parent_warning(node: str, parent: str) -> str | None:

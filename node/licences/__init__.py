@@ -1,0 +1,1 @@
+"""Electronic licences (电子证照, SPEC §13)."""

@@ -1,0 +1,112 @@
+"""Benchmark (not a test): verify from a county at the province (two relays: county → city → province)
+against verify at the province directly, with the same load generator in the same run.
+
+    python scripts/bench_federation.py [--records 10000] [--seconds 8] [--concurrency 32]
+
+Target (issue 3): cross-level p50 ≤ 3 × direct p50, judged on the latency run (one request at a
+time: the path's own cost); the throughput run (32 at once) is printed beside it. Each node is a real `govnode run` process on
+loopback with SQLite and durable audit records; every relay verifies, signs and audits the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchlib import NodeProcess, add_dept, env_info, init_node, load  # noqa: E402
+
+from node.ids import make_gb11643, make_gb32100  # noqa: E402
+
+ENTRY = {
+    "classification": "101001", "name": "山东省人口基础信息（基准）", "category": "base", "format": "database",
+    "items": [
+        {"name": "公民身份号码", "field": "id_number", "type": "C", "length": 18, "key": True, "sensitive": True,
+         "check": "gb11643"},
+        {"name": "姓名", "field": "name", "type": "C", "length": 50},
+    ],
+    "share": {"type": "unconditional", "methods": ["api"]}, "update_cycle": "daily",
+}
+
+
+def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json") -> dict:
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--concurrency", type=int, default=32, help="concurrency of the throughput run")
+    ap.add_argument("--latency-concurrency", type=int, default=1, help="concurrency of the latency run")
+    args = ap.parse_args()
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory(prefix="govnode-bench-fed-") as tmp:
+        base = Path(tmp)
+        nodes: list[NodeProcess] = []
+        try:
+            province = init_node(base / "370000", "370000", "山东省")
+            province.start()
+            nodes.append(province)
+            city = init_node(base / "370300", "370300", "淄博市", province)
+            city.start()
+            nodes.append(city)
+            county = init_node(base / "370321", "370321", "桓台县", city)
+            county.start()
+            nodes.append(county)
+            ptok = add_dept(province, make_gb32100("11370000MB", 1), "山东省公安厅")
+            ctok = add_dept(county, make_gb32100("11370321MB", 1), "桓台县公安局")
+            entry = http("POST", province.url + "/api/v1/catalog", ptok, json.dumps(ENTRY).encode())
+            code = entry["code"]
+            people = []
+            for i in range(args.records):
+                birth = f"{rng.randint(1950, 2005)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+                people.append({"id_number": make_gb11643("370321", birth, i % 1000), "name": f"居民{i}"})
+            people = list({p["id_number"]: p for p in people}.values())
+            ndjson = "\n".join(json.dumps(p, ensure_ascii=False) for p in people).encode()
+            http("POST", f"{province.url}/api/v1/resources/{code}/records", ptok, ndjson, "application/x-ndjson")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # wait until the county's catalog holds the entry
+                try:
+                    http("GET", f"{county.url}/api/v1/catalog/{code}", ctok, None)
+                    break
+                except urllib.error.HTTPError:
+                    time.sleep(0.2)
+            bodies = [{"key": p["id_number"], "fields": {"name": p["name"]}} for p in people[:2000]]
+            print(f"govnode federation benchmark: {len(people)} records at the province; {env_info()}; "
+                  f"{args.seconds:g} s per run")
+            direct_url = f"{province.url}/api/v1/resources/{code}/verify"
+            cross_url = f"{county.url}/api/v1/resources/{code}/verify"
+            ph, ch = {"Authorization": f"Bearer {ptok}"}, {"Authorization": f"Bearer {ctok}"}
+            # Latency: one request at a time, so p50 is the path itself, not queueing behind other requests.
+            # Throughput: many at once; on one 2-core machine the three nodes of the cross-level path share
+            # the cores that the single node of the direct path has to itself.
+            for label, conc in (("latency", args.latency_concurrency), ("throughput", args.concurrency)):
+                direct = load(direct_url, ph, bodies, conc, args.seconds)
+                cross = load(cross_url, ch, bodies, conc, args.seconds)
+                print(f"-- {label}: concurrency {conc}")
+                print(direct.line("verify at the province (direct)"))
+                print(cross.line("verify county → city → province"))
+                ratio = cross.pct(50) / direct.pct(50)
+                verdict = ("met" if ratio <= 3 else "MISSED") if label == "latency" else "for information"
+                print(f"   cross-level p50 / direct p50 = {ratio:.2f}  (target ≤ 3.00: {verdict}); "
+                      f"req/s ratio {cross.rps / direct.rps:.2f}")
+        finally:
+            for n in reversed(nodes):
+                n.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

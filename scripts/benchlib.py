@@ -1,0 +1,199 @@
+"""Shared pieces of the benchmarks: nodes as real `govnode run` subprocesses, and a load generator that
+runs in its own process (so it does not share the node's event loop) with fixed concurrency.
+
+Benchmarks print figures as ratios against a baseline measured in the same run; nothing here asserts a
+time. All traffic stays on 127.0.0.1 and every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def govnode(*args: str, check: bool = True) -> str:
+    """Run a `govnode` command; returns its standard output."""
+    proc = subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"govnode {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+@dataclass
+class NodeProcess:
+    home: Path
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60) -> None:
+        log = open(self.home / "node.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--dir", str(self.home)], cwd=REPO,
+                                     stdout=log, stderr=log)
+        wait_healthy(self.url, timeout_s, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the node at {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become healthy within {timeout_s} s")
+
+
+def init_node(home: Path, code: str, name: str, parent: NodeProcess | None = None) -> NodeProcess:
+    port = free_port()
+    args = ["init", "--dir", str(home), "--node", code, "--name", name, "--listen", f"127.0.0.1:{port}"]
+    if parent is not None:
+        args += ["--parent-url", parent.url]
+    govnode(*args)
+    node = NodeProcess(home, port)
+    if parent is not None:
+        token = last_line(govnode("invite", code, "--dir", str(parent.home)))
+        govnode("join", parent.url, token, "--dir", str(home))
+    return node
+
+
+def add_dept(node: NodeProcess, code: str, name: str, role: str = "dept") -> str:
+    return last_line(govnode("dept", "add", code, "--dir", str(node.home), "--name", name, "--role", role))
+
+
+# The load generator ---------------------------------------------------------------------------------
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def pct(self, p: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        xs = sorted(self.latencies_ms)
+        return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+    def line(self, label: str) -> str:
+        return (f"{label:<34} {self.rps:9.0f} req/s   p50 {self.pct(50):7.2f} ms   p99 {self.pct(99):7.2f} ms"
+                f"   ({self.requests} requests, {self.errors} errors)")
+
+
+async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, seconds: float,
+                warmup_s: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    count = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        measure_from = start + warmup_s
+        stop_at = measure_from + seconds
+
+        async def worker(i: int) -> None:
+            nonlocal errors, count
+            n = i
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop_at:
+                    return
+                body = bodies[n % len(bodies)]
+                n += concurrency
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        ok = resp.status < 400
+                except aiohttp.ClientError:
+                    ok = False
+                t1 = time.perf_counter()
+                if t0 >= measure_from:
+                    count += 1
+                    latencies.append((t1 - t0) * 1000)
+                    if not ok:
+                        errors += 1
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return {"requests": count, "errors": errors, "seconds": seconds, "latencies_ms": latencies}
+
+
+def _load_process(q: mp.Queue, *args: Any) -> None:
+    q.put(asyncio.run(_load(*args)))
+
+
+def load(url: str, headers: dict[str, str], bodies: list[Any], concurrency: int = 32, seconds: float = 8.0,
+         warmup_s: float = 1.0) -> LoadResult:
+    """POST the bodies round-robin at `url` from a separate process for `seconds` (after a warm-up)."""
+    raw = [b if isinstance(b, bytes) else json.dumps(b, ensure_ascii=False).encode() for b in bodies]
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()
+    p = ctx.Process(target=_load_process, args=(q, url, headers, raw, concurrency, seconds, warmup_s))
+    p.start()
+    result = q.get(timeout=seconds + warmup_s + 120)
+    p.join(timeout=30)
+    return LoadResult(**result)
+
+
+def rss_mb(pid: int) -> float:
+    """Peak resident memory of a process (VmHWM), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def env_info() -> str:
+    return f"python {sys.version.split()[0]}, {os.cpu_count()} cores"
