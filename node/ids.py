@@ -7,9 +7,9 @@ import time
 
 from ulid import ULID
 
-NODE_ID = re.compile(r"^\d{6}$")
+NODE_ID = re.compile(r"^[0-9]{6}$")
 # 分类码: 类 (1 digit) 项 (2) 目 (3) [细目 (3)]; 顺序码: origin node id + serial digits.
-RESOURCE_CODE = re.compile(r"^(?P<cls>\d{6}(?:\d{3})?)/(?P<serial>(?P<node>\d{6})\d{1,12})$")
+RESOURCE_CODE = re.compile(r"^(?P<cls>[0-9]{6}(?:[0-9]{3})?)/(?P<serial>(?P<node>[0-9]{6})[0-9]{1,12})$")
 DEPT_CODE = re.compile(r"^[0-9A-Z]{1,32}$")
 
 _GB11643_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -50,7 +50,7 @@ def gb11643_check(first17: str) -> str:
 
 def valid_gb11643(value: str) -> bool:
     """公民身份号码: 17 digits and a check character."""
-    if not isinstance(value, str) or not re.fullmatch(r"\d{17}[\dX]", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{17}[0-9X]", value):
         return False
     return gb11643_check(value[:17]) == value[17]
 

@@ -86,7 +86,7 @@ def parse_model(model: type[M], data: bytes | str | dict) -> M:
         raise InvalidInput("the body does not match the expected shape", details) from None
     if not isinstance(data, dict):
         raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-        if _JSON_NUL.search(raw):
+        if b"\\u0000" in raw and _JSON_NUL.search(raw):  # the substring test first: the regex is slow on big bodies
             raise InvalidInput("text must not contain NUL characters", _nul_fields(json.loads(raw)) or None)
     return result
 
@@ -226,4 +226,4 @@ def make_error_middleware(observers: list[Observer]) -> Any:
 
 
 # A resource code inside a path: 分类码/顺序码 (the slash is part of the code).
-CODE = r"{code:\d{6,9}/\d{7,18}}"
+CODE = r"{code:[0-9]{6,9}/[0-9]{7,18}}"

@@ -306,6 +306,18 @@ async def test_xlsx_upload_raw_and_multipart(node):
                                    headers={"Content-Type": XLSX})
     assert status == 400 and body["error"]["details"] == [
         {"row": 2, "field": "birth_date", "error": "must be a date YYYY-MM-DD"}]
+    # Rows are numbered as the spreadsheet shows them, even when the table starts lower down.
+    wb = Workbook()
+    ws = wb.active
+    ws["B3"], ws["C3"], ws["D3"] = "id_number", "name", "家庭人口"
+    ws["B4"], ws["C4"], ws["D4"] = k[0], "张三", 1
+    ws["B6"], ws["C6"], ws["D6"] = k[1], "李四", "两"
+    buf = io.BytesIO()
+    wb.save(buf)
+    status, body = await node.call("POST", f"/api/v1/resources/{code}/files", "police", data=buf.getvalue(),
+                                   headers={"Content-Type": XLSX})
+    assert status == 400 and body["error"]["details"] == [
+        {"row": 6, "field": "household", "error": "must be an integer"}], body
     # Not a spreadsheet at all.
     status, body = await node.call("POST", f"/api/v1/resources/{code}/files", "police", data=b"PK\x03\x04junk",
                                    headers={"Content-Type": XLSX})
@@ -336,7 +348,7 @@ async def test_only_the_provider_pushes_and_reads_the_feed(node):
     status, _ = await push(node, code, rec, None)
     assert status == 401
     status, body = await node.call("GET", f"/api/v1/resources/{code}/changes", "civil")
-    assert status == 403 and body["error"]["code"] == "FORBIDDEN"
+    assert status == 403 and body["error"]["code"] == "GRANT_REQUIRED"  # a grant with subscribe opens it (issue 5)
     assert (await feed(node, code, token="operator"))["changes"] == []
     # A withdrawn resource takes no more records.
     status, _ = await node.call("DELETE", f"/api/v1/catalog/{code}", "police")
@@ -513,3 +525,25 @@ def test_fast_check_characters_agree_with_the_reference():
     for v in samples:
         assert check_gb11643(v) == valid_gb11643(v), v
         assert check_gb32100(v) == valid_gb32100(v), v
+
+
+async def test_an_upload_cut_short_stores_nothing(node):
+    import asyncio
+
+    code = await create_resource(node)
+    body = "".join(json.dumps({"id_number": x, "name": "张三"}) + "\n" for x in ids(50)).encode()
+    reader, writer = await asyncio.open_connection(node.config.host, node.config.port)
+    writer.write((f"POST /api/v1/resources/{code}/records HTTP/1.1\r\nHost: x\r\n"
+                  f"Authorization: Bearer {node.tokens['police']}\r\nContent-Type: application/x-ndjson\r\n"
+                  f"Content-Length: {len(body) * 2}\r\n\r\n").encode() + body)
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    for _ in range(50):  # the audit record is written once the node has seen the connection end
+        status, page = await node.call("GET", f"/api/v1/audit?resource={code}&limit=1", "auditor")
+        if page["records"] and page["records"][0]["action"] == "data.push":
+            break
+        await asyncio.sleep(0.05)
+    assert page["records"][0]["action"] == "data.push"
+    assert page["records"][0]["outcome"] == "INVALID_INPUT"
+    assert await all_changes(node, code) == []

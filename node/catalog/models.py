@@ -20,7 +20,7 @@ Check = Literal["gb11643", "gb32100"]
 ControlledOp = Literal["query", "verify", "compare", "subscribe"]
 
 FIELD = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-CLASSIFICATION = re.compile(r"^\d{6}(\d{3})?$")
+CLASSIFICATION = re.compile(r"^[0-9]{6}([0-9]{3})?$")
 
 
 class _Strict(BaseModel):
@@ -204,7 +204,7 @@ class CatalogEntry(BaseModel):
 
 class SearchQuery(_Strict):
     q: str | None = Field(None, max_length=200, description="text in name, summary or item names")
-    node: str | None = Field(None, pattern=r"^\d{6}$")
+    node: str | None = Field(None, pattern=r"^[0-9]{6}$")
     category: Category | None = None
     share_type: ShareType | None = None
     provider: str | None = Field(None, description="provider department code")

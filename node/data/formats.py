@@ -274,17 +274,24 @@ def xlsx_rows(file: IO[bytes], chunk_rows: int = 2000) -> Iterator[Rows]:
 
     try:
         wb = load_workbook(file, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, TypeError) as exc:
-        raise InvalidInput(f"not a readable XLSX file ({type(exc).__name__})") from None
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds on a damaged file
+    except zipfile.BadZipFile:
+        raise InvalidInput("not a readable XLSX file (not a zip archive)") from None
+    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds (KeyError, ValueError …) on a damaged file
         raise InvalidInput(f"not a readable XLSX file ({type(exc).__name__})") from None
     try:
         ws = wb.worksheets[0] if wb.worksheets else None
         if ws is None:
             raise InvalidInput("the XLSX file has no worksheet")
         out: Rows = []
-        first = ws.min_row or 1
-        for n, values in enumerate(ws.iter_rows(values_only=True), start=first):
+        rows = enumerate(ws.iter_rows(min_row=1, values_only=True), start=1)  # empty rows come as empty tuples
+        n = 0
+        while True:
+            try:
+                n, values = next(rows)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - damaged sheet XML
+                raise InvalidInput(f"the XLSX sheet could not be read after row {n} ({type(exc).__name__})") from None
             if not values or all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
                 continue
             out.append((n, list(values)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from node.accounts.http import account
 from node.audit.http import note
@@ -48,14 +50,28 @@ async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         yield chunk
 
 
+# What reading a body raises when the client stops sending before its end (nothing is stored then).
+_CUT_SHORT = (HttpProcessingError, ClientPayloadError, ConnectionError, asyncio.IncompleteReadError)
+
+
+def _cut_short() -> InvalidInput:
+    return InvalidInput("the body ended before it was complete; nothing was stored")
+
+
 async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        yield chunk
+    try:
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            yield chunk
+    except _CUT_SHORT:
+        raise _cut_short() from None
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     while True:
-        chunk = await part.read_chunk(READ_CHUNK)
+        try:
+            chunk = await part.read_chunk(READ_CHUNK)
+        except _CUT_SHORT:
+            raise _cut_short() from None
         if not chunk:
             return
         yield chunk
@@ -207,7 +223,10 @@ async def changes(request: web.Request) -> web.Response:
     entry = await request.app[CATALOG].get(code)
     data = request.app[DATA]
     if not data.may_read_changes(acct, entry):
-        raise Forbidden(f"the change feed of {code} is served to its provider and this node's operators")
+        if data.subscriber_feed is None:
+            raise Forbidden(f"the change feed of {code} is served to its provider and this node's operators")
+        note(request, resource=code)
+        return json_response(await data.subscriber_feed(acct, entry, q.since, q.limit))
     note(request, resource=code)
     return json_response(await data.changes(code, q.since, q.limit))
 

@@ -17,7 +17,7 @@ import json
 import logging
 import pickle
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import IO, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -199,6 +199,19 @@ class DataService:
         self.limits = limits
         self._schemas: dict[tuple[str, str, int], RecordSchema] = {}
         self._reader = store.SqliteReader.for_engine(engine)
+        # Called with a resource code after its records changed (subscriptions wake their waiting feeds).
+        self.listeners: list[Callable[[str], None]] = []
+        # The change feed for departments that are neither the provider nor an operator (set by subscriptions:
+        # a grant that includes `subscribe`): (account, entry, since, limit) → the page.
+        self.subscriber_feed: Callable[..., Awaitable[dict[str, Any]]] | None = None
+
+    def changed(self, code: str) -> None:
+        """Tell the listeners that records of `code` were committed."""
+        for listener in self.listeners:
+            try:
+                listener(code)
+            except Exception:  # noqa: BLE001 - a listener never fails a write that is already committed
+                log.exception("record listener failed")
 
     def close(self) -> None:
         if self._reader is not None:
@@ -225,8 +238,8 @@ class DataService:
                             f"{entry['code']}")
 
     def may_read_changes(self, acct: Account, entry: dict[str, Any]) -> bool:
-        """Who reads a resource's change feed: its provider (at its node) and this node's operators.
-        Grants that include `subscribe` extend this (a later issue)."""
+        """Who reads a resource's change feed unfiltered: its provider (at its node) and this node's operators.
+        Departments whose grant includes `subscribe` read it through `subscriber_feed` (node.subscriptions)."""
         if acct.role == "operator":
             return True
         return entry["node"] == self.node_id and acct.node == self.node_id and acct.dept == entry["provider"]["dept"]
@@ -277,6 +290,7 @@ class DataService:
                 for rows in _chain(first_chunk, chunks):
                     await store.upsert_many(conn, code, rows, change, at)
                     change += len(rows)
+            self.changed(code)
         return {"resource": code, "received": batch.received, "upserted": batch.upserted,
                 "deleted": batch.deleted, "change": last}
 

@@ -14,6 +14,17 @@ from node.sharing.service import OPS, SharingService
 from node.web import validation_details
 
 
+def floats_as_strings(value: Any) -> Any:
+    """Signed JSON carries no floats (SPEC §2: decimals travel as strings): F items cross nodes as text."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: floats_as_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [floats_as_strings(v) for v in value]
+    return value
+
+
 def connect(sharing: SharingService, federation: FederationService) -> None:
     """Route remote resources through the federation and serve `service.call` for other nodes."""
 
@@ -41,7 +52,7 @@ def connect(sharing: SharingService, federation: FederationService) -> None:
         grant = body.get("grant")
         if grant is not None and not isinstance(grant, dict):
             raise InvalidInput("grant must be a signed grant object or null")
-        return await sharing.call(op, code, body.get("params") or {}, requester, grant)
+        return floats_as_strings(await sharing.call(op, code, body.get("params") or {}, requester, grant))
 
     sharing.router = route
     federation.handlers["service.call"] = serve

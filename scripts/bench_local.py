@@ -1,0 +1,260 @@
+"""Benchmark (not a test): local data and sharing on one real node.
+
+    python scripts/bench_local.py [--records 1000000] [--batch 100000] [--seconds 10] [--rounds 3]
+                                  [--concurrency 64] [--compare-keys 100000]
+
+Quick check: --records 100000.
+
+A `govnode run` subprocess (SQLite, durable audit records: synchronous=FULL) is given a resource of
+`--records` people, pushed through the NDJSON API in batches (the ingest figure). Then, with the same
+load generator (a separate process, fixed concurrency), it measures verify requests/s, p50 and p99 next
+to a bare aiohttp handler that answers a constant JSON, started the same way in its own subprocess; and
+the seconds to compare `--compare-keys` keys (with a name each) against the records. Bare and verify
+alternate for `--rounds` rounds; the ratio is the median of the rounds' ratios. Each figure also shows the
+server's CPU time, which a busy machine disturbs less than wall-clock rates.
+
+Targets (issue 2): verify req/s ≥ 0.30 × bare req/s; ingest ≥ 20,000 records/s; compare ≤ 3 s.
+Figures are printed; the script exits 0 whatever they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchlib import (LoadResult, add_dept, env_info, free_port, init_node, load, rss_mb,  # noqa: E402
+                      wait_healthy)
+
+from node.ids import make_gb11643, make_gb32100  # noqa: E402
+
+ENTRY = {
+    "classification": "101001", "name": "桓台县户籍人口基本信息（基准）", "category": "base", "format": "database",
+    "items": [
+        {"name": "公民身份号码", "field": "id_number", "type": "C", "length": 18, "key": True, "sensitive": True,
+         "check": "gb11643"},
+        {"name": "姓名", "field": "name", "type": "C", "length": 50, "required": True},
+        {"name": "性别", "field": "sex", "type": "C", "length": 1},
+        {"name": "出生日期", "field": "birth_date", "type": "D"},
+        {"name": "手机号码", "field": "phone", "type": "C", "length": 11, "sensitive": True},
+        {"name": "住址", "field": "address", "type": "C", "length": 200, "sensitive": True},
+    ],
+    "share": {"type": "unconditional", "methods": ["api"]}, "update_cycle": "daily",
+}
+
+SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
+GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英"
+REGIONS = ["370321", "370302", "370303", "370304", "370305", "370306", "370322", "370323", "370181", "370102"]
+
+BARE_APP = textwrap.dedent('''
+    import sys
+    from aiohttp import web
+
+    ANSWER = b'{"match":true,"fields":{"name":true}}'
+
+    async def verify(request):
+        await request.read()
+        return web.Response(body=ANSWER, content_type="application/json")
+
+    async def health(request):
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/verify", verify)
+    app.router.add_get("/healthz", health)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+''')
+
+
+def person(i: int, rng: random.Random) -> dict:
+    """The i-th distinct person: region × birth day × sequence number never repeat below 3,650,000."""
+    seq = i % 1000
+    j = i // 1000
+    region = REGIONS[j % len(REGIONS)]
+    day = j // len(REGIONS)
+    birth = f"{1950 + day // 336:04d}{day % 12 + 1:02d}{day // 12 % 28 + 1:02d}"
+    return {
+        "id_number": make_gb11643(region, birth, seq),
+        "name": rng.choice(SURNAMES) + rng.choice(GIVEN) + (rng.choice(GIVEN) if i % 3 else ""),
+        "sex": "男" if seq % 2 else "女",
+        "birth_date": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
+        "phone": f"1{rng.choice('3589')}{rng.randrange(10**9):09d}",
+        "address": f"山东省淄博市桓台县索镇{rng.randrange(1, 300)}号",
+    }
+
+
+def _merge(runs: list[LoadResult]) -> LoadResult:
+    return LoadResult(sum(r.requests for r in runs), sum(r.errors for r in runs), sum(r.seconds for r in runs),
+                      [x for r in runs for x in r.latencies_ms])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def request(url: str, method: str, path: str, token: str, body: bytes | None = None,
+            ctype: str = "application/json", timeout: float = 600) -> tuple[int, bytes]:
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        if body is not None:
+            headers["Content-Type"] = ctype
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=100_000, help="records per NDJSON push")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--compare-keys", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating bare/verify load runs")
+    args = ap.parse_args()
+    rng = random.Random(20261122)
+
+    with tempfile.TemporaryDirectory(prefix="govnode-bench-local-") as tmp:
+        base = Path(tmp)
+        node = init_node(base / "370321", "370321", "桓台县")
+        provider = add_dept(node, make_gb32100("11370321MB", 1), "桓台县公安局")
+        consumer = add_dept(node, make_gb32100("11370321MB", 2), "桓台县民政局")
+        bare_port = free_port()
+        (base / "bare.py").write_text(BARE_APP)
+        bare = None
+        try:
+            node.start()
+            status, raw = request(node.url, "POST", "/api/v1/catalog", provider, json.dumps(ENTRY).encode())
+            assert status == 201, raw
+            code = json.loads(raw)["code"]
+            print(f"govnode local benchmark: {args.records:,} records; {env_info()}; SQLite, synchronous=FULL; "
+                  f"load: {args.concurrency} connections × {args.seconds:g} s × {args.rounds} rounds, one client process; "
+                  f"machine load average {os.getloadavg()[0]:.1f}")
+            pid = node.proc.pid  # type: ignore[union-attr]
+
+            # Ingest ---------------------------------------------------------------------------------------
+            t0 = time.perf_counter()
+            people_sample: list[dict] = []
+            batches: list[bytes] = []
+            for start in range(0, args.records, args.batch):
+                rows = [person(i, rng) for i in range(start, min(start + args.batch, args.records))]
+                people_sample += rows[:: max(1, args.records // 200_000)]
+                batches.append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+            gen_s = time.perf_counter() - t0
+            total_bytes = sum(len(b) for b in batches)
+            t0 = time.perf_counter()
+            cpu0 = cpu_seconds(pid)
+            for b in batches:
+                status, raw = request(node.url, "POST", f"/api/v1/resources/{code}/records", provider, b,
+                                      "application/x-ndjson")
+                assert status == 200, raw[:500]
+            ingest_s = time.perf_counter() - t0
+            ingest_cpu = cpu_seconds(pid) - cpu0
+            ingest_rate = args.records / ingest_s
+            print(f"ingest (NDJSON, {len(batches)} push(es) of ≤{args.batch:,}, {total_bytes / 2**20:.0f} MiB) "
+                  f"{ingest_s:8.1f} s   {ingest_rate:9.0f} records/s   "
+                  f"(node CPU {ingest_cpu:.1f} s = {args.records / ingest_cpu:,.0f} records per CPU-second; "
+                  f"data generated in {gen_s:.1f} s)")
+
+            # Verify against a bare handler -------------------------------------------------------------
+            bare = subprocess.Popen([sys.executable, str(base / "bare.py"), str(bare_port)])
+            wait_healthy(f"http://127.0.0.1:{bare_port}", 30, bare)
+            bodies = []
+            for p in rng.sample(people_sample, min(5000, len(people_sample))):
+                name = p["name"] if rng.random() < 0.8 else "不是本人"
+                bodies.append({"key": p["id_number"], "fields": {"name": name, "birth_date": p["birth_date"]}})
+            # Bare and verify alternate, round by round, so that a machine whose load changes during the
+            # run weighs on both alike; each round's ratio compares neighbours in time.
+            verify_url = f"{node.url}/api/v1/resources/{code}/verify"
+            verify_headers = {"Authorization": f"Bearer {consumer}", "Content-Type": "application/json"}
+            bare_runs, verify_runs, ratios = [], [], []
+            bare_cpu = verify_cpu = 0.0
+            for r in range(args.rounds):
+                cpu0 = cpu_seconds(bare.pid)
+                b = load(f"http://127.0.0.1:{bare_port}/verify", {"Content-Type": "application/json"}, bodies,
+                         args.concurrency, args.seconds)
+                bare_cpu += cpu_seconds(bare.pid) - cpu0
+                cpu0 = cpu_seconds(pid)
+                v = load(verify_url, verify_headers, bodies, args.concurrency, args.seconds)
+                verify_cpu += cpu_seconds(pid) - cpu0
+                bare_runs.append(b)
+                verify_runs.append(v)
+                ratios.append(v.rps / b.rps if b.rps else 0.0)
+                print(b.line(f"round {r + 1}: bare aiohttp (constant JSON)"))
+                print(v.line(f"round {r + 1}: verify (audited, SQLite)") + f"   ratio {ratios[-1]:.2f}")
+            bare_res, verify_res = _merge(bare_runs), _merge(verify_runs)
+            # Server CPU per request (each run's warm-up second included): robust to a busy machine.
+            warm = 1 + 1 / args.seconds
+            bare_ms = bare_cpu * 1000 / max(1, bare_res.requests * warm)
+            verify_ms = verify_cpu * 1000 / max(1, verify_res.requests * warm)
+            print(bare_res.line("all rounds: bare aiohttp") + f"   ~{bare_ms:.2f} ms server CPU/request")
+            print(verify_res.line("all rounds: verify") + f"   ~{verify_ms:.2f} ms server CPU/request")
+
+            # Compare ----------------------------------------------------------------------------------
+            n = args.compare_keys
+            sample = [people_sample[i % len(people_sample)] for i in range(n * 9 // 10)]
+            outsiders = [{"id_number": make_gb11643("370400", "19990101", i % 1000), "name": "外来人员"}
+                         for i in range(n - len(sample))]
+            submitted = [{"id_number": p["id_number"], "name": p["name"] if i % 4 else "张冠李戴"}
+                         for i, p in enumerate(sample)] + outsiders
+            compare_body = json.dumps({"records": submitted}, ensure_ascii=False).encode()
+            compare_times = []
+            compare_cpu = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                cpu0 = cpu_seconds(pid)
+                status, raw = request(node.url, "POST", f"/api/v1/resources/{code}/compare", consumer, compare_body)
+                compare_times.append(time.perf_counter() - t0)
+                compare_cpu.append(cpu_seconds(pid) - cpu0)
+                assert status == 200, raw[:500]
+            answer = json.loads(raw)
+            assert answer["total"] == n, answer["total"]
+            print(f"compare {n:,} keys (key + name) against {args.records:,} records: "
+                  f"{compare_times[0]:.2f} s first, {min(compare_times):.2f} s best of 3, node CPU "
+                  f"{min(compare_cpu):.2f} s (found {answer['found']:,}, matched {answer['matched']:,}; "
+                  f"request {len(compare_body) / 2**20:.1f} MiB)")
+            print(f"node peak memory {rss_mb(node.proc.pid):.0f} MiB")  # type: ignore[union-attr]
+
+            ratio = statistics.median(ratios)
+            worst_compare = max(compare_times)
+            print()
+            print(f"verify req/s / bare req/s = {ratio:.2f} (median of {len(ratios)} rounds: "
+                  f"{', '.join(f'{x:.2f}' for x in ratios)})   (target ≥ 0.30: {'met' if ratio >= 0.30 else 'MISSED'}; "
+                  f"server CPU per request, bare / verify = {bare_ms / verify_ms:.2f})")
+            print(f"ingest records/s = {ingest_rate:,.0f}   (target ≥ 20,000: {'met' if ingest_rate >= 20_000 else 'MISSED'})")
+            print(f"compare seconds = {worst_compare:.2f} (worst of 3)   "
+                  f"(target ≤ 3: {'met' if worst_compare <= 3 else 'MISSED'})")
+            print(f"machine load average now {os.getloadavg()[0]:.1f} (other processes share these "
+                  f"{os.cpu_count()} cores: figures above scale with it)")
+        finally:
+            if bare is not None and bare.poll() is None:
+                bare.terminate()
+                bare.wait(timeout=20)
+            node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
