@@ -17,6 +17,7 @@ from node.context import CONFIG, DB, add_routes, json_limit
 from node.errors import InvalidInput
 from node.federation.http import FEDERATION
 from node.ids import now_ms
+from node.ops.http import STATS_SECTIONS
 from node.sharing.http import SHARING
 from node.web import ApiRoutes, json_response, parse_model, query_model, read_body, read_model
 
@@ -149,7 +150,10 @@ async def stats(request: web.Request) -> web.Response:
         since = max(0, until - STATS_DEFAULT_WINDOW_MS)
     if since >= until:
         raise InvalidInput("since must be before until", [{"field": "since"}])
-    return json_response(await svc.stats(since, until))
+    result = await svc.stats(since, until)
+    for name, section in request.app.get(STATS_SECTIONS, {}).items():
+        result[name] = await section(since, until)
+    return json_response(result)
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:

@@ -17,6 +17,8 @@ routes = ApiRoutes()
 
 # Extra sections of /healthz (e.g. the federation's peer status), added by capabilities at start-up.
 HEALTH_SECTIONS = web.AppKey("health_sections", dict)
+# Extra sections of GET /api/v1/stats: name → async (since_ms, until_ms) → section (e.g. the feedback deadlines).
+STATS_SECTIONS = web.AppKey("stats_sections", dict)
 ENGINE = web.AppKey("engine", object)
 NODE_INFO = web.AppKey("node_info", dict)
 OPENAPI_DOCS = web.AppKey("openapi_docs", list)
