@@ -6,6 +6,8 @@ The tables themselves are declared in each capability's `store` module on `metad
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -81,8 +83,20 @@ def _upgrade(sync_conn: sa.Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+# Alembic's migration context is process-wide, so two upgrades interleaved on one event loop (several
+# nodes in one process: the demo, tests, the simulation) would run each other's steps: one at a time.
+_upgrade_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
 async def upgrade(engine: AsyncEngine, schema: str | None = None) -> None:
     """Create or upgrade the schema to the newest Alembic revision."""
+    loop = asyncio.get_running_loop()
+    lock = _upgrade_locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        await _upgrade_now(engine, schema)
+
+
+async def _upgrade_now(engine: AsyncEngine, schema: str | None) -> None:
     async with engine.begin() as conn:
         if schema and conn.dialect.name == "postgresql":
             await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')

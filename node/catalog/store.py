@@ -82,7 +82,8 @@ async def store_many(conn: AsyncConnection, new_rows: list[dict[str, Any]], held
         await conn.execute(sa.insert(catalog_entries), new_rows)
     if held_rows:
         stmt = sa.update(catalog_entries).where(catalog_entries.c.code == sa.bindparam("_code"))
-        await conn.execute(stmt, [{**{k: v for k, v in r.items() if k != "code"}, "_code": r["code"]} for r in held_rows])
+        params = [{**{k: v for k, v in r.items() if k != "code"}, "_code": r["code"]} for r in held_rows]
+        await conn.execute(stmt, params)
 
 
 async def search(

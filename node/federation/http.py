@@ -104,7 +104,7 @@ async def notify(request: web.Request) -> web.Response:
     origin, body = await _authenticated(request)
     if not isinstance(body, dict) or not isinstance(body.get("feed"), str):
         raise InvalidInput('send {"feed": "catalog" | "registry", "next": C}')
-    request.app[FEDERATION].handle_notify(origin, body["feed"])
+    request.app[FEDERATION].handle_notify(origin, body["feed"], body.get("next"))
     return json_response({"ok": True})
 
 

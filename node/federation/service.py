@@ -701,9 +701,11 @@ class FederationService:
         for peer in peers:
             self.outbox.wake(peer)
 
-    def handle_notify(self, origin: str, feed: str) -> None:
+    def handle_notify(self, origin: str, feed: str, next_cursor: Any = None) -> None:
         if feed not in self.feed_names():
             raise ApiError(f"unknown feed {feed!r}", code="INVALID_INPUT")
+        if isinstance(next_cursor, str) and next_cursor == self._cursors.get((origin, feed)):
+            return  # this node's last pull already ended at that head: nothing new to fetch
         self.puller.trigger(origin, feed)
 
     # The outbox -----------------------------------------------------------------------------------

@@ -201,8 +201,10 @@ async def enqueue_notifies(conn: AsyncConnection, peers: list[str], payload: dic
         from sqlalchemy.dialects.sqlite import insert
     text = json.dumps(payload, ensure_ascii=False)
     stmt = insert(outbox)
-    stmt = stmt.on_conflict_do_update(index_elements=[outbox.c.dedup],
-                                      set_={"payload": stmt.excluded.payload, "next_attempt_at": stmt.excluded.next_attempt_at})
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[outbox.c.dedup],
+        set_={"payload": stmt.excluded.payload, "next_attempt_at": stmt.excluded.next_attempt_at},
+    )
     await conn.execute(stmt, [{"peer": p, "kind": "notify", "dedup": f"notify:{p}:{payload['feed']}", "payload": text,
                                "created_at": now, "attempts": 0, "next_attempt_at": now} for p in peers])
 
