@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import NodeProcess, add_dept, env_info, init_node, rss_mb  # noqa: E402
+from benchlib import NodeProcess, add_dept, env_info, init_node, rss_mb, start_three_levels  # noqa: E402
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
@@ -177,15 +177,7 @@ def pct(xs: list[float], p: float) -> float:
 def lag(base: Path, updates: int) -> None:
     nodes: list[NodeProcess] = []
     try:
-        province = init_node(base / "370000", "370000", "山东省")
-        province.start()
-        nodes.append(province)
-        city = init_node(base / "370300", "370300", "淄博市", province)
-        city.start()
-        nodes.append(city)
-        county = init_node(base / "370321", "370321", "桓台县", city)
-        county.start()
-        nodes.append(county)
+        province, _city, county = start_three_levels(base, nodes)
         police = add_dept(province, make_gb32100("11370000MB", 1), "山东省公安厅")
         p_op = add_dept(province, "OPERATOR", "山东省大数据局", "operator")
         civil = add_dept(county, make_gb32100("11370321MB", 2), "桓台县民政局")

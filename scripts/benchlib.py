@@ -102,6 +102,20 @@ def init_node(home: Path, code: str, name: str, parent: NodeProcess | None = Non
     return node
 
 
+def start_three_levels(base: Path, nodes: list[NodeProcess]) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
+    """山东省 → 淄博市 → 桓台县 as running `govnode run` processes, joined through real invites. Each is
+    appended to `nodes` as soon as it runs, so the caller's cleanup stops whatever was started."""
+    started: list[NodeProcess] = []
+    parent = None
+    for code, name in (("370000", "山东省"), ("370300", "淄博市"), ("370321", "桓台县")):
+        node = init_node(base / code, code, name, parent)
+        node.start()
+        nodes.append(node)
+        started.append(node)
+        parent = node
+    return started[0], started[1], started[2]
+
+
 def add_dept(node: NodeProcess, code: str, name: str, role: str = "dept") -> str:
     return last_line(govnode("dept", "add", code, "--dir", str(node.home), "--name", name, "--role", role))
 
