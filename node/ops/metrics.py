@@ -25,6 +25,16 @@ class Metrics:
             ("resource", "op"), buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.gauges: dict[str, Gauge] = {}
+        self._children: dict[tuple[str, str, bool], tuple] = {}
+
+    def children(self, resource: str, op: str, ok: bool) -> tuple:
+        """The call counter and latency histogram of one (resource, op, ok), looked up once."""
+        key = (resource, op, ok)
+        hit = self._children.get(key)
+        if hit is None:
+            hit = self._children[key] = (self.calls.labels(resource, op, "ok" if ok else "error"),
+                                         self.latency.labels(resource, op))
+        return hit
 
     def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         if name not in self.gauges:
@@ -52,7 +62,8 @@ async def metrics_observer(request: web.Request, status: int, outcome: str, elap
     route = request.match_info.route.name if request.match_info.route else None
     op = route or "unmatched"
     resource = request.match_info.get("code", "")
-    m.calls.labels(resource, op, "ok" if outcome == "ok" else "error").inc()
+    calls, latency = m.children(resource, op, outcome == "ok")
+    calls.inc()
     if outcome != "ok":
         m.errors.labels(resource, op, outcome).inc()
-    m.latency.labels(resource, op).observe(elapsed)
+    latency.observe(elapsed)
