@@ -44,6 +44,7 @@ from node.db import write_tx
 from node.errors import ApiError, Conflict, Forbidden, GrantRequired, InvalidInput, NotFound, ShareForbidden
 from node.federation.service import ASYNC_TTL_MS, FederationService
 from node.ids import new_id, now_ms
+from node.mirror import Mirror
 from node.web import validation_details
 from node.workdays import add_working_days, cst_date, cst_iso, end_of_day_ms
 
@@ -53,7 +54,6 @@ REVIEW_DAYS = 3
 DECISION_DAYS = 10
 DEFAULT_GRANT_DAYS = 365
 PLATFORM = "platform"          # the `by` of events the node itself records: <node>/platform
-RESEND_AFTER_MS = 20_000       # a change not queued for the other node this long after it is retried
 _CACHE_LIMIT = 10_000
 
 
@@ -108,6 +108,8 @@ class ApplicationService:
         self.node_id = node_id
         self.catalog = catalog
         self.federation = federation
+        self.mirror = Mirror(engine, store.applications, federation, node_id, "application.update", "application",
+                             "applicant")
         self.audit = audit
         # Now, in epoch milliseconds: submissions, reviews, decisions, deadlines and grant validity all read
         # this clock (tests set it to a chosen day); trust checks of certificates use the real time.
@@ -137,7 +139,7 @@ class ApplicationService:
         sched = AsyncIOScheduler(timezone="UTC")
         sched.add_job(self._scheduled_check, "interval", seconds=self.check_interval_s, id="deadlines",
                       max_instances=1, coalesce=True)
-        sched.add_job(self.resend_pending, "interval", seconds=30, id="resend", max_instances=1, coalesce=True)
+        sched.add_job(self.mirror.resend_pending, "interval", seconds=30, id="resend", max_instances=1, coalesce=True)
         sched.start()
         self._scheduler = sched
 
@@ -314,8 +316,8 @@ class ApplicationService:
                 doc["status"] = "rejected"
                 doc["history"].append(self._event(now, acct.principal, "rejected", "rejected", body.reason))
             doc["version"] += 1
-            await store.update_application(conn, app_id, row_of(doc, pending=self._remote_applicant(doc)))
-        await self._notify(doc)
+            await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
+        await self.mirror.notify(doc)
         return doc
 
     async def decide(self, acct: Account, app_id: str, body: Decision) -> dict[str, Any]:
@@ -349,11 +351,11 @@ class ApplicationService:
                 doc["status"] = "rejected"
             doc["history"].append(self._event(now, acct.principal, doc["status"], doc["status"], body.reason))
             doc["version"] += 1
-            await store.update_application(conn, app_id, row_of(doc, pending=self._remote_applicant(doc)))
+            await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
         if grant is not None:
             self._revoked[grant["id"]] = None
             self._held.clear()
-        await self._notify(doc)
+        await self.mirror.notify(doc)
         return doc
 
     async def _issue(self, doc: dict[str, Any], body: Decision, now: int) -> dict[str, Any]:
@@ -428,12 +430,12 @@ class ApplicationService:
                 doc["revoked_at"] = cst_iso(now)
                 doc["history"].append(self._event(now, acct.principal, doc["status"], "revoked", reason))
                 doc["version"] += 1
-                await store.update_application(conn, app.id, row_of(doc, pending=self._remote_applicant(doc)))
+                await store.update_application(conn, app.id, row_of(doc, pending=self.mirror.remote(doc)))
             row = await store.get_grant(conn, grant_id)
         self._revoked[grant_id] = now
         self._held.clear()
         if doc is not None:
-            await self._notify(doc)
+            await self.mirror.notify(doc)
         return self._grant_view(row, now)
 
     # Messages from other nodes -----------------------------------------------------------------------------
@@ -451,7 +453,7 @@ class ApplicationService:
         if held is not None:
             if held.applicant_node != sub.applicant.node:
                 raise Conflict(f"application id {sub.id} is taken")
-            await self._notify(json.loads(held.doc))  # the applicant's node asked again: answer again
+            await self.mirror.notify(json.loads(held.doc))  # the applicant's node asked again: answer again
             return {"accepted": True, "duplicate": True}
         now = self.clock()
         submitted = min(max(sub.submitted_at, now - ASYNC_TTL_MS), now)
@@ -477,10 +479,10 @@ class ApplicationService:
         doc["version"] = 1
         try:
             async with write_tx(self.engine) as conn:
-                await store.insert_application(conn, row_of(doc, pending=self._remote_applicant(doc)))
+                await store.insert_application(conn, row_of(doc, pending=self.mirror.remote(doc)))
         except IntegrityError:  # the same submission delivered twice at once
             return {"accepted": True, "duplicate": True}
-        await self._notify(doc)
+        await self.mirror.notify(doc)
         return {"accepted": True}
 
     async def on_update(self, env: dict[str, Any]) -> dict[str, Any]:
@@ -543,38 +545,9 @@ class ApplicationService:
                 doc["history"].append(self._event(now, by, doc["status"], "withdraw_refused",
                                                   f"the application was already {doc['status']}"))
             doc["version"] += 1
-            await store.update_application(conn, app_id, row_of(doc, pending=self._remote_applicant(doc)))
-        await self._notify(doc)
+            await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
+        await self.mirror.notify(doc)
         return doc
-
-    def _remote_applicant(self, doc: dict[str, Any]) -> bool:
-        return doc["applicant"]["node"] != self.node_id
-
-    async def _notify(self, doc: dict[str, Any]) -> None:
-        """Queue the application's current state for the applicant's node (no-op when that is this node)."""
-        dest = doc["applicant"]["node"]
-        if dest == self.node_id:
-            return
-        try:
-            await self.federation.send_async("application.update", dest, {"application": doc})
-        except Exception as exc:  # noqa: BLE001 - the row stays pending; resend_pending tries again
-            log.warning("application %s: update for %s not queued yet: %s", doc["id"], dest, exc)
-            return
-        async with write_tx(self.engine) as conn:
-            await store.clear_pending(conn, doc["id"], doc["version"])
-
-    async def resend_pending(self) -> int:
-        """Queue the updates a crash or an unknown route kept from being queued; returns how many were."""
-        async with self.engine.connect() as conn:
-            ids = await store.pending(conn, now_ms() - RESEND_AFTER_MS)
-        n = 0
-        for app_id in ids:
-            async with self.engine.connect() as conn:
-                row = await store.get_application(conn, app_id)
-            if row is not None and row.notify_pending:
-                await self._notify(json.loads(row.doc))
-                n += 1
-        return n
 
     # Deadlines ----------------------------------------------------------------------------------------------
 
@@ -601,7 +574,7 @@ class ApplicationService:
                 doc["history"].append(self._event(now, self._platform, doc["status"], "overdue",
                                                   f"{step} was due on {due}"))
                 doc["version"] += 1
-                await store.update_application(conn, app_id, row_of(doc, pending=self._remote_applicant(doc)))
+                await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
             await self.audit.record(
                 request_id=new_id(), actor=self._platform, role="system", action="applications.overdue",
                 method="", path="", outcome="ok", status=0, resource=doc["resource"],
@@ -609,7 +582,7 @@ class ApplicationService:
                          "due": due, "applicant": f"{doc['applicant']['node']}/{doc['applicant']['dept']}",
                          "provider": f"{doc['provider']['node']}/{doc['provider']['dept']}"},
             )
-            await self._notify(doc)
+            await self.mirror.notify(doc)
             flagged.append(app_id)
         if flagged:
             log.warning("%d application step(s) overdue at %s: %s", len(flagged), self.node_id, ", ".join(flagged))

@@ -76,15 +76,6 @@ async def update_application(conn: AsyncConnection, app_id: str, row: dict[str, 
     await conn.execute(sa.update(applications).where(applications.c.id == app_id).values(**row))
 
 
-async def clear_pending(conn: AsyncConnection, app_id: str, version: int) -> None:
-    """The change of `version` is queued for the other node (a newer change keeps its own flag)."""
-    await conn.execute(
-        sa.update(applications)
-        .where(applications.c.id == app_id, applications.c.version == version)
-        .values(notify_pending=False)
-    )
-
-
 async def open_application(conn: AsyncConnection, resource: str, node: str, dept: str) -> str | None:
     """The id of an application of this department for this resource still awaiting a decision."""
     q = sa.select(applications.c.id).where(
@@ -136,13 +127,6 @@ async def overdue_candidates(conn: AsyncConnection, node: str, today: str) -> li
             sa.and_(applications.c.status == "accepted", applications.c.decision_due < today),
         ),
     ).order_by(applications.c.submitted_at)
-    return [r[0] for r in (await conn.execute(q)).all()]
-
-
-async def pending(conn: AsyncConnection, before: int) -> list[str]:
-    q = sa.select(applications.c.id).where(
-        applications.c.notify_pending.is_(True), applications.c.updated_at < before,
-    ).order_by(applications.c.updated_at).limit(500)
     return [r[0] for r in (await conn.execute(q)).all()]
 
 

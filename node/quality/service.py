@@ -35,6 +35,7 @@ from node.db import write_tx
 from node.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
 from node.federation.service import ASYNC_TTL_MS, FederationService
 from node.ids import new_id, now_ms
+from node.mirror import Mirror
 from node.quality import store
 from node.quality.models import OPEN_FEEDBACK, Feedback, FeedbackCreate, Party, SubmittedFeedback
 from node.web import validation_details
@@ -43,7 +44,6 @@ from node.workdays import add_working_days, cst_date, cst_iso
 log = logging.getLogger("govnode.quality")
 
 DUE_DAYS = 10
-RESEND_AFTER_MS = 20_000
 PLATFORM = "platform"
 # What the providing department may do from each status.
 TRANSITIONS = {"confirm": (("open",), "confirmed"), "correct": (OPEN_FEEDBACK, "corrected"),
@@ -74,6 +74,7 @@ class FeedbackService:
         self.catalog = catalog
         self.data = data
         self.federation = federation
+        self.mirror = Mirror(engine, store.feedback, federation, node_id, "feedback.update", "feedback", "reporter")
         self.audit = audit
         self.clock: Callable[[], int] = now_ms  # tests set it to a chosen day
         self._scheduler: Any = None
@@ -89,7 +90,7 @@ class FeedbackService:
         sched = AsyncIOScheduler(timezone="UTC")
         sched.add_job(self._scheduled_check, "interval", seconds=60, id="feedback-deadlines", max_instances=1,
                       coalesce=True)
-        sched.add_job(self.resend_pending, "interval", seconds=30, id="feedback-resend", max_instances=1,
+        sched.add_job(self.mirror.resend_pending, "interval", seconds=30, id="feedback-resend", max_instances=1,
                       coalesce=True)
         sched.start()
         self._scheduler = sched
@@ -231,37 +232,9 @@ class FeedbackService:
                 doc["overdue"] = False
             doc["history"].append(self._event(now, acct.principal, status, status, reason.strip()))
             doc["version"] += 1
-            await store.update_feedback(conn, fb_id, row_of(doc, pending=self._remote(doc)))
-        await self._notify(doc)
+            await store.update_feedback(conn, fb_id, row_of(doc, pending=self.mirror.remote(doc)))
+        await self.mirror.notify(doc)
         return doc
-
-    def _remote(self, doc: dict[str, Any]) -> bool:
-        return doc["reporter"]["node"] != self.node_id
-
-    async def _notify(self, doc: dict[str, Any]) -> None:
-        """Queue the current state for the reporter's node (nothing when that is this node)."""
-        dest = doc["reporter"]["node"]
-        if dest == self.node_id:
-            return
-        try:
-            await self.federation.send_async("feedback.update", dest, {"feedback": doc})
-        except Exception as exc:  # noqa: BLE001 - the row stays pending; resend_pending tries again
-            log.warning("feedback %s: update for %s not queued yet: %s", doc["id"], dest, exc)
-            return
-        async with write_tx(self.engine) as conn:
-            await store.clear_pending(conn, doc["id"], doc["version"])
-
-    async def resend_pending(self) -> int:
-        async with self.engine.connect() as conn:
-            ids = await store.pending(conn, now_ms() - RESEND_AFTER_MS)
-        n = 0
-        for fb_id in ids:
-            async with self.engine.connect() as conn:
-                row = await store.get_feedback(conn, fb_id)
-            if row is not None and row.notify_pending:
-                await self._notify(json.loads(row.doc))
-                n += 1
-        return n
 
     # Messages from other nodes ----------------------------------------------------------------------------
 
@@ -278,7 +251,7 @@ class FeedbackService:
         if held is not None:
             if held.reporter_node != sub.reporter.node:
                 raise Conflict(f"feedback id {sub.id} is taken")
-            await self._notify(json.loads(held.doc))  # asked again: answer again
+            await self.mirror.notify(json.loads(held.doc))  # asked again: answer again
             return {"accepted": True, "duplicate": True}
         now = self.clock()
         sub = sub.model_copy(update={"submitted_at": min(max(sub.submitted_at, now - ASYNC_TTL_MS), now)})
@@ -303,10 +276,10 @@ class FeedbackService:
         doc["version"] = 1
         try:
             async with write_tx(self.engine) as conn:
-                await store.insert_feedback(conn, row_of(doc, pending=self._remote(doc)))
+                await store.insert_feedback(conn, row_of(doc, pending=self.mirror.remote(doc)))
         except IntegrityError:  # the same submission delivered twice at once
             return {"accepted": True, "duplicate": True}
-        await self._notify(doc)
+        await self.mirror.notify(doc)
         return {"accepted": True}
 
     async def on_update(self, env: dict[str, Any]) -> dict[str, Any]:
@@ -369,14 +342,14 @@ class FeedbackService:
                 doc["history"].append(self._event(now, self._platform, doc["status"], "overdue",
                                                   f"an answer was due on {doc['due']}"))
                 doc["version"] += 1
-                await store.update_feedback(conn, fb_id, row_of(doc, pending=self._remote(doc)))
+                await store.update_feedback(conn, fb_id, row_of(doc, pending=self.mirror.remote(doc)))
             await self.audit.record(
                 request_id=new_id(), actor=self._platform, role="system", action="feedback.overdue", method="",
                 path="", outcome="ok", status=0, resource=doc["resource"],
                 details={"feedback": fb_id, "due": doc["due"],
                          "reporter": f"{doc['reporter']['node']}/{doc['reporter']['dept']}",
                          "provider": f"{doc['provider']['node']}/{doc['provider']['dept']}"})
-            await self._notify(doc)
+            await self.mirror.notify(doc)
             flagged.append(fb_id)
         if flagged:
             log.warning("%d feedback(s) overdue at %s: %s", len(flagged), self.node_id, ", ".join(flagged))

@@ -64,17 +64,6 @@ async def update_feedback(conn: AsyncConnection, fb_id: str, row: dict[str, Any]
     await conn.execute(sa.update(feedback).where(feedback.c.id == fb_id).values(**row))
 
 
-async def clear_pending(conn: AsyncConnection, fb_id: str, version: int) -> None:
-    await conn.execute(sa.update(feedback).where(feedback.c.id == fb_id, feedback.c.version == version)
-                       .values(notify_pending=False))
-
-
-async def pending(conn: AsyncConnection, before: int) -> list[str]:
-    q = (sa.select(feedback.c.id).where(feedback.c.notify_pending.is_(True), feedback.c.updated_at < before)
-         .order_by(feedback.c.updated_at).limit(500))
-    return [r[0] for r in (await conn.execute(q)).all()]
-
-
 async def list_feedback(conn: AsyncConnection, *, node: str, dept: str | None, role: str | None, status: str | None,
                         overdue: bool | None, resource: str | None, offset: int, limit: int) -> tuple[int, list[str]]:
     as_reporter = feedback.c.reporter_node == node
