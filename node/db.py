@@ -41,36 +41,57 @@ counters = sa.Table(
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+# Settings of the SQLite engines made here, so that the journal's own writer connection matches them.
+_sqlite_synchronous: "weakref.WeakKeyDictionary[sa.Engine, str]" = weakref.WeakKeyDictionary()
+
+
+def _sqlite_connection_setup(sync_engine: sa.Engine, synchronous: str) -> None:
+    """WAL, the durability level, a busy timeout, foreign keys, and BEGIN IMMEDIATE for writers."""
+
+    @event.listens_for(sync_engine, "connect")
+    def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin, so BEGIN is explicit.
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(sync_engine, "begin")
+    def _begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+    _sqlite_synchronous[sync_engine] = synchronous
+
+
 def make_engine(db: DatabaseConfig, synchronous: str = "FULL") -> AsyncEngine:
     if db.is_sqlite:
         # A fixed pool: each aiosqlite connection owns a thread, so overflow connections that are opened
         # and closed per burst would cost a thread start each.
         engine = create_async_engine(db.url, connect_args={"timeout": 30}, pool_size=db.pool_size, max_overflow=0,
                                      pool_timeout=60)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={synchronous}")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        # Let SQLAlchemy, not pysqlite, decide when transactions begin, so BEGIN is explicit.
-        @event.listens_for(engine.sync_engine, "connect")
-        def _no_autobegin(dbapi_conn, _record):  # noqa: ANN001
-            dbapi_conn.isolation_level = None
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn):  # noqa: ANN001
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
-
+        _sqlite_connection_setup(engine.sync_engine, synchronous)
         return engine
     connect_args = {}
     if db.schema_:
         connect_args["server_settings"] = {"search_path": db.schema_}
     return create_async_engine(db.url, pool_size=db.pool_size, max_overflow=db.pool_size, connect_args=connect_args)
+
+
+def sqlite_writer_twin(engine: AsyncEngine) -> sa.Engine | None:
+    """For an SQLite file database: a plain (synchronous) engine on the same file with the same settings
+    and one connection, for a writer that runs whole transactions in one worker thread (the journal).
+    Through aiosqlite every statement is a hop between threads; this makes a transaction one hop.
+    None for PostgreSQL and in-memory databases."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    twin = sa.create_engine(url.set(drivername="sqlite"), connect_args={"timeout": 30, "check_same_thread": False},
+                            pool_size=1, max_overflow=0)
+    _sqlite_connection_setup(twin, _sqlite_synchronous.get(engine.sync_engine, "FULL"))
+    return twin
 
 
 def _upgrade(sync_conn: sa.Connection) -> None:
@@ -116,20 +137,25 @@ async def write_tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
 
 
-async def next_counter(conn: AsyncConnection, name: str, n: int = 1) -> int:
+def next_counter_sync(conn: sa.Connection, name: str, n: int = 1) -> int:
     """Reserve `n` values of a monotonic counter inside the caller's transaction; returns the last one.
 
     The row lock this takes (PostgreSQL) or the write lock (SQLite) makes commit order follow counter
     order, so a change feed read by counter never skips a change committed before its cursor.
     """
-    res = await conn.execute(
+    res = conn.execute(
         sa.update(counters).where(counters.c.name == name).values(value=counters.c.value + n).returning(counters.c.value)
     )
     row = res.first()
     if row is not None:
         return int(row[0])
-    await conn.execute(sa.insert(counters).values(name=name, value=n))
+    conn.execute(sa.insert(counters).values(name=name, value=n))
     return n
+
+
+async def next_counter(conn: AsyncConnection, name: str, n: int = 1) -> int:
+    """`next_counter_sync` on an async connection."""
+    return await conn.run_sync(next_counter_sync, name, n)
 
 
 async def read_counter(conn: AsyncConnection, name: str) -> int:
@@ -138,7 +164,7 @@ async def read_counter(conn: AsyncConnection, name: str) -> int:
     return int(v) if v is not None else 0
 
 
-async def insert_ignoring_duplicates(conn: AsyncConnection, table: sa.Table, rows: list[dict]) -> None:
+def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
     """Insert rows, skipping those whose primary key is already stored (SQLite and PostgreSQL)."""
     if not rows:
         return
@@ -146,4 +172,4 @@ async def insert_ignoring_duplicates(conn: AsyncConnection, table: sa.Table, row
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    await conn.execute(insert(table).on_conflict_do_nothing(), rows)
+    conn.execute(insert(table).on_conflict_do_nothing(), rows)

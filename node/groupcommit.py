@@ -4,24 +4,33 @@ Durable before acknowledged (DESIGN.md) costs one commit per batch instead of on
 batch commits, the next one gathers. One committer serves the whole node (the journal): audit records
 and replay-protection claims made by the same requests share a commit. Each item carries the function
 that writes its kind; a batch calls each function once with its items, in order of first appearance.
+
+The writing functions are plain (synchronous) SQLAlchemy code. On SQLite a batch's whole transaction
+runs in one worker thread on its own connection (`sqlite_writer_twin`): through aiosqlite each of its
+statements would be a round trip between threads, and under load each round trip waits for the busy
+event loop, so a commit took ~10 ms of waiting for well under 1 ms of work. On PostgreSQL the batch runs
+on the async engine (`run_sync`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from node.db import write_tx
+from node.db import sqlite_writer_twin, write_tx
 from node.errors import ApiError
 
 log = logging.getLogger("govnode.groupcommit")
 
 T = TypeVar("T")
-WriteBatch = Callable[[AsyncConnection, list[T]], Awaitable[None]]
+WriteBatch = Callable[[sa.Connection, list[T]], None]
+Batch = list[tuple[WriteBatch[Any], Any, "asyncio.Future[None]"]]
 
 
 class GroupCommitter:
@@ -35,8 +44,13 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_batch = 0
+        self._twin: sa.Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
+        self._twin = sqlite_writer_twin(self.engine)
+        if self._twin is not None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"group-commit-{self.name}")
         self._task = asyncio.create_task(self._run(), name=f"group-commit-{self.name}")
 
     async def close(self) -> None:
@@ -44,6 +58,11 @@ class GroupCommitter:
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self._thread is not None:
+            twin, thread = self._twin, self._thread
+            self._twin = self._thread = None
+            await asyncio.get_running_loop().run_in_executor(thread, twin.dispose)  # type: ignore[union-attr]
+            thread.shutdown(wait=True)
 
     async def submit(self, write: WriteBatch[T], item: T) -> None:
         """Returns once `item` is committed; raises ApiError(UNAVAILABLE) if it could not be."""
@@ -74,11 +93,25 @@ class GroupCommitter:
             if self._closing and not self._pending:
                 return
 
-    async def _commit(self, batch: list[tuple[WriteBatch[Any], Any, asyncio.Future[None]]]) -> None:
+    @staticmethod
+    def _apply(conn: sa.Connection, batch: Batch) -> None:
+        for write in dict.fromkeys(w for w, _, _ in batch):
+            write(conn, [item for w, item, _ in batch if w is write])
+
+    def _commit_in_thread(self, batch: Batch) -> None:
+        assert self._twin is not None
+        with self._twin.connect() as conn:
+            conn.info["write"] = True  # BEGIN IMMEDIATE
+            with conn.begin():
+                self._apply(conn, batch)
+
+    async def _commit(self, batch: Batch) -> None:
         try:
-            async with write_tx(self.engine) as conn:
-                for write in dict.fromkeys(w for w, _, _ in batch):
-                    await write(conn, [item for w, item, _ in batch if w is write])
+            if self._thread is not None:
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._commit_in_thread, batch)
+            else:
+                async with write_tx(self.engine) as conn:
+                    await conn.run_sync(self._apply, batch)
         except Exception:  # noqa: BLE001 - every waiter learns that its item is not durable
             log.exception("%s: a batch of %d could not be committed", self.name, len(batch))
             for _, _, fut in batch:

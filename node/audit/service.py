@@ -12,10 +12,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.audit import store
-from node.db import next_counter, read_counter
+from node.db import next_counter_sync, read_counter
 from node.groupcommit import GroupCommitter
 from node.ids import now_ms
 
@@ -68,10 +69,10 @@ class AuditLog:
         return self.journal.enqueue(self._write, fields)
 
     @staticmethod
-    async def _write(conn: AsyncConnection, records: list[dict[str, Any]]) -> None:
-        last = await next_counter(conn, COUNTER, len(records))
+    def _write(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
+        last = next_counter_sync(conn, COUNTER, len(records))
         seq = last - len(records) + 1
-        prev = await store.hash_at(conn, seq - 1) if seq > 1 else GENESIS
+        prev = store.hash_at(conn, seq - 1) if seq > 1 else GENESIS
         if prev is None:
             raise RuntimeError(f"audit record {seq - 1} is missing; run `govnode audit verify`")
         rows = []
@@ -81,7 +82,7 @@ class AuditLog:
             row["hash"] = prev = record_hash(prev, row)
             rows.append(row)
             seq += 1
-        await store.insert_many(conn, rows)
+        store.insert_many(conn, rows)
 
     async def verify(self, batch: int = 5000) -> ChainBreak | None:
         """Walk the chain; the first record that was altered, removed or inserted, or None if intact."""

@@ -36,13 +36,12 @@ HASHED_FIELDS = (
 )
 
 
-async def hash_at(conn: AsyncConnection, seq: int) -> str | None:
-    res = await conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == seq))
-    return res.scalar()
+def hash_at(conn: sa.Connection, seq: int) -> str | None:
+    return conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == seq)).scalar()
 
 
-async def insert_many(conn: AsyncConnection, rows: list[dict]) -> None:
-    await conn.execute(sa.insert(audit_log), rows)
+def insert_many(conn: sa.Connection, rows: list[dict]) -> None:
+    conn.execute(sa.insert(audit_log), rows)
 
 
 async def query(

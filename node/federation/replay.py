@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.db import write_tx
 from node.federation import store
@@ -58,6 +59,6 @@ class ReplayGuard:
             await store.prune_seen(conn, n_cut, m_cut)
 
     @staticmethod
-    async def _write(conn: AsyncConnection, items: list[tuple[str, dict[str, Any]]]) -> None:
-        await store.store_seen(conn, [row for kind, row in items if kind == "nonce"],
+    def _write(conn: sa.Connection, items: list[tuple[str, dict[str, Any]]]) -> None:
+        store.store_seen(conn, [row for kind, row in items if kind == "nonce"],
                                [row for kind, row in items if kind == "message"])

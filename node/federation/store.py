@@ -144,9 +144,9 @@ async def use_invite(conn: AsyncConnection, digest: str, now: int) -> sa.Row | N
 
 # Replay protection --------------------------------------------------------------------------------
 
-async def store_seen(conn: AsyncConnection, nonces: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
-    await insert_ignoring_duplicates(conn, seen_nonces, nonces)
-    await insert_ignoring_duplicates(conn, seen_messages, messages)
+def store_seen(conn: sa.Connection, nonces: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
+    insert_ignoring_duplicates(conn, seen_nonces, nonces)
+    insert_ignoring_duplicates(conn, seen_messages, messages)
 
 
 async def load_seen(conn: AsyncConnection, nonces_since: int, messages_since: int) -> tuple[list[sa.Row], list[sa.Row]]:
