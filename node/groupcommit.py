@@ -40,10 +40,11 @@ class GroupCommitter:
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
         self._pending: list[tuple[WriteBatch[Any], Any, asyncio.Future[None]]] = []
+        self._callers: set[int] = set()  # the tasks that queued what is pending
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._last_batch = 0
+        self._last_callers = 0
         self._twin: sa.Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
 
@@ -74,20 +75,22 @@ class GroupCommitter:
             raise ApiError(f"the {self.name} writer is not running", code="UNAVAILABLE")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((write, item, fut))
+        self._callers.add(id(asyncio.current_task()))
         self._wake.set()
         return fut
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            # Wait a moment for company only when calls are arriving together; a lone call commits at once.
-            if self.window_s and not self._closing and self._last_batch > 1:
+            # Wait a moment for company only when calls are arriving together (the last batch came from
+            # several callers); a lone call, even one queuing several items, commits at once.
+            if self.window_s and not self._closing and self._last_callers > 1:
                 await asyncio.sleep(self.window_s)
             self._wake.clear()
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            self._last_callers, self._callers = len(self._callers), set()
             if self._pending:
                 self._wake.set()
-            self._last_batch = len(batch)
             if batch:
                 await self._commit(batch)
             if self._closing and not self._pending:

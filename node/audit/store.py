@@ -36,12 +36,17 @@ HASHED_FIELDS = (
 )
 
 
+# The journal's statements, built once (building costs more than running them).
+_HASH_AT = sa.select(audit_log.c.hash).where(audit_log.c.seq == sa.bindparam("seq"))
+_INSERT = sa.insert(audit_log)
+
+
 def hash_at(conn: sa.Connection, seq: int) -> str | None:
-    return conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == seq)).scalar()
+    return conn.execute(_HASH_AT, {"seq": seq}).scalar()
 
 
 def insert_many(conn: sa.Connection, rows: list[dict]) -> None:
-    conn.execute(sa.insert(audit_log), rows)
+    conn.execute(_INSERT, rows)
 
 
 async def query(
