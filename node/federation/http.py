@@ -15,6 +15,7 @@ from node.audit.http import AUDIT
 from node.catalog.http import CATALOG
 from node.context import CONFIG, DB, SIGNING_KEY
 from node.errors import ApiError, InvalidInput
+from node.federation.replay import Claim
 from node.federation.service import FederationService
 from node.ops.http import HEALTH_SECTIONS, NODE_INFO
 from node.web import REQUEST_ID, json_response, read_body
@@ -24,9 +25,9 @@ MAX_FEDERATION_BODY = 16 * 1024 * 1024
 routes = web.RouteTableDef()
 
 
-async def _check(request: web.Request, allow_self: bool = False) -> tuple[str, Any, asyncio.Future[None]]:
-    """Read the body (if any) and check the hop's Authorization; returns (origin, parsed body, the pending
-    durable record of its nonce)."""
+async def _check(request: web.Request, allow_self: bool = False) -> tuple[str, Any, Claim]:
+    """Read the body (if any) and check the hop's Authorization; returns (origin, parsed body, the claim
+    of its nonce, not yet durable)."""
     raw = await read_body(request, MAX_FEDERATION_BODY)
     content = None
     if raw.strip():
@@ -36,16 +37,16 @@ async def _check(request: web.Request, allow_self: bool = False) -> tuple[str, A
         except ValueError as exc:
             msg = exc.message if isinstance(exc, CanonicalJSONError) else "the body is not valid JSON"
             raise InvalidInput(msg) from None
-    origin, durable = request.app[FEDERATION].check_hop(
+    origin, claim = request.app[FEDERATION].check_hop(
         request.method, request.raw_path, request.headers.get("Authorization"), content, allow_self=allow_self
     )
-    return origin, content, durable
+    return origin, content, claim
 
 
 async def _authenticated(request: web.Request, allow_self: bool = False) -> tuple[str, Any]:
     """Read the body and check the hop's Authorization; returns (origin, parsed body) once the nonce is durable."""
-    origin, content, durable = await _check(request, allow_self)
-    await durable
+    origin, content, claim = await _check(request, allow_self)
+    await claim.durable()
     return origin, content
 
 
@@ -110,8 +111,12 @@ async def notify(request: web.Request) -> web.Response:
 
 @routes.post("/federation/v1/messages")
 async def messages(request: web.Request) -> web.Response:
-    origin, body, durable = await _check(request)
-    answer = await request.app[FEDERATION].handle_message(origin, body, request[REQUEST_ID], durable)
+    origin, body, claim = await _check(request)
+    try:
+        answer = await request.app[FEDERATION].handle_message(origin, body, request[REQUEST_ID], claim)
+    except BaseException:
+        claim.durable()  # a refused envelope's hop nonce is remembered all the same
+        raise
     return web.Response(body=encode_canonical_json(answer), content_type="application/json")
 
 

@@ -16,6 +16,24 @@ from node.groupcommit import GroupCommitter
 from node.ids import now_ms
 
 
+class Claim:
+    """A nonce or envelope id claimed in memory (a second claim is refused at once); `durable()` queues
+    its record in the journal, once, and returns the future that completes when it is committed."""
+
+    __slots__ = ("_journal", "_write", "_item", "_future")
+
+    def __init__(self, journal: GroupCommitter, write: Any, item: tuple[str, dict[str, Any]]) -> None:
+        self._journal = journal
+        self._write = write
+        self._item = item
+        self._future: asyncio.Future[None] | None = None
+
+    def durable(self) -> asyncio.Future[None]:
+        if self._future is None:
+            self._future = self._journal.enqueue(self._write, self._item)
+        return self._future
+
+
 class ReplayGuard:
     def __init__(self, engine: AsyncEngine, journal: GroupCommitter, nonce_window_ms: int,
                  message_window_ms: int) -> None:
@@ -33,22 +51,21 @@ class ReplayGuard:
         self._nonces = {(r.origin, r.nonce): r.ts for r in nonces}
         self._messages = {r.id: r.at for r in messages}
 
-    def claim_nonce(self, origin: str, nonce: str, ts: int) -> asyncio.Future[None] | None:
-        """Claim (origin, nonce): None for a replay, else a future that completes once the claim is durable
-        (await it before answering; a relay may overlap the wait with forwarding)."""
+    def claim_nonce(self, origin: str, nonce: str, ts: int) -> Claim | None:
+        """Claim (origin, nonce): None for a replay, else the claim (make it durable before answering)."""
         key = (origin, nonce)
         if key in self._nonces:
             return None
         self._nonces[key] = ts
-        return self.journal.enqueue(self._write, ("nonce", {"origin": origin, "nonce": nonce, "ts": ts}))
+        return Claim(self.journal, self._write, ("nonce", {"origin": origin, "nonce": nonce, "ts": ts}))
 
-    def claim_message(self, message_id: str) -> asyncio.Future[None] | None:
-        """Claim an envelope id: None if it was seen, else a future completing once the claim is durable."""
+    def claim_message(self, message_id: str) -> Claim | None:
+        """Claim an envelope id: None if it was seen, else the claim (make it durable before answering)."""
         if message_id in self._messages:
             return None
         at = now_ms()
         self._messages[message_id] = at
-        return self.journal.enqueue(self._write, ("message", {"id": message_id, "at": at}))
+        return Claim(self.journal, self._write, ("message", {"id": message_id, "at": at}))
 
     async def prune(self) -> None:
         now = now_ms()

@@ -39,7 +39,7 @@ from node.config import Config
 from node.db import read_counter, write_tx
 from node.errors import STATUS_OF, ApiError
 from node.federation import store
-from node.federation.replay import ReplayGuard
+from node.federation.replay import Claim, ReplayGuard
 from node.ids import new_id, now_ms, resource_node
 
 log = logging.getLogger("govnode.federation")
@@ -437,14 +437,14 @@ class FederationService:
     async def authenticate(self, method: str, uri: str, header: str | None, content: Any,
                            allow_self: bool = False) -> str:
         """Check a hop's Authorization; return the origin once its nonce is durable. Raises ApiError."""
-        origin, durable = self.check_hop(method, uri, header, content, allow_self)
-        await durable
+        origin, claim = self.check_hop(method, uri, header, content, allow_self)
+        await claim.durable()
         return origin
 
     def check_hop(self, method: str, uri: str, header: str | None, content: Any,
-                  allow_self: bool = False) -> tuple[str, asyncio.Future[None]]:
-        """Check a hop's Authorization (SPEC §4); returns the origin and the future of its nonce's durable
-        record, which the caller awaits before answering. Raises ApiError in the SPEC's terms."""
+                  allow_self: bool = False) -> tuple[str, Claim]:
+        """Check a hop's Authorization (SPEC §4); returns the origin and the claim of its nonce, which the
+        caller makes durable before answering. Raises ApiError in the SPEC's terms."""
         try:
             params = parse_authorization(header)
         except AuthError as exc:
@@ -469,13 +469,13 @@ class FederationService:
         if not (params.origin in self.neighbours() or (allow_self and params.origin == self.node_id)):
             raise ApiError(f"{params.origin} is neither this node's parent nor one of its children",
                            code="NOT_NEIGHBOUR")
-        durable = self.replay.claim_nonce(params.origin, params.nonce, params.ts)
-        if durable is None:
+        claim = self.replay.claim_nonce(params.origin, params.nonce, params.ts)
+        if claim is None:
             raise ApiError("this request was already received (nonce seen)", code="REPLAY")
         if self.peer_status.get(params.origin, {}).get("reachable") is False:
             self._catch_up(params.origin)
         self._mark_peer(params.origin, ok=True, inbound=True)
-        return params.origin, durable
+        return params.origin, claim
 
     def _catch_up(self, peer: str) -> None:
         """A neighbour this node could not reach is talking to it again: send what waits for it now rather
@@ -759,12 +759,12 @@ class FederationService:
         return next_hop(self.node_id, destination, children, self.parent, trust.known_nodes())
 
     async def handle_message(self, hop_origin: str | None, env: Any, request_id: str,
-                             hop_durable: Awaitable[None] | None = None) -> dict[str, Any]:
+                             hop_claim: Claim | None = None) -> dict[str, Any]:
         """Deliver or relay one envelope; returns the signed answer envelope (reply or error).
 
-        `hop_durable` is the pending durable record of the hop's nonce: with the envelope id's, it is
-        awaited before the destination acts, and overlapped with forwarding at a relay (both are awaited
-        before any answer leaves this node)."""
+        `hop_claim` is the hop's nonce, claimed but not yet durable: with the envelope id's claim it is
+        made durable before the destination acts (after, for a read, in one commit with its audit
+        record), and overlapped with forwarding at a relay; no answer leaves before both are durable."""
         trust = self.require_joined()
         started = time.perf_counter()
         if not isinstance(env, dict):
@@ -782,14 +782,12 @@ class FederationService:
         if self.node_id in (env.get("signatures") or {}):
             raise ApiError("the envelope has already passed this node (a loop)", code="INVALID_INPUT")
         is_async = env["kind"] in ASYNC_KINDS
-        claimed = self.replay.claim_message(env["id"])
-        fresh = claimed is not None
+        message_claim = self.replay.claim_message(env["id"])
+        fresh = message_claim is not None
+        claims = [c for c in (hop_claim, message_claim) if c is not None]
         if not fresh and not is_async:
-            if hop_durable is not None:
-                await hop_durable
+            await _all_of(*(c.durable() for c in claims))
             raise ApiError(f"message {env['id']} was already received", code="REPLAY")
-        # One wait for both durable claims (they share a group commit), started now.
-        durable = asyncio.ensure_future(_all_of(hop_durable, claimed))
         destination = env["destination"]
         hop = self.node_id if destination == self.node_id else self.route(destination)
         outcome = "ok"
@@ -805,14 +803,18 @@ class FederationService:
                          "destination": destination},
             )
 
-        relay_record: asyncio.Future[None] | None = None
+        # A read delivered here changes nothing, so it goes first and its claims commit afterwards, in one
+        # batch with its audit record; anything else has its claims committed before it acts (relays
+        # overlap the commit with forwarding). Either way no answer leaves before they are durable.
+        read_here = fresh and hop == self.node_id and env["kind"] in READ_ONLY_KINDS
+        durable = None if read_here else asyncio.ensure_future(_all_of(*(c.durable() for c in claims)))
+        record: asyncio.Future[None] | None = None
         try:
             if not fresh:
-                await durable
                 answer = self._answer(env, "reply", {"accepted": True, "duplicate": True})
             elif hop == self.node_id:
-                if env["kind"] not in READ_ONLY_KINDS:
-                    await durable  # act only on a durable claim; reads overlap it (answered after it)
+                if durable is not None:
+                    await durable  # act only on a durable claim
                 answer = await self._dispatch(env)
             elif hop is None or hop == hop_origin:
                 answer = self._error_answer(env, ApiError(f"no route to node {destination}",
@@ -823,20 +825,18 @@ class FederationService:
                 answer = self._answer(env, "reply", {"accepted": True, "queued_at": self.node_id})
             else:
                 # The relay's record commits with this hop's claims while the next hop works.
-                relay_record = self.audit.enqueue(**audit_fields("ok"))
+                record = self.audit.enqueue(**audit_fields("ok"))
                 answer = await self._forward(hop, env)
-            await durable  # no answer leaves before this hop's claims are durable
             if answer["kind"] == "error":
                 outcome = answer["body"].get("error", {}).get("code", "error")
         finally:
-            if not durable.done():
-                durable.cancel()
-            if relay_record is not None:
-                await relay_record
-                if outcome != "ok":  # the forward failed: record how
-                    await self.audit.record(**audit_fields(outcome))
-            else:
-                await self.audit.record(**audit_fields(outcome))
+            if durable is None:  # a read done here: its claims and its record, one commit
+                durable = asyncio.ensure_future(_all_of(*(c.durable() for c in claims)))
+            elif record is not None and outcome != "ok":  # a forward that failed: record how
+                record = asyncio.ensure_future(_all_of(record, self.audit.enqueue(**audit_fields(outcome))))
+            if record is None:
+                record = self.audit.enqueue(**audit_fields(outcome))
+            await _all_of(durable, record)  # no answer leaves before this hop's claims are durable
         return answer
 
     async def _dispatch(self, env: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""The two per-call storage paths: the journal (group commit in one hop on SQLite) and batched point reads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from node.audit.service import AuditLog
+from node.config import DatabaseConfig
+from node.data import store as data_store
+from node.db import make_engine, sqlite_writer_twin, upgrade
+from node.errors import ApiError
+from node.groupcommit import GroupCommitter
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path):
+    engine = make_engine(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/j.db"), synchronous="FULL")
+    await upgrade(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def test_the_twin_has_the_engines_settings(tmp_path):
+    engine = make_engine(DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/t.db"), synchronous="NORMAL")
+    twin = sqlite_writer_twin(engine)
+    assert twin is not None
+    try:
+        with twin.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        twin.dispose()
+    assert sqlite_writer_twin(create_async_engine("sqlite+aiosqlite:///:memory:")) is None
+    pg = make_engine(DatabaseConfig(url="postgresql+asyncpg://postgres@127.0.0.1:5432/test"))
+    assert sqlite_writer_twin(pg) is None
+
+
+async def test_concurrent_audit_records_form_one_chain(sqlite_engine):
+    audit = AuditLog(sqlite_engine, batch_ms=2)
+    await audit.start()
+    try:
+        await asyncio.gather(*(audit.record(action="t", path=f"/p/{i}", actor="a") for i in range(300)))
+        assert await audit.verify() is None
+        async with sqlite_engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT seq, path FROM audit_log ORDER BY seq"))).all()
+        assert [r.seq for r in rows] == list(range(1, 301))
+        assert sorted(r.path for r in rows) == sorted(f"/p/{i}" for i in range(300))
+    finally:
+        await audit.close()
+
+
+async def test_a_failed_batch_fails_its_waiters_and_stores_nothing(sqlite_engine):
+    journal = GroupCommitter(sqlite_engine, "test", window_ms=0)
+    journal.start()
+
+    def good(conn: sa.Connection, items: list[int]) -> None:
+        conn.execute(sa.text("INSERT INTO counters (name, value) VALUES (:n, 1)"), [{"n": f"k{i}"} for i in items])
+
+    def bad(conn: sa.Connection, items: list[int]) -> None:
+        raise RuntimeError("disk on fire")
+
+    try:
+        # Queued in one tick, so they share a batch: the failing writer takes the good items down with it.
+        futures = [journal.enqueue(good, 1), journal.enqueue(bad, 2), journal.enqueue(good, 3)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(r, ApiError) and r.code == "UNAVAILABLE" for r in results)
+        await journal.submit(good, 4)  # the journal goes on after a failed batch
+        async with sqlite_engine.connect() as conn:
+            names = (await conn.execute(sa.text("SELECT name FROM counters WHERE name LIKE 'k%'"))).scalars().all()
+        assert names == ["k4"]
+    finally:
+        await journal.close()
+    with pytest.raises(ApiError):
+        journal.enqueue(good, 5)
+
+
+async def test_lone_caller_commits_without_waiting_for_company(sqlite_engine):
+    journal = GroupCommitter(sqlite_engine, "test", window_ms=1000)
+    journal.start()
+
+    def write(conn: sa.Connection, items: list[str]) -> None:
+        conn.execute(sa.text("INSERT INTO counters (name, value) VALUES (:n, 1)"), [{"n": n} for n in items])
+
+    try:
+        # One caller queuing three items, twice: neither batch may wait the 1 s window.
+        for round_ in range(2):
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await asyncio.gather(*(journal.enqueue(write, f"lone{round_}-{i}") for i in range(3)))
+            assert loop.time() - t0 < 0.9
+    finally:
+        await journal.close()
+
+
+async def test_batched_point_reads(tmp_path, sqlite_engine):
+    rows = [{"resource_code": "101001/3703210001", "key": f"k{i}", "data": {"n": i},
+             "deleted": i % 10 == 0, "change_id": i + 1, "updated_at": 0} for i in range(500)]
+    async with sqlite_engine.begin() as conn:
+        cols = {c.name for c in data_store.records.columns}
+        await conn.execute(sa.insert(data_store.records), [{k: v for k, v in r.items() if k in cols} for r in rows])
+    reader = data_store.SqliteReader.for_engine(sqlite_engine)
+    assert reader is not None
+    try:
+        keys = [f"k{i}" for i in range(500)] + ["absent"]
+        got = await asyncio.gather(*(reader.get("101001/3703210001", k) for k in keys))
+        for i in range(500):
+            assert got[i] == (None if i % 10 == 0 else {"n": i})
+        assert got[-1] is None
+        # A caller that gives up does not disturb the others waiting in the same batch.
+        tasks = [asyncio.ensure_future(reader.get("101001/3703210001", f"k{i}")) for i in range(1, 6)]
+        tasks[2].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(done[2], asyncio.CancelledError)
+        assert [done[i] for i in (0, 1, 3, 4)] == [{"n": 1}, {"n": 2}, {"n": 4}, {"n": 5}]
+    finally:
+        reader.close()
+    with pytest.raises(RuntimeError):
+        await reader.get("101001/3703210001", "k1")
