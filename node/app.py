@@ -17,6 +17,7 @@ from node.config import Config
 from node.context import CONFIG, DB, SIGNING_KEY, add_routes
 from node.db import make_engine, upgrade
 from node.ops import http as ops_http
+from node.sharing import http as sharing_http
 from node.ops.http import ENGINE, HEALTH_SECTIONS, NODE_INFO, OPENAPI_DOCS
 from node.ops.metrics import METRICS, Metrics, metrics_observer
 from node.web import make_error_middleware
@@ -34,6 +35,9 @@ def init_app(config: Config) -> web.Application:
     app[NODE_INFO] = {"node": config.node.id, "name": config.node.name}
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_audit)
+    # aiohttp tries the routes under one path prefix in the order they were added: the department API's
+    # most frequent calls (query, verify, compare) go first, ahead of records, files and sources.
+    add_routes(app, sharing_http.routes)
     add_routes(app, ops_http.routes)
     add_routes(app, audit_http.routes)
     for setup in _capabilities():

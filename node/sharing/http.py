@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from node.accounts.http import account
 from node.audit.http import note
 from node.catalog.http import CATALOG
-from node.context import CONFIG, add_routes, json_limit
+from node.context import CONFIG, json_limit
 from node.data.http import DATA
 from node.sharing.models import (CompareParams, CompareResult, QueryParams, QueryResult, Requester, VerifyParams,
                                  VerifyResult)
@@ -67,5 +67,5 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
+    """The service; `init_app` adds `routes` ahead of every other capability's (they are the hot path)."""
     app.cleanup_ctx.append(_service)
-    add_routes(app, routes)
