@@ -115,7 +115,12 @@ def sign_envelope(envelope: Mapping[str, Any], node: str, key: SigningKey) -> di
 
 
 def verify_envelope_origin(envelope: Mapping[str, Any], trust: TrustStore, now_ms: int) -> None:
-    """Check shape, kind, expiry and the origin's signature with its current keys.
+    """Check shape, kind, expiry and the origin's signature.
+
+    The keys are those of the origin's certificate that were valid when the envelope was sent (SPEC §3:
+    an old key still verifies what was signed before its ``expired_at``), so an envelope that waited in
+    an outbox while its origin rotated its key is still delivered; a revoked key verifies nothing it
+    signed at or after its revocation.
 
     Raises ``EnvelopeError`` with code ``INVALID_INPUT`` (shape), ``KIND_UNSUPPORTED``, ``EXPIRED``
     (``now_ms >= expires_at``), ``REVOKED`` (origin revoked) or ``SIGNATURE_INVALID`` (the origin's
@@ -127,7 +132,7 @@ def verify_envelope_origin(envelope: Mapping[str, Any], trust: TrustStore, now_m
     if now_ms >= envelope["expires_at"]:
         raise EnvelopeError("EXPIRED", f"envelope {envelope['id']} expired at {envelope['expires_at']}")
     try:
-        keys = trust.verify_keys_for(origin, now_ms=now_ms)
+        keys = trust.verify_keys_for(origin, at_ms=envelope["sent_at"], now_ms=now_ms)
     except TrustError as exc:
         code = "REVOKED" if exc.code == "REVOKED" else "SIGNATURE_INVALID"
         raise EnvelopeError(code, f"origin {origin}: {exc.message}", {"trust": exc.code}) from None

@@ -194,3 +194,40 @@ async def test_an_expired_message_is_dropped_and_does_not_block_the_outbox(tmp_p
         assert answer["kind"] == "error" and answer["body"]["error"]["code"] == "PEER_TIMEOUT"
     finally:
         await stop_all(nodes)
+
+
+async def test_a_message_queued_before_its_origin_rotated_its_key_is_delivered(tmp_path):
+    """An outage delays and never loses, a key rotation included: an envelope signed with the county's old
+    key, still waiting in its outbox when the county rotates, is delivered once the province knows only the
+    new certificate (the old key verifies what it signed before it expired, SPEC §3)."""
+    nodes = await start_federation(tmp_path)
+    county, province = nodes["370321"], nodes["370000"]
+    inbox = Inbox()
+    inbox.install(province)
+    try:
+        old_key = signing_key_of(county.config.home)
+        waiting = sign_envelope(make_envelope("application.submit", "370321", "370000", {"tag": "before rotation"}),
+                                "370321", old_key)
+        # Held back (due in an hour) while the county rotates.
+        await raw_sql(county.config, "INSERT INTO outbox (peer, kind, payload, created_at, attempts, next_attempt_at) "
+                                     "VALUES ('370300', 'message', :p, :t, 0, :later)",
+                      {"p": json.dumps(waiting, ensure_ascii=False), "t": now_ms(), "later": now_ms() + 3_600_000})
+        cert = await county.app[FEDERATION].rotate_key()
+        [new_key_id] = cert["verify_keys"]
+        assert new_key_id != old_key.key_id
+
+        def province_knows_only_the_new_key() -> bool:
+            known = province.app[FEDERATION].trust.certificate("370321")
+            return known is not None and set(known["verify_keys"]) == {new_key_id}
+
+        await wait_for(province_knows_only_the_new_key, timeout=20, what="the county's new certificate at the province")
+        await raw_sql(county.config, "UPDATE outbox SET next_attempt_at = :t WHERE kind = 'message'", {"t": now_ms()})
+        county.app[FEDERATION].outbox.wake("370300")
+        await wait_for(lambda: inbox.ids == [waiting["id"]], timeout=20, what="the waiting message at the province")
+        await wait_for(lambda: _no_messages(county), what="an empty outbox at the county")
+        # The county's new key signs what it sends from now on.
+        [fresh] = await submit(county, 1, "after rotation")
+        await wait_for(lambda: inbox.ids == [waiting["id"], fresh], timeout=20, what="a message signed with the new key")
+        assert set(inbox.bodies[fresh]) == {"tag", "n"}
+    finally:
+        await stop_all(nodes)

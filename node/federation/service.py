@@ -772,7 +772,9 @@ class FederationService:
         try:
             verify_envelope_origin(env, trust, now_ms())
             if hop_origin is not None and hop_origin != env["origin"]:
-                verify_signed_json(env, hop_origin, trust.verify_keys_for(hop_origin, now_ms=now_ms()))
+                # A relay signed on its way through, at or after sent_at: its keys of that time verify it.
+                verify_signed_json(env, hop_origin,
+                                   trust.verify_keys_for(hop_origin, at_ms=env["sent_at"], now_ms=now_ms()))
         except (EnvelopeError, SignatureError, TrustError) as exc:
             raise _api_error(exc) from None
         if env["kind"] in ("reply", "error"):

@@ -193,6 +193,35 @@ def test_revoked_origin(trust: TrustStore) -> None:
     assert verify_envelope_origin(call(origin="370211"), trust, NOW) is None
 
 
+def _rotate(trust: TrustStore, node: str, new_key: SigningKey, expired_at: int) -> None:
+    """Give `node` a re-issued certificate with `new_key`; its first key becomes an old key."""
+    parent = PARENTS[node]
+    cert = make_certificate(
+        node=node, name=node, level=level_of(node), parent=parent, endpoint="http://127.0.0.1:8000",
+        verify_keys={new_key.key_id: verify_key_b64(new_key)},
+        old_verify_keys={"ed25519:1": {"key": verify_key_b64(KEYS[node]), "expired_at": expired_at}},
+        valid_from=T0 + 1, valid_until=T0 + 10**10, issuer=parent or node,
+    )
+    assert trust.add_certificate(sign_json(cert, parent or node, KEYS[parent or node]))
+
+
+def test_an_envelope_sent_before_its_origin_rotated_still_verifies(trust: TrustStore) -> None:
+    """SPEC §3: an old key verifies what was signed before its expired_at, so an envelope that waited in an
+    outbox while its origin rotated is still delivered; one dated after the rotation is not."""
+    queued = call(now_ms=NOW - 10_000, ttl_ms=3_600_000)
+    new_key = generate_signing_key("2")
+    _rotate(trust, "370321", new_key, expired_at=NOW - 5_000)
+    verify_envelope_origin(queued, trust, NOW)
+    forged = call(now_ms=NOW - 1_000, ttl_ms=3_600_000)  # signed with the old key after it expired
+    assert envelope_code(forged, trust) == "SIGNATURE_INVALID"
+    fresh = sign_envelope(make_envelope("service.call", "370321", "370000", CALL_BODY, now_ms=NOW), "370321", new_key)
+    verify_envelope_origin(fresh, trust, NOW)
+    # A revocation of the old key covers what it signed from then on.
+    trust.add_revocation(sign_json(make_revocation("370321", "ed25519:1", NOW - 20_000, "370300"), "370300",
+                                   KEYS["370300"]))
+    assert envelope_code(queued, trust) == "SIGNATURE_INVALID"
+
+
 def test_expiry(trust: TrustStore) -> None:
     envelope = call(ttl_ms=1_000)
     verify_envelope_origin(envelope, trust, NOW + 999)
