@@ -6,6 +6,11 @@ against verify at the province directly, with the same load generator in the sam
 Target (issue 3): cross-level p50 ≤ 3 × direct p50, judged on the latency run (one request at a
 time: the path's own cost); the throughput run (32 at once) is printed beside it. Each node is a real `govnode run` process on
 loopback with SQLite and durable audit records; every relay verifies, signs and audits the call.
+
+For context, the same load generator also measures the floor of relaying over HTTP on this machine: a
+bare aiohttp process answering a constant, and the same with two bare aiohttp relays in front of it
+(no signatures, no checks, no database). Their p50 ratio is what three processes passing a request on
+cost before any work is done.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -22,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import NodeProcess, add_dept, env_info, load, start_three_levels  # noqa: E402
+from benchlib import (NodeProcess, add_dept, env_info, free_port, load, start_three_levels,  # noqa: E402
+                      wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
@@ -35,6 +43,53 @@ ENTRY = {
     ],
     "share": {"type": "unconditional", "methods": ["api"]}, "update_cycle": "daily",
 }
+
+
+# The floor of any design that relays over HTTP request/response, as this protocol does (SPEC §6): plain aiohttp
+# processes that only pass the request on (no signatures, no checks, no database) and a last one that answers
+# a constant, measured with the same load generator. Run as: bare_relay.py PORT [NEXT_PORT].
+BARE_RELAY = textwrap.dedent('''
+    import sys
+    import aiohttp
+    from aiohttp import web
+
+    ANSWER = b'{"match":true,"fields":{"name":true}}'
+    NEXT = int(sys.argv[2]) if len(sys.argv) > 2 else None
+
+    async def handle(request):
+        body = await request.read()
+        if NEXT is None:
+            return web.Response(body=ANSWER, content_type="application/json")
+        async with request.app["client"].post(f"http://127.0.0.1:{NEXT}/verify", data=body,
+                                              headers={"Content-Type": "application/json"}) as resp:
+            answer = await resp.read()
+        return web.Response(body=answer, content_type="application/json")
+
+    async def health(request):
+        return web.Response(text="ok")
+
+    async def client(app):
+        app["client"] = aiohttp.ClientSession()
+        yield
+        await app["client"].close()
+
+    app = web.Application()
+    app.cleanup_ctx.append(client)
+    app.router.add_post("/verify", handle)
+    app.router.add_get("/healthz", health)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+''')
+
+
+def start_bare_relays(base: Path, procs: list[subprocess.Popen]) -> tuple[str, str]:
+    """A bare answering process and two bare relays in front of it; returns (direct URL, relayed URL)."""
+    script = base / "bare_relay.py"
+    script.write_text(BARE_RELAY)
+    ports = [free_port() for _ in range(3)]
+    for i, port in enumerate(ports):
+        procs.append(subprocess.Popen([sys.executable, str(script), str(port)] + ([str(ports[i - 1])] if i else [])))
+        wait_healthy(f"http://127.0.0.1:{port}", 30, procs[-1])
+    return f"http://127.0.0.1:{ports[0]}/verify", f"http://127.0.0.1:{ports[2]}/verify"
 
 
 def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json") -> dict:
@@ -55,6 +110,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="govnode-bench-fed-") as tmp:
         base = Path(tmp)
         nodes: list[NodeProcess] = []
+        bare: list[subprocess.Popen] = []
         try:
             province, _city, county = start_three_levels(base, nodes)
             ptok = add_dept(province, make_gb32100("11370000MB", 1), "山东省公安厅")
@@ -84,9 +140,12 @@ def main() -> int:
             # Latency: one request at a time, so p50 is the path itself, not queueing behind other requests.
             # Throughput: many at once; on one 2-core machine the three nodes of the cross-level path share
             # the cores that the single node of the direct path has to itself.
+            bare_direct_url, bare_relayed_url = start_bare_relays(base, bare)
             for label, conc in (("latency", args.latency_concurrency), ("throughput", args.concurrency)):
                 direct = load(direct_url, ph, bodies, conc, args.seconds)
                 cross = load(cross_url, ch, bodies, conc, args.seconds)
+                bare_direct = load(bare_direct_url, {}, bodies, conc, args.seconds)
+                bare_relayed = load(bare_relayed_url, {}, bodies, conc, args.seconds)
                 print(f"-- {label}: concurrency {conc}")
                 print(direct.line("verify at the province (direct)"))
                 print(cross.line("verify county → city → province"))
@@ -94,7 +153,15 @@ def main() -> int:
                 verdict = ("met" if ratio <= 3 else "MISSED") if label == "latency" else "for information"
                 print(f"   cross-level p50 / direct p50 = {ratio:.2f}  (target ≤ 3.00: {verdict}); "
                       f"req/s ratio {cross.rps / direct.rps:.2f}")
+                print(bare_direct.line("bare aiohttp, answering"))
+                print(bare_relayed.line("bare aiohttp, two relays in front"))
+                print(f"   floor of HTTP relaying on this machine: p50 ratio {bare_relayed.pct(50) / bare_direct.pct(50):.2f}; "
+                      f"govnode adds {direct.pct(50) - bare_direct.pct(50):.2f} ms direct, "
+                      f"{cross.pct(50) - bare_relayed.pct(50):.2f} ms routed")
         finally:
+            for proc in bare:
+                proc.terminate()
+                proc.wait(timeout=20)
             for n in reversed(nodes):
                 n.stop()
     return 0
