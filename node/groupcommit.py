@@ -47,6 +47,7 @@ class GroupCommitter:
         self._last_callers = 0
         self._twin: sa.Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._conn: sa.Connection | None = None  # the twin's connection, used only in that thread
 
     def start(self) -> None:
         self._twin = sqlite_writer_twin(self.engine)
@@ -62,7 +63,7 @@ class GroupCommitter:
         if self._thread is not None:
             twin, thread = self._twin, self._thread
             self._twin = self._thread = None
-            await asyncio.get_running_loop().run_in_executor(thread, twin.dispose)  # type: ignore[union-attr]
+            await asyncio.get_running_loop().run_in_executor(thread, self._dispose_in_thread, twin)
             thread.shutdown(wait=True)
 
     async def submit(self, write: WriteBatch[T], item: T) -> None:
@@ -103,10 +104,27 @@ class GroupCommitter:
 
     def _commit_in_thread(self, batch: Batch) -> None:
         assert self._twin is not None
-        with self._twin.connect() as conn:
-            conn.info["write"] = True  # BEGIN IMMEDIATE
-            with conn.begin():
-                self._apply(conn, batch)
+        if self._conn is None:  # kept open between batches: a checkout per batch cost more than its SQL
+            self._conn = self._twin.connect()
+            self._conn.info["write"] = True  # BEGIN IMMEDIATE
+        try:
+            with self._conn.begin():
+                self._apply(self._conn, batch)
+        except Exception:
+            self._close_conn()  # the next batch starts from a fresh connection
+            raise
+
+    def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection is being dropped anyway
+                log.debug("%s: closing the writer connection failed", self.name, exc_info=True)
+
+    def _dispose_in_thread(self, twin: sa.Engine) -> None:
+        self._close_conn()
+        twin.dispose()
 
     async def _commit(self, batch: Batch) -> None:
         try:
