@@ -134,12 +134,11 @@ class ApplicationService:
         sharing.grant_finder = self.find_grant
 
     async def start(self) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        from node.schedule import periodic_scheduler
 
-        sched = AsyncIOScheduler(timezone="UTC")
-        sched.add_job(self._scheduled_check, "interval", seconds=self.check_interval_s, id="deadlines",
-                      max_instances=1, coalesce=True)
-        sched.add_job(self.mirror.resend_pending, "interval", seconds=30, id="resend", max_instances=1, coalesce=True)
+        sched = periodic_scheduler()
+        sched.add_job(self._scheduled_check, "interval", seconds=self.check_interval_s, id="deadlines")
+        sched.add_job(self.mirror.resend_pending, "interval", seconds=30, id="resend")
         sched.start()
         self._scheduler = sched
 

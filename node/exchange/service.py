@@ -132,14 +132,14 @@ class ExchangeService:
     # Life cycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        from node.schedule import periodic_scheduler
 
         async with self.engine.connect() as conn:
             rows = await store.all_sources(conn)
         for row in rows:
             self.sources[row.id] = self._open(row)
-        sched = AsyncIOScheduler(timezone="UTC")
-        sched.add_job(self.tick, "interval", seconds=TICK_S, id="exchange", max_instances=1, coalesce=True)
+        sched = periodic_scheduler()
+        sched.add_job(self.tick, "interval", seconds=TICK_S, id="exchange")
         sched.start()
         self._scheduler = sched
 

@@ -210,6 +210,7 @@ class FederationService:
         self._registry_pulled: dict[str, float] = {}  # peer -> when its registry feed was last read to its end
         self._tasks: set[asyncio.Task[Any]] = set()
         self._scheduler: Any = None
+        self._pull_round: asyncio.Task[Any] | None = None  # the scheduled round of pulls under way
 
     # Life cycle ---------------------------------------------------------------------------------
 
@@ -248,20 +249,20 @@ class FederationService:
         await self.client.close()
 
     def _start_scheduler(self) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        from node.schedule import periodic_scheduler
 
-        sched = AsyncIOScheduler(timezone="UTC")
-        sched.add_job(self.pull_all, "interval", seconds=self.pull_interval_s, id="pull", max_instances=1,
-                      coalesce=True)
-        sched.add_job(self.replay.prune, "interval", seconds=60, id="prune", max_instances=1, coalesce=True)
-        sched.add_job(self._reload_key_if_changed, "interval", seconds=2, id="key", max_instances=1, coalesce=True)
+        sched = periodic_scheduler()
+        sched.add_job(self._scheduled_pull, "interval", seconds=self.pull_interval_s, id="pull")
+        sched.add_job(self.replay.prune, "interval", seconds=60, id="prune")
+        sched.add_job(self._reload_key_if_changed, "interval", seconds=2, id="key")
         sched.start()
         self._scheduler = sched
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @property
     def joined(self) -> bool:
@@ -529,6 +530,14 @@ class FederationService:
             head = await read_counter(conn, feed.counter)
             rows = await feed.changes(conn, since, limit, nodes_in, nodes_out)
         return _page([feed.document(r) for r in rows], rows, limit, head, since)
+
+    async def _scheduled_pull(self) -> None:
+        """The scheduled round of pulls, started in the background unless the last one is still going (on a
+        saturated node a round can outlast the interval; it then simply runs on, without a warning a beat)."""
+        if self._pull_round is not None and not self._pull_round.done():
+            log.debug("the previous round of scheduled pulls is still running")
+            return
+        self._pull_round = self._spawn(self.pull_all())
 
     async def pull_all(self) -> None:
         if not self.joined:

@@ -85,13 +85,11 @@ class FeedbackService:
         self.federation.reply_handlers["feedback.submit"] = self.on_submit_refused
 
     async def start(self) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        from node.schedule import periodic_scheduler
 
-        sched = AsyncIOScheduler(timezone="UTC")
-        sched.add_job(self._scheduled_check, "interval", seconds=60, id="feedback-deadlines", max_instances=1,
-                      coalesce=True)
-        sched.add_job(self.mirror.resend_pending, "interval", seconds=30, id="feedback-resend", max_instances=1,
-                      coalesce=True)
+        sched = periodic_scheduler()
+        sched.add_job(self._scheduled_check, "interval", seconds=60, id="feedback-deadlines")
+        sched.add_job(self.mirror.resend_pending, "interval", seconds=30, id="feedback-resend")
         sched.start()
         self._scheduler = sched
 
