@@ -1,6 +1,9 @@
-"""Periodic jobs (APScheduler 3): the one way a service makes its scheduler."""
+"""Periodic jobs (APScheduler 3): the one way a service runs work on an interval."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -9,6 +12,23 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 # maintenance work, and the warnings say the node is overloaded.
 JOB_DEFAULTS = {"max_instances": 1, "coalesce": True}
 
+Job = Callable[[], Awaitable[Any]]
 
-def periodic_scheduler() -> AsyncIOScheduler:
-    return AsyncIOScheduler(timezone="UTC", job_defaults=dict(JOB_DEFAULTS))
+
+class PeriodicJobs:
+    """A service's interval jobs: `start` them (job, seconds, id) inside the event loop, `stop` at close."""
+
+    def __init__(self) -> None:
+        self._scheduler: AsyncIOScheduler | None = None
+
+    def start(self, *jobs: tuple[Job, float, str]) -> None:
+        scheduler = AsyncIOScheduler(timezone="UTC", job_defaults=dict(JOB_DEFAULTS))
+        for job, seconds, job_id in jobs:
+            scheduler.add_job(job, "interval", seconds=seconds, id=job_id)
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None

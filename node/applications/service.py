@@ -47,6 +47,7 @@ from node.ids import new_id, now_ms
 from node.mirror import Mirror
 from node.web import validation_details
 from node.workdays import add_working_days, cst_date, cst_iso, end_of_day_ms
+from node.schedule import PeriodicJobs
 
 log = logging.getLogger("govnode.applications")
 
@@ -115,7 +116,7 @@ class ApplicationService:
         # this clock (tests set it to a chosen day); trust checks of certificates use the real time.
         self.clock: Callable[[], int] = now_ms
         self.check_interval_s = 60.0
-        self._scheduler: Any = None
+        self._jobs = PeriodicJobs()
         # Grants issued here: id -> revoked_at (None while live). The provider is the authority on
         # revocation, and every revocation goes through this service, so the cache is never stale.
         self._revoked: dict[str, int | None] = {}
@@ -134,18 +135,11 @@ class ApplicationService:
         sharing.grant_finder = self.find_grant
 
     async def start(self) -> None:
-        from node.schedule import periodic_scheduler
-
-        sched = periodic_scheduler()
-        sched.add_job(self._scheduled_check, "interval", seconds=self.check_interval_s, id="deadlines")
-        sched.add_job(self.mirror.resend_pending, "interval", seconds=30, id="resend")
-        sched.start()
-        self._scheduler = sched
+        self._jobs.start((self._scheduled_check, self.check_interval_s, "deadlines"),
+                         (self.mirror.resend_pending, 30, "resend"))
 
     async def close(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        self._jobs.stop()
 
     async def _scheduled_check(self) -> None:
         try:

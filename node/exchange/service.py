@@ -48,6 +48,7 @@ from node.ids import new_id, now_ms
 from node.ops.metrics import Metrics
 from node.sharing.masking import masker
 from node.workdays import cst_iso
+from node.schedule import PeriodicJobs
 
 log = logging.getLogger("govnode.exchange")
 
@@ -113,7 +114,7 @@ class ExchangeService:
         self.data = data
         self.sealer = sealer
         self.sources: dict[str, Source] = {}
-        self._scheduler: Any = None
+        self._jobs = PeriodicJobs()
         self._closing = False
         self._m_up = metrics.gauge("govnode_exchange_source_up",
                                    "1 when the last attempt to read the table source succeeded, else 0",
@@ -132,21 +133,15 @@ class ExchangeService:
     # Life cycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from node.schedule import periodic_scheduler
-
         async with self.engine.connect() as conn:
             rows = await store.all_sources(conn)
         for row in rows:
             self.sources[row.id] = self._open(row)
-        sched = periodic_scheduler()
-        sched.add_job(self.tick, "interval", seconds=TICK_S, id="exchange")
-        sched.start()
-        self._scheduler = sched
+        self._jobs.start((self.tick, TICK_S, "exchange"))
 
     async def close(self) -> None:
         self._closing = True
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
+        self._jobs.stop()
         tasks = [s.task for s in self.sources.values() if s.running]
         for t in tasks:
             t.cancel()

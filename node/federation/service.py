@@ -41,6 +41,7 @@ from node.errors import STATUS_OF, ApiError
 from node.federation import store
 from node.federation.replay import Claim, ReplayGuard
 from node.ids import new_id, now_ms, resource_node
+from node.schedule import PeriodicJobs
 
 log = logging.getLogger("govnode.federation")
 
@@ -209,7 +210,7 @@ class FederationService:
         self.holder_key: bytes | None = None
         self._registry_pulled: dict[str, float] = {}  # peer -> when its registry feed was last read to its end
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._scheduler: Any = None
+        self._jobs = PeriodicJobs()
         self._pull_round: asyncio.Task[Any] | None = None  # the scheduled round of pulls under way
 
     # Life cycle ---------------------------------------------------------------------------------
@@ -228,15 +229,15 @@ class FederationService:
             pending = await store.outbox_depths(conn)
         for peer in pending:
             self.outbox.ensure(peer)
-        self._start_scheduler()
+        self._jobs.start((self._scheduled_pull, self.pull_interval_s, "pull"), (self.replay.prune, 60, "prune"),
+                         (self._reload_key_if_changed, 2, "key"))
         if self.trust is not None:
             if self.holder_key is None and self.parent is None:
                 await self._make_holder_key()
             self._spawn(self.pull_all())
 
     async def close(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
+        self._jobs.stop()
         await self.puller.close()
         await self.outbox.close()
         for t in list(self._tasks):
@@ -247,16 +248,6 @@ class FederationService:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         await self.client.close()
-
-    def _start_scheduler(self) -> None:
-        from node.schedule import periodic_scheduler
-
-        sched = periodic_scheduler()
-        sched.add_job(self._scheduled_pull, "interval", seconds=self.pull_interval_s, id="pull")
-        sched.add_job(self.replay.prune, "interval", seconds=60, id="prune")
-        sched.add_job(self._reload_key_if_changed, "interval", seconds=2, id="key")
-        sched.start()
-        self._scheduler = sched
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

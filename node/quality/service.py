@@ -40,6 +40,7 @@ from node.quality import store
 from node.quality.models import OPEN_FEEDBACK, Feedback, FeedbackCreate, Party, SubmittedFeedback
 from node.web import validation_details
 from node.workdays import add_working_days, cst_date, cst_iso
+from node.schedule import PeriodicJobs
 
 log = logging.getLogger("govnode.quality")
 
@@ -77,7 +78,7 @@ class FeedbackService:
         self.mirror = Mirror(engine, store.feedback, federation, node_id, "feedback.update", "feedback", "reporter")
         self.audit = audit
         self.clock: Callable[[], int] = now_ms  # tests set it to a chosen day
-        self._scheduler: Any = None
+        self._jobs = PeriodicJobs()
 
     def connect(self) -> None:
         self.federation.handlers["feedback.submit"] = self.on_submit
@@ -85,18 +86,11 @@ class FeedbackService:
         self.federation.reply_handlers["feedback.submit"] = self.on_submit_refused
 
     async def start(self) -> None:
-        from node.schedule import periodic_scheduler
-
-        sched = periodic_scheduler()
-        sched.add_job(self._scheduled_check, "interval", seconds=60, id="feedback-deadlines")
-        sched.add_job(self.mirror.resend_pending, "interval", seconds=30, id="feedback-resend")
-        sched.start()
-        self._scheduler = sched
+        self._jobs.start((self._scheduled_check, 60, "feedback-deadlines"),
+                         (self.mirror.resend_pending, 30, "feedback-resend"))
 
     async def close(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        self._jobs.stop()
 
     async def _scheduled_check(self) -> None:
         try:
