@@ -19,8 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from node.db import write_tx
 from node.federation.service import FederationService
 from node.ids import now_ms
+from node.workdays import cst_iso
 
 log = logging.getLogger("govnode.mirror")
+
+# The `by` of history events the node itself records (deadlines, refusals on receipt): <node>/platform.
+PLATFORM = "platform"
+
+
+def history_event(at: int, by: str, status: str, event: str, reason: str = "") -> dict[str, Any]:
+    """One entry of a mirrored document's `history`."""
+    return {"at": cst_iso(at), "by": by, "status": status, "event": event, "reason": reason}
 
 # A change younger than this may still be queued by the call that made it.
 RESEND_AFTER_MS = 20_000
@@ -42,6 +51,11 @@ class Mirror:
     def remote(self, doc: dict[str, Any]) -> bool:
         """Whether the document has a copy at another node (so its changes must be sent)."""
         return doc[self.party]["node"] != self.node_id
+
+    @property
+    def platform(self) -> str:
+        """This node as the author of the events it records itself."""
+        return f"{self.node_id}/{PLATFORM}"
 
     async def notify(self, doc: dict[str, Any]) -> None:
         """Queue the document's current state for the other node (nothing when that is this node)."""

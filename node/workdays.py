@@ -29,6 +29,11 @@ def cst_iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, CST).isoformat(timespec="seconds")
 
 
+def iso_ms(iso: str | None) -> int | None:
+    """The inverse of `cst_iso` (any ISO 8601 instant with an offset) in epoch milliseconds; None stays None."""
+    return None if iso is None else int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
 def end_of_day_ms(d: date) -> int:
     """The last millisecond of a China Standard Time calendar date."""
     start = datetime(d.year, d.month, d.day, tzinfo=CST) + timedelta(days=1)

@@ -24,7 +24,7 @@ import logging
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -44,9 +44,9 @@ from node.db import write_tx
 from node.errors import ApiError, Conflict, Forbidden, GrantRequired, InvalidInput, NotFound, ShareForbidden
 from node.federation.service import ASYNC_TTL_MS, FederationService
 from node.ids import new_id, now_ms
-from node.mirror import Mirror
+from node.mirror import Mirror, history_event
 from node.web import validation_details
-from node.workdays import add_working_days, cst_date, cst_iso, end_of_day_ms
+from node.workdays import add_working_days, cst_date, cst_iso, end_of_day_ms, iso_ms
 from node.schedule import PeriodicJobs
 
 log = logging.getLogger("govnode.applications")
@@ -54,12 +54,8 @@ log = logging.getLogger("govnode.applications")
 REVIEW_DAYS = 3
 DECISION_DAYS = 10
 DEFAULT_GRANT_DAYS = 365
-PLATFORM = "platform"          # the `by` of events the node itself records: <node>/platform
 _CACHE_LIMIT = 10_000
 
-
-def iso_ms(iso: str | None) -> int | None:
-    return None if iso is None else int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def row_of(doc: dict[str, Any], pending: bool) -> dict[str, Any]:
@@ -149,17 +145,10 @@ class ApplicationService:
 
     # Documents ----------------------------------------------------------------------------------------
 
-    def _event(self, at: int, by: str, status: str, event: str, reason: str = "") -> dict[str, Any]:
-        return {"at": cst_iso(at), "by": by, "status": status, "event": event, "reason": reason}
-
-    @property
-    def _platform(self) -> str:
-        return f"{self.node_id}/{PLATFORM}"
-
     def _calendar_note(self, doc: dict[str, Any], at: int, deadline: Any, step: str) -> None:
         note = deadline.note()
         if note:
-            doc["history"].append(self._event(at, self._platform, doc["status"], "calendar", f"{step}: {note}"))
+            doc["history"].append(history_event(at, self.mirror.platform, doc["status"], "calendar", f"{step}: {note}"))
 
     def _new_doc(self, *, app_id: str, body: ApplicationCreate, name: str | None, applicant: dict[str, str],
                  provider: dict[str, str], submitted: int, received: int | None) -> dict[str, Any]:
@@ -171,11 +160,11 @@ class ApplicationService:
             "received_at": cst_iso(received) if received is not None else None,
             "review_due": deadline.due.isoformat(), "reviewed_at": None, "decision_due": None, "decided_at": None,
             "overdue": False, "grant": None, "revoked_at": None,
-            "history": [self._event(submitted, f"{applicant['node']}/{applicant['dept']}", "submitted", "submitted")],
+            "history": [history_event(submitted, f"{applicant['node']}/{applicant['dept']}", "submitted", "submitted")],
             "version": 0,
         }
         if received is not None and provider["node"] != applicant["node"]:
-            doc["history"].append(self._event(received, self._platform, "submitted", "received"))
+            doc["history"].append(history_event(received, self.mirror.platform, "submitted", "received"))
         self._calendar_note(doc, received if received is not None else submitted, deadline, "review_due")
         return doc
 
@@ -280,7 +269,7 @@ class ApplicationService:
             doc = json.loads(row.doc)
             if doc["status"] in OPEN_STATUSES:
                 doc["status"] = "withdrawn"
-                doc["history"].append(self._event(self.clock(), acct.principal, "withdrawn", "withdrawn", reason))
+                doc["history"].append(history_event(self.clock(), acct.principal, "withdrawn", "withdrawn", reason))
                 await store.update_application(conn, app_id, row_of(doc, pending=False))
         return doc
 
@@ -303,11 +292,11 @@ class ApplicationService:
                 doc["status"] = "accepted"
                 deadline = add_working_days(cst_date(now), DECISION_DAYS)
                 doc["decision_due"] = deadline.due.isoformat()
-                doc["history"].append(self._event(now, acct.principal, "accepted", "accepted", body.reason))
+                doc["history"].append(history_event(now, acct.principal, "accepted", "accepted", body.reason))
                 self._calendar_note(doc, now, deadline, "decision_due")
             else:
                 doc["status"] = "rejected"
-                doc["history"].append(self._event(now, acct.principal, "rejected", "rejected", body.reason))
+                doc["history"].append(history_event(now, acct.principal, "rejected", "rejected", body.reason))
             doc["version"] += 1
             await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
         await self.mirror.notify(doc)
@@ -342,7 +331,7 @@ class ApplicationService:
                 await store.put_grant(conn, grant_row(grant, app_id, p["dept"]))
             else:
                 doc["status"] = "rejected"
-            doc["history"].append(self._event(now, acct.principal, doc["status"], doc["status"], body.reason))
+            doc["history"].append(history_event(now, acct.principal, doc["status"], doc["status"], body.reason))
             doc["version"] += 1
             await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
         if grant is not None:
@@ -421,7 +410,7 @@ class ApplicationService:
             if app is not None:
                 doc = json.loads(app.doc)
                 doc["revoked_at"] = cst_iso(now)
-                doc["history"].append(self._event(now, acct.principal, doc["status"], "revoked", reason))
+                doc["history"].append(history_event(now, acct.principal, doc["status"], "revoked", reason))
                 doc["version"] += 1
                 await store.update_application(conn, app.id, row_of(doc, pending=self.mirror.remote(doc)))
             row = await store.get_grant(conn, grant_id)
@@ -467,7 +456,7 @@ class ApplicationService:
                             applicant=sub.applicant.model_dump(), provider=provider, submitted=submitted, received=now)
         if problem is not None:
             doc["status"] = "rejected"
-            doc["history"].append(self._event(now, self._platform, "rejected", "rejected",
+            doc["history"].append(history_event(now, self.mirror.platform, "rejected", "rejected",
                                               f"refused on receipt: {problem.message}"))
         doc["version"] = 1
         try:
@@ -533,9 +522,9 @@ class ApplicationService:
             if doc["status"] in OPEN_STATUSES:
                 doc["status"] = "withdrawn"
                 doc["overdue"] = False
-                doc["history"].append(self._event(now, by, "withdrawn", "withdrawn", reason))
+                doc["history"].append(history_event(now, by, "withdrawn", "withdrawn", reason))
             else:
-                doc["history"].append(self._event(now, by, doc["status"], "withdraw_refused",
+                doc["history"].append(history_event(now, by, doc["status"], "withdraw_refused",
                                                   f"the application was already {doc['status']}"))
             doc["version"] += 1
             await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
@@ -564,12 +553,12 @@ class ApplicationService:
                 else:
                     continue
                 doc["overdue"] = True
-                doc["history"].append(self._event(now, self._platform, doc["status"], "overdue",
+                doc["history"].append(history_event(now, self.mirror.platform, doc["status"], "overdue",
                                                   f"{step} was due on {due}"))
                 doc["version"] += 1
                 await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
             await self.audit.record(
-                request_id=new_id(), actor=self._platform, role="system", action="applications.overdue",
+                request_id=new_id(), actor=self.mirror.platform, role="system", action="applications.overdue",
                 method="", path="", outcome="ok", status=0, resource=doc["resource"],
                 details={"application": app_id, "step": "review" if doc["status"] == "submitted" else "decision",
                          "due": due, "applicant": f"{doc['applicant']['node']}/{doc['applicant']['dept']}",

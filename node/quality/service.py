@@ -19,7 +19,6 @@ import logging
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,24 +34,20 @@ from node.db import write_tx
 from node.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
 from node.federation.service import ASYNC_TTL_MS, FederationService
 from node.ids import new_id, now_ms
-from node.mirror import Mirror
+from node.mirror import Mirror, history_event
 from node.quality import store
 from node.quality.models import OPEN_FEEDBACK, Feedback, FeedbackCreate, Party, SubmittedFeedback
 from node.web import validation_details
-from node.workdays import add_working_days, cst_date, cst_iso
+from node.workdays import add_working_days, cst_date, cst_iso, iso_ms
 from node.schedule import PeriodicJobs
 
 log = logging.getLogger("govnode.quality")
 
 DUE_DAYS = 10
-PLATFORM = "platform"
 # What the providing department may do from each status.
 TRANSITIONS = {"confirm": (("open",), "confirmed"), "correct": (OPEN_FEEDBACK, "corrected"),
                "reject": (OPEN_FEEDBACK, "rejected")}
 
-
-def _ms(iso: str | None) -> int | None:
-    return None if iso is None else int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def row_of(doc: dict[str, Any], pending: bool) -> dict[str, Any]:
@@ -61,7 +56,7 @@ def row_of(doc: dict[str, Any], pending: bool) -> dict[str, Any]:
         "reporter_node": doc["reporter"]["node"], "reporter_dept": doc["reporter"]["dept"],
         "provider_node": doc["provider"]["node"], "provider_dept": doc["provider"]["dept"],
         "status": doc["status"], "overdue": doc["overdue"], "due": doc["due"],
-        "submitted_at": _ms(doc["submitted_at"]), "resolved_at": _ms(doc.get("resolved_at")),
+        "submitted_at": iso_ms(doc["submitted_at"]), "resolved_at": iso_ms(doc.get("resolved_at")),
         "version": doc["version"], "notify_pending": pending, "updated_at": now_ms(),
         "doc": json.dumps(doc, ensure_ascii=False),
     }
@@ -100,13 +95,6 @@ class FeedbackService:
 
     # Documents ------------------------------------------------------------------------------------------
 
-    def _event(self, at: int, by: str, status: str, event: str, reason: str = "") -> dict[str, Any]:
-        return {"at": cst_iso(at), "by": by, "status": status, "event": event, "reason": reason}
-
-    @property
-    def _platform(self) -> str:
-        return f"{self.node_id}/{PLATFORM}"
-
     def _new_doc(self, sub: SubmittedFeedback, name: str | None, received: int | None) -> dict[str, Any]:
         deadline = add_working_days(cst_date(sub.submitted_at), DUE_DAYS)
         doc: dict[str, Any] = {
@@ -116,14 +104,15 @@ class FeedbackService:
             "status": "open", "submitted_at": cst_iso(sub.submitted_at),
             "received_at": cst_iso(received) if received is not None else None,
             "due": deadline.due.isoformat(), "overdue": False, "resolved_at": None, "late": False,
-            "history": [self._event(sub.submitted_at, f"{sub.reporter.node}/{sub.reporter.dept}", "open", "submitted")],
+            "history": [history_event(sub.submitted_at, f"{sub.reporter.node}/{sub.reporter.dept}", "open",
+                                      "submitted")],
             "version": 0,
         }
         if received is not None and sub.reporter.node != sub.provider.node:
-            doc["history"].append(self._event(received, self._platform, "open", "received"))
+            doc["history"].append(history_event(received, self.mirror.platform, "open", "received"))
         note = deadline.note()
         if note:
-            doc["history"].append(self._event(received or sub.submitted_at, self._platform, "open", "calendar",
+            doc["history"].append(history_event(received or sub.submitted_at, self.mirror.platform, "open", "calendar",
                                               f"due: {note}"))
         return doc
 
@@ -222,7 +211,7 @@ class FeedbackService:
                 doc["resolved_at"] = cst_iso(now)
                 doc["late"] = cst_date(now).isoformat() > doc["due"]
                 doc["overdue"] = False
-            doc["history"].append(self._event(now, acct.principal, status, status, reason.strip()))
+            doc["history"].append(history_event(now, acct.principal, status, status, reason.strip()))
             doc["version"] += 1
             await store.update_feedback(conn, fb_id, row_of(doc, pending=self.mirror.remote(doc)))
         await self.mirror.notify(doc)
@@ -263,7 +252,7 @@ class FeedbackService:
         if problem is not None:
             doc["status"] = "rejected"
             doc["resolved_at"] = cst_iso(now)
-            doc["history"].append(self._event(now, self._platform, "rejected", "rejected",
+            doc["history"].append(history_event(now, self.mirror.platform, "rejected", "rejected",
                                               f"refused on receipt: {problem.message}"))
         doc["version"] = 1
         try:
@@ -312,7 +301,7 @@ class FeedbackService:
             now = self.clock()
             doc["status"] = "rejected"
             doc["resolved_at"] = cst_iso(now)
-            doc["history"].append(self._event(now, self._platform, "rejected", "not_delivered",
+            doc["history"].append(history_event(now, self.mirror.platform, "rejected", "not_delivered",
                                               f"{err.get('code', 'error')}: {err.get('message', '')}"[:500]))
             await store.update_feedback(conn, fb_id, row_of(doc, pending=False))
 
@@ -331,12 +320,12 @@ class FeedbackService:
                     continue
                 doc = json.loads(row.doc)
                 doc["overdue"] = True
-                doc["history"].append(self._event(now, self._platform, doc["status"], "overdue",
+                doc["history"].append(history_event(now, self.mirror.platform, doc["status"], "overdue",
                                                   f"an answer was due on {doc['due']}"))
                 doc["version"] += 1
                 await store.update_feedback(conn, fb_id, row_of(doc, pending=self.mirror.remote(doc)))
             await self.audit.record(
-                request_id=new_id(), actor=self._platform, role="system", action="feedback.overdue", method="",
+                request_id=new_id(), actor=self.mirror.platform, role="system", action="feedback.overdue", method="",
                 path="", outcome="ok", status=0, resource=doc["resource"],
                 details={"feedback": fb_id, "due": doc["due"],
                          "reporter": f"{doc['reporter']['node']}/{doc['reporter']['dept']}",
