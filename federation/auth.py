@@ -66,9 +66,15 @@ class AuthParams:
 
 
 def request_signing_bytes(
-    method: str, uri: str, origin: str, destination: str, ts: int, nonce: str, content: Any = None
+    method: str, uri: str, origin: str, destination: str, ts: int, nonce: str, content: Any = None,
+    *, content_json: bytes | None = None,
 ) -> bytes:
-    """The canonical JSON a request signature covers."""
+    """The canonical JSON a request signature covers.
+
+    ``content_json``, when the caller holds it, is ``encode_canonical_json(content)`` (the body as sent or
+    received): it is spliced in rather than encoded again. That is exact because ``content`` sorts before
+    every other key of the signed object, so its encoding comes first, right after the opening brace.
+    """
     signed: dict[str, Any] = {
         "method": method.upper(),
         "uri": uri,
@@ -77,9 +83,12 @@ def request_signing_bytes(
         "ts": ts,
         "nonce": nonce,
     }
-    if content is not None:
+    if content is None:
+        return encode_canonical_json(signed)
+    if content_json is None:
         signed["content"] = content
-    return encode_canonical_json(signed)
+        return encode_canonical_json(signed)
+    return b'{"content":' + content_json + b"," + encode_canonical_json(signed)[1:]
 
 
 def make_authorization(
@@ -91,13 +100,17 @@ def make_authorization(
     content: Any = None,
     ts: int | None = None,
     nonce: str | None = None,
+    *,
+    content_json: bytes | None = None,
 ) -> str:
-    """Return the ``Authorization`` header value for a request from ``origin`` to ``destination``."""
+    """Return the ``Authorization`` header value for a request from ``origin`` to ``destination``
+    (``content_json``: the body's canonical JSON when the caller already encoded it)."""
     ts = int(time.time() * 1000) if ts is None else ts
     nonce = secrets.token_urlsafe(18) if nonce is None else nonce  # 24 URL-safe chars
     if not _NONCE.fullmatch(nonce):
         raise ValueError("nonce must be 16-128 URL-safe characters")
-    sig = encode_b64(key.sign(request_signing_bytes(method, uri, origin, destination, ts, nonce, content)))
+    sig = encode_b64(key.sign(request_signing_bytes(method, uri, origin, destination, ts, nonce, content,
+                                                    content_json=content_json)))
     return (
         f'{SCHEME} origin="{origin}",destination="{destination}",key="{key.key_id}",'
         f'ts="{ts}",nonce="{nonce}",sig="{sig}"'
@@ -154,10 +167,13 @@ def verify_authorization(
     self_node: str,
     now_ms: int,
     max_skew_ms: int = MAX_SKEW_MS,
+    *,
+    content_json: bytes | None = None,
 ) -> None:
     """Check destination, clock skew and signature; raise ``AuthError`` on the first failure.
 
-    ``verify_key`` is the origin's current key named by ``params.key_id``. Codes:
+    ``verify_key`` is the origin's current key named by ``params.key_id``; ``content_json``, when given,
+    is ``encode_canonical_json(content)`` already computed by the caller. Codes:
     ``UNAUTHENTICATED`` (addressed to another node), ``CLOCK_SKEW``, ``SIGNATURE_INVALID``.
     """
     if params.destination != self_node:
@@ -170,7 +186,8 @@ def verify_authorization(
         )
     try:
         message = request_signing_bytes(
-            method, uri, params.origin, params.destination, params.ts, params.nonce, content
+            method, uri, params.origin, params.destination, params.ts, params.nonce, content,
+            content_json=content_json,
         )
     except CanonicalJSONError as exc:
         raise AuthError("SIGNATURE_INVALID", f"request body is not canonical JSON: {exc.message}") from None

@@ -27,9 +27,14 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"))
 
 
-def encode_canonical_json(obj: object) -> bytes:
-    """Return the canonical JSON encoding of ``obj`` as UTF-8 bytes."""
-    check_canonical_value(obj)
+def encode_canonical_json(obj: object, *, checked: bool = False) -> bytes:
+    """Return the canonical JSON encoding of ``obj`` as UTF-8 bytes.
+
+    ``checked=True`` skips the domain check, for a value already passed through
+    :func:`check_canonical_value` (or built from such values) by the caller.
+    """
+    if not checked:
+        check_canonical_value(obj)
     return _encoder.encode(obj).encode("utf-8")
 
 

@@ -53,11 +53,10 @@ class PeerClient:
             raise PeerError("PEER_UNREACHABLE", "the peer client is closed", {"hop": peer})
         uri = path
         origin = origin or self.node_id
-        auth = make_authorization(method, uri, origin, peer, self._key(), content=content)
-        headers = {"Authorization": auth}
-        data = None
-        if content is not None:
-            data = encode_canonical_json(content)
+        data = None if content is None else encode_canonical_json(content)
+        headers = {"Authorization": make_authorization(method, uri, origin, peer, self._key(), content=content,
+                                                       content_json=data)}
+        if data is not None:
             headers["Content-Type"] = "application/json"
         # The signature covers the request target as sent: stop the client from re-quoting it.
         url = URL(endpoint.rstrip("/") + path, encoded=True)
@@ -65,7 +64,7 @@ class PeerClient:
         try:
             async with asyncio.timeout(max(timeout, 0.001)):
                 async with self._session.request(method, url, data=data, headers=headers) as resp:
-                    text = await resp.text()
+                    raw = await resp.read()
         except TimeoutError:
             raise PeerError("PEER_TIMEOUT", f"{peer} did not answer within {timeout:.1f} s", {"hop": peer}) from None
         except aiohttp.ClientError as exc:
@@ -73,7 +72,7 @@ class PeerClient:
             raise PeerError("PEER_UNREACHABLE", f"{peer} ({host}) is unreachable: {type(exc).__name__}",
                             {"hop": peer}) from None
         try:
-            body = json.loads(text) if text else None
+            body = json.loads(raw) if raw.strip() else None
         except ValueError:
             raise PeerError("PEER_UNREACHABLE", f"{peer} answered with something that is not JSON",
                             {"hop": peer}, status=resp.status) from None

@@ -17,7 +17,7 @@ from ulid import ULID
 from federation.canonical import check_canonical_value
 from federation.certs import Millis, NodeId, Signatures, TrustStore
 from federation.errors import CanonicalJSONError, EnvelopeError, SignatureError, TrustError, summary, validation_details
-from federation.signing import SigningKey, sign_json, verify_signed_json
+from federation.signing import SigningKey, sign_json, signed_bytes, verify_signed_json
 
 __all__ = [
     "DEFAULT_TTL_MS",
@@ -109,13 +109,19 @@ def make_envelope(
     return envelope
 
 
-def sign_envelope(envelope: Mapping[str, Any], node: str, key: SigningKey) -> dict[str, Any]:
-    """Return a copy of ``envelope`` with ``node``'s signature added (origin or relay)."""
-    return sign_json(envelope, node, key)
+def sign_envelope(envelope: Mapping[str, Any], node: str, key: SigningKey, *, message: bytes | None = None) -> dict[str, Any]:
+    """Return a copy of ``envelope`` with ``node``'s signature added (origin or relay); ``message`` is its
+    signed bytes when the caller holds them (a relay has them from checking the origin's signature)."""
+    return sign_json(envelope, node, key, message=message)
 
 
-def verify_envelope_origin(envelope: Mapping[str, Any], trust: TrustStore, now_ms: int) -> None:
-    """Check shape, kind, expiry and the origin's signature.
+def verify_envelope_origin(envelope: Mapping[str, Any], trust: TrustStore, now_ms: int, *,
+                           checked: bool = False) -> bytes:
+    """Check shape, kind, expiry and the origin's signature; return the envelope's signed bytes (what
+    every signature on it covers, for the relays' signatures and the caller's own).
+
+    ``checked=True``: the envelope is known to be inside the canonical JSON domain (it was parsed from a
+    body already checked), so that check is not repeated.
 
     The keys are those of the origin's certificate that were valid when the envelope was sent (SPEC §3:
     an old key still verifies what was signed before its ``expired_at``), so an envelope that waited in
@@ -127,7 +133,7 @@ def verify_envelope_origin(envelope: Mapping[str, Any], trust: TrustStore, now_m
     chain does not verify, or its signature is missing or bad; ``details.trust`` holds the
     ``TrustError`` code when the chain failed).
     """
-    _check_shape(envelope)
+    _check_shape(envelope, canonical_checked=checked)
     origin = envelope["origin"]
     if now_ms >= envelope["expires_at"]:
         raise EnvelopeError("EXPIRED", f"envelope {envelope['id']} expired at {envelope['expires_at']}")
@@ -136,10 +142,12 @@ def verify_envelope_origin(envelope: Mapping[str, Any], trust: TrustStore, now_m
     except TrustError as exc:
         code = "REVOKED" if exc.code == "REVOKED" else "SIGNATURE_INVALID"
         raise EnvelopeError(code, f"origin {origin}: {exc.message}", {"trust": exc.code}) from None
+    message = signed_bytes(envelope, checked=True)
     try:
-        verify_signed_json(envelope, origin, keys)
+        verify_signed_json(envelope, origin, keys, message=message)
     except SignatureError as exc:
         raise EnvelopeError("SIGNATURE_INVALID", f"envelope {envelope['id']}: {exc.message}") from None
+    return message
 
 
 def hop_count(envelope: Mapping[str, Any]) -> int:
@@ -170,10 +178,11 @@ def next_hop(
     return parent
 
 
-def _check_shape(envelope: Mapping[str, Any]) -> None:
+def _check_shape(envelope: Mapping[str, Any], canonical_checked: bool = False) -> None:
     try:
         Envelope.model_validate(envelope, strict=True)
-        check_canonical_value(envelope)
+        if not canonical_checked:
+            check_canonical_value(envelope)
     except ValidationError as exc:
         details = validation_details(exc)
         raise EnvelopeError("INVALID_INPUT", f"malformed envelope: {summary(details)}", details) from None

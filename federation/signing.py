@@ -171,17 +171,23 @@ def read_signing_key_file(path: str | os.PathLike[str]) -> SigningKey:
     return SigningKey(nacl.signing.SigningKey(seed), version)
 
 
-def signed_bytes(obj: Mapping[str, Any]) -> bytes:
-    """Canonical JSON of ``obj`` without ``signatures`` and ``unsigned``: what gets signed."""
-    return encode_canonical_json({k: v for k, v in obj.items() if k not in ("signatures", "unsigned")})
+def signed_bytes(obj: Mapping[str, Any], *, checked: bool = False) -> bytes:
+    """Canonical JSON of ``obj`` without ``signatures`` and ``unsigned``: what gets signed.
+
+    ``checked=True``: ``obj`` is known to be inside the canonical JSON domain (see ``encode_canonical_json``).
+    """
+    return encode_canonical_json({k: v for k, v in obj.items() if k not in ("signatures", "unsigned")},
+                                 checked=checked)
 
 
-def sign_json(obj: Mapping[str, Any], signer: str, key: SigningKey) -> dict[str, Any]:
+def sign_json(obj: Mapping[str, Any], signer: str, key: SigningKey, *, message: bytes | None = None) -> dict[str, Any]:
     """Return a copy of ``obj`` with ``signatures[signer][key.key_id]`` added.
 
     Other signatures are kept; ``unsigned`` is carried over but not signed. ``obj`` is not modified.
+    ``message``, when the caller already holds it, is ``signed_bytes(obj)`` (one encoding serves a
+    relay's checks and its own signature).
     """
-    signature = encode_b64(key.sign(signed_bytes(obj)))
+    signature = encode_b64(key.sign(signed_bytes(obj) if message is None else message))
     signatures = {name: dict(by_key) for name, by_key in _signatures_of(obj).items()}
     signatures.setdefault(signer, {})[key.key_id] = signature
     return {**obj, "signatures": signatures}
@@ -205,12 +211,15 @@ def verify_signed_json(
     obj: Mapping[str, Any],
     signer: str,
     verify_keys: Mapping[str, nacl.signing.VerifyKey | str],
+    *,
+    message: bytes | None = None,
 ) -> str:
     """Verify ``signer``'s signature on ``obj`` with one of ``verify_keys`` (key id -> key or b64).
 
     Returns the key id that verified. Raises :class:`SignatureError` when the signer did not sign,
     signed only with unknown key ids, or every signature with a known key id is bad.
     May raise ``CanonicalJSONError`` when ``obj`` is outside the canonical JSON domain.
+    ``message``, when given, is ``signed_bytes(obj)`` already computed by the caller.
     """
     by_key = _signatures_of(obj).get(signer)
     if not by_key:
@@ -221,7 +230,8 @@ def verify_signed_json(
             f"no signature from {signer} with a known key id (has {sorted(by_key)})",
             {"signer": signer, "key_ids": sorted(by_key)},
         )
-    message = signed_bytes(obj)
+    if message is None:
+        message = signed_bytes(obj)
     failures: list[str] = []
     for key_id in known:
         try:

@@ -29,16 +29,17 @@ async def _check(request: web.Request, allow_self: bool = False) -> tuple[str, A
     """Read the body (if any) and check the hop's Authorization; returns (origin, parsed body, the claim
     of its nonce, not yet durable)."""
     raw = await read_body(request, MAX_FEDERATION_BODY)
-    content = None
+    content = canonical = None
     if raw.strip():
         try:
             content = json.loads(raw)
-            encode_canonical_json(content)
+            canonical = encode_canonical_json(content)  # checks the value; the signature covers these bytes
         except ValueError as exc:
             msg = exc.message if isinstance(exc, CanonicalJSONError) else "the body is not valid JSON"
             raise InvalidInput(msg) from None
     origin, claim = request.app[FEDERATION].check_hop(
-        request.method, request.raw_path, request.headers.get("Authorization"), content, allow_self=allow_self
+        request.method, request.raw_path, request.headers.get("Authorization"), content, allow_self=allow_self,
+        content_json=canonical,
     )
     return origin, content, claim
 
@@ -113,7 +114,7 @@ async def notify(request: web.Request) -> web.Response:
 async def messages(request: web.Request) -> web.Response:
     origin, body, claim = await _check(request)
     try:
-        answer = await request.app[FEDERATION].handle_message(origin, body, request[REQUEST_ID], claim)
+        answer = await request.app[FEDERATION].handle_message(origin, body, request[REQUEST_ID], claim, checked=True)
     except BaseException:
         claim.durable()  # a refused envelope's hop nonce is remembered all the same
         raise

@@ -27,8 +27,8 @@ from federation.errors import AuthError, EnvelopeError, FederationError, Signatu
 from federation.feeds import FeedPuller
 from federation.outbox import OutboxSender
 from federation.signing import (
-    SigningKey, decode_b64, encode_b64, generate_signing_key, read_signing_key_file, sign_json, verify_key_b64,
-    verify_signed_json, write_signing_key_file,
+    SigningKey, decode_b64, encode_b64, generate_signing_key, read_signing_key_file, sign_json, signed_bytes,
+    verify_key_b64, verify_signed_json, write_signing_key_file,
 )
 from node import __version__
 from node.audit.service import AuditLog
@@ -434,9 +434,10 @@ class FederationService:
         return origin
 
     def check_hop(self, method: str, uri: str, header: str | None, content: Any,
-                  allow_self: bool = False) -> tuple[str, Claim]:
+                  allow_self: bool = False, *, content_json: bytes | None = None) -> tuple[str, Claim]:
         """Check a hop's Authorization (SPEC §4); returns the origin and the claim of its nonce, which the
-        caller makes durable before answering. Raises ApiError in the SPEC's terms."""
+        caller makes durable before answering. Raises ApiError in the SPEC's terms. `content_json` is the
+        body's canonical JSON when the caller has it (it checked the body with it)."""
         try:
             params = parse_authorization(header)
         except AuthError as exc:
@@ -455,7 +456,7 @@ class FederationService:
         if key is None:
             raise ApiError(f"{params.origin} has no current key {params.key_id}", code="SIGNATURE_INVALID")
         try:
-            verify_authorization(params, method, uri, content, key, self.node_id, now)
+            verify_authorization(params, method, uri, content, key, self.node_id, now, content_json=content_json)
         except AuthError as exc:
             raise ApiError(exc.message, exc.details, code=exc.code) from None
         if not (params.origin in self.neighbours() or (allow_self and params.origin == self.node_id)):
@@ -759,8 +760,12 @@ class FederationService:
         return next_hop(self.node_id, destination, children, self.parent, trust.known_nodes())
 
     async def handle_message(self, hop_origin: str | None, env: Any, request_id: str,
-                             hop_claim: Claim | None = None) -> dict[str, Any]:
+                             hop_claim: Claim | None = None, *, checked: bool = False) -> dict[str, Any]:
         """Deliver or relay one envelope; returns the signed answer envelope (reply or error).
+
+        `checked`: the envelope was parsed from a body already found inside the canonical JSON domain.
+        Its signed bytes are encoded once, and serve the origin's signature, the previous relay's and
+        this node's own.
 
         `hop_claim` is the hop's nonce, claimed but not yet durable: with the envelope id's claim it is
         made durable before the destination acts (after, for a read, in one commit with its audit
@@ -770,11 +775,12 @@ class FederationService:
         if not isinstance(env, dict):
             raise ApiError("the body must be an envelope object", code="INVALID_INPUT")
         try:
-            verify_envelope_origin(env, trust, now_ms())
+            message = verify_envelope_origin(env, trust, now_ms(), checked=checked)
             if hop_origin is not None and hop_origin != env["origin"]:
                 # A relay signed on its way through, at or after sent_at: its keys of that time verify it.
                 verify_signed_json(env, hop_origin,
-                                   trust.verify_keys_for(hop_origin, at_ms=env["sent_at"], now_ms=now_ms()))
+                                   trust.verify_keys_for(hop_origin, at_ms=env["sent_at"], now_ms=now_ms()),
+                                   message=message)
         except (EnvelopeError, SignatureError, TrustError) as exc:
             raise _api_error(exc) from None
         if env["kind"] in ("reply", "error"):
@@ -823,12 +829,12 @@ class FederationService:
                                                           {"hop": self.node_id}, code="NODE_UNKNOWN"))
             elif is_async:
                 await durable
-                await self._enqueue_message(hop, sign_envelope(env, self.node_id, self.key))
+                await self._enqueue_message(hop, sign_envelope(env, self.node_id, self.key, message=message))
                 answer = self._answer(env, "reply", {"accepted": True, "queued_at": self.node_id})
             else:
                 # The relay's record commits with this hop's claims while the next hop works.
                 record = self.audit.enqueue(**audit_fields("ok"))
-                answer = await self._forward(hop, env)
+                answer = await self._forward(hop, env, message)
             if answer["kind"] == "error":
                 outcome = answer["body"].get("error", {}).get("code", "error")
         finally:
@@ -872,9 +878,9 @@ class FederationService:
                 return path[1:] or [self.node_id]
         return sorted(signers - {env["origin"], self.node_id}) + [self.node_id]
 
-    async def _forward(self, hop: str, env: dict[str, Any]) -> dict[str, Any]:
+    async def _forward(self, hop: str, env: dict[str, Any], message: bytes) -> dict[str, Any]:
         remaining = _hop_deadline_s(env)
-        signed = sign_envelope(env, self.node_id, self.key)
+        signed = sign_envelope(env, self.node_id, self.key, message=message)
         if remaining <= 0:
             return self._error_answer(env, ApiError("the envelope expired", {"hop": self.node_id}, code="PEER_TIMEOUT"))
         try:
@@ -894,8 +900,11 @@ class FederationService:
 
     def _answer(self, env: dict[str, Any], kind: str, body: dict[str, Any]) -> dict[str, Any]:
         ttl = max(1000, env["expires_at"] - now_ms())
-        answer = make_envelope(kind, self.node_id, env["origin"], body, ttl_ms=ttl, in_reply_to=env["id"])
-        return sign_envelope(answer, self.node_id, self.key)
+        return self._signed(make_envelope(kind, self.node_id, env["origin"], body, ttl_ms=ttl, in_reply_to=env["id"]))
+
+    def _signed(self, env: dict[str, Any]) -> dict[str, Any]:
+        """Sign an envelope this node just made (`make_envelope` checked it is canonical JSON)."""
+        return sign_envelope(env, self.node_id, self.key, message=signed_bytes(env, checked=True))
 
     def _error_answer(self, env: dict[str, Any], err: ApiError) -> dict[str, Any]:
         return self._answer(env, "error", err.body(None))
@@ -913,8 +922,7 @@ class FederationService:
         An error answer is raised as ApiError (its code and details, e.g. the hop that failed).
         """
         self.require_joined()
-        env = sign_envelope(make_envelope(kind, self.node_id, destination, body, ttl_ms=ttl_ms),
-                            self.node_id, self.key)
+        env = self._signed(make_envelope(kind, self.node_id, destination, body, ttl_ms=ttl_ms))
         hop = self.route(destination)
         if hop is None:
             raise ApiError(f"node {destination} is in no known subtree", {"node": destination}, code="NODE_UNKNOWN")
@@ -952,8 +960,7 @@ class FederationService:
     async def send_async(self, kind: str, destination: str, body: dict[str, Any]) -> str:
         """Queue a message for `destination` in the durable outbox; returns its id."""
         self.require_joined()
-        env = sign_envelope(make_envelope(kind, self.node_id, destination, body, ttl_ms=ASYNC_TTL_MS),
-                            self.node_id, self.key)
+        env = self._signed(make_envelope(kind, self.node_id, destination, body, ttl_ms=ASYNC_TTL_MS))
         hop = self.route(destination)
         if hop is None:
             raise ApiError(f"node {destination} is in no known subtree", code="NODE_UNKNOWN")

@@ -6,8 +6,11 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from federation.auth import AuthParams, make_authorization, parse_authorization, verify_authorization
+from federation.auth import (AuthParams, make_authorization, parse_authorization, request_signing_bytes,
+                             verify_authorization)
 from federation.canonical import encode_canonical_json
 from federation.errors import AuthError
 from federation.signing import decode_b64, generate_signing_key
@@ -87,6 +90,28 @@ def test_signed_object_has_integer_ts_and_content_only_with_a_body() -> None:
         {"method": "GET", "uri": URI, "origin": "370321", "destination": "370300", "ts": NOW, "nonce": "n" * 16}
     )
     KEY.verify_key.verify(expected, decode_b64(params.sig))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(st.characters(exclude_categories=["Cs"])),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(content=JSON_VALUES.filter(lambda v: v is not None))
+def test_body_bytes_spliced_into_the_signed_object_are_its_full_encoding(content: Any) -> None:
+    """A relay passes the body's canonical JSON on rather than encoding the body again: the result must be
+    byte for byte what encoding the whole signed object gives, whatever the body holds."""
+    args = ("POST", "/federation/v1/messages", "370300", "370000", NOW, "n" * 16)
+    whole = request_signing_bytes(*args, content)
+    assert request_signing_bytes(*args, content, content_json=encode_canonical_json(content)) == whole
+    assert whole == encode_canonical_json(dict(zip(("method", "uri", "origin", "destination", "ts", "nonce"), args),
+                                               content=content))
+    spliced = header(content=content, content_json=encode_canonical_json(content))
+    verify(spliced, content=content)  # a header made from the bytes verifies the plain way
+    verify(header(content=content), content=content, content_json=encode_canonical_json(content))
+    assert auth_code(verify, spliced, content=content, content_json=encode_canonical_json([content])) == "SIGNATURE_INVALID"
 
 
 def test_nonces_are_random() -> None:
