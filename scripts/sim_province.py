@@ -199,8 +199,14 @@ class _Collect(logging.Handler):
         kind = f"{record.levelname} {record.name}: " + re.sub(r"\d[\d:.\- ]*", "#", msg)[:70]
         if kind in self.kinds:
             self.kinds[kind][0] += 1
-        else:
-            self.kinds[kind] = [1, f"{record.levelname} {record.name}: {msg[:240]}"]
+            return
+        first = f"{record.levelname} {record.name}: {msg[:240]}"
+        if record.exc_info and record.exc_info[1] is not None:  # an error's cause: where and what was raised
+            exc = record.exc_info[1]
+            ours = [f for f in traceback.extract_tb(exc.__traceback__) if str(REPO) in f.filename]
+            where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+            first += f"\n              ({type(exc).__name__}{where}: {str(exc)[:300]})"
+        self.kinds[kind] = [1, first]
 
 
 @dataclass
