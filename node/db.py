@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from node.config import DatabaseConfig
+from node.errors import ApiError
 
 metadata = sa.MetaData(
     naming_convention={
@@ -124,17 +125,64 @@ async def _upgrade_now(engine: AsyncEngine, schema: str | None) -> None:
         await conn.run_sync(_upgrade)
 
 
+# SQLite has one writer per file. Left to SQLite, writers of the same node wait for each other in its busy
+# handler, which sleeps and retries (up to 100 ms between tries) in no order: under a burst of writes one
+# writer (the audit journal, say) can lose every race until its busy timeout (30 s) runs out. The node's
+# own writers therefore queue in first-come order on one asyncio lock per database and event loop, and
+# SQLite's busy wait is left to other processes (the `govnode` commands). PostgreSQL needs none of this.
+_write_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[sa.Engine, asyncio.Lock]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
+    """The lock this event loop's writers of an SQLite database take before BEGIN IMMEDIATE (None for
+    PostgreSQL). Every write transaction of the node takes it: `write_tx` and the journal."""
+    if engine.dialect.name != "sqlite":
+        return None
+    per_engine = _write_locks.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    lock = per_engine.get(engine.sync_engine)
+    if lock is None:
+        lock = per_engine[engine.sync_engine] = asyncio.Lock()
+    return lock
+
+
+WRITE_QUEUE_TIMEOUT_S = 30.0  # as long as SQLite's own busy timeout
+
+
+@asynccontextmanager
+async def queued_write(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Hold this node's turn to write to its SQLite database (nothing for PostgreSQL). Waiting longer than
+    SQLite itself would is answered 503 UNAVAILABLE, as a busy database was before the queue."""
+    lock = sqlite_write_lock(engine)
+    if lock is None:
+        yield
+        return
+    try:
+        async with asyncio.timeout(WRITE_QUEUE_TIMEOUT_S):
+            await lock.acquire()
+    except TimeoutError:
+        raise ApiError(f"the database stayed busy for {WRITE_QUEUE_TIMEOUT_S:g} s; try again",
+                       code="UNAVAILABLE") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @asynccontextmanager
 async def write_tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One write transaction; on SQLite it takes the write lock at BEGIN (BEGIN IMMEDIATE), so two
-    writers never deadlock upgrading read locks. Commits on success, rolls back on any exception."""
-    async with engine.connect() as conn:
-        conn.sync_connection.info["write"] = True  # type: ignore[union-attr]
-        try:
-            async with conn.begin():
-                yield conn
-        finally:
-            conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
+    writers never deadlock upgrading read locks, after queuing for it in this process (`queued_write`).
+    Commits on success, rolls back on any exception."""
+    async with queued_write(engine):
+        async with engine.connect() as conn:
+            conn.sync_connection.info["write"] = True  # type: ignore[union-attr]
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
 
 
 def next_counter_sync(conn: sa.Connection, name: str, n: int = 1) -> int:

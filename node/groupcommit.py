@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from node.db import sqlite_writer_twin, write_tx
+from node.db import queued_write, sqlite_writer_twin, write_tx
 from node.errors import ApiError
 
 log = logging.getLogger("govnode.groupcommit")
@@ -129,7 +129,8 @@ class GroupCommitter:
     async def _commit(self, batch: Batch) -> None:
         try:
             if self._thread is not None:
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._commit_in_thread, batch)
+                async with queued_write(self.engine):  # in turn with the node's other writers
+                    await asyncio.get_running_loop().run_in_executor(self._thread, self._commit_in_thread, batch)
             else:
                 async with write_tx(self.engine) as conn:
                     await conn.run_sync(self._apply, batch)

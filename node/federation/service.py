@@ -252,8 +252,18 @@ class FederationService:
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._background_done)
         return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        """A background step (a pull, a catch-up, a notify) that failed is logged with its cause here; its
+        work is retried by the schedule or the outbox, but the operator should see why it failed."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+            log.error("%s: background step %s failed: %s", self.node_id, getattr(coro, "__qualname__", "?"), exc,
+                      exc_info=(type(exc), exc, exc.__traceback__))
 
     @property
     def joined(self) -> bool:
