@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,15 +21,28 @@ class PeriodicJobs:
 
     def __init__(self) -> None:
         self._scheduler: AsyncIOScheduler | None = None
+        self._stopping = False
 
     def start(self, *jobs: tuple[Job, float, str]) -> None:
+        self._stopping = False
         scheduler = AsyncIOScheduler(timezone="UTC", job_defaults=dict(JOB_DEFAULTS))
         for job, seconds, job_id in jobs:
-            scheduler.add_job(job, "interval", seconds=seconds, id=job_id)
+            scheduler.add_job(self._run, "interval", args=(job,), seconds=seconds, id=job_id,
+                              name=getattr(job, "__qualname__", job_id))  # what its log lines call it
         scheduler.start()
         self._scheduler = scheduler
 
+    async def _run(self, job: Job) -> None:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            # Stopping cancels a run under way (waiting for the database, say). The work is picked up at the
+            # next start; without this, APScheduler logs every such run as a job that "raised an exception".
+            if not self._stopping:
+                raise
+
     def stop(self) -> None:
         if self._scheduler is not None:
+            self._stopping = True
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
