@@ -129,76 +129,74 @@ async def test_batched_point_reads(tmp_path, sqlite_engine):
         await reader.get("101001/3703210001", "k1")
 
 
-async def test_writers_take_their_turn_in_arrival_order(sqlite_engine):
+@pytest.fixture
+async def audit_log(sqlite_engine):
+    audit = AuditLog(sqlite_engine, batch_ms=2)
+    await audit.start()
+    try:
+        yield audit
+    finally:
+        await audit.close()
+
+
+async def _hold_the_database(engine, table: str, first: int) -> tuple[asyncio.Task, asyncio.Event]:
+    """Make `table (n)` and start a writer that inserts `first` and keeps its write transaction open
+    until the returned event is set."""
+    async with write_tx(engine) as conn:
+        await conn.execute(sa.text(f"CREATE TABLE {table} (n INTEGER)"))
+    release = asyncio.Event()
+
+    async def holder():
+        async with write_tx(engine) as conn:
+            await conn.execute(sa.text(f"INSERT INTO {table} VALUES (:n)"), {"n": first})
+            await release.wait()
+
+    held = asyncio.create_task(holder())
+    await asyncio.sleep(0.05)
+    return held, release
+
+
+async def test_writers_take_their_turn_in_arrival_order(sqlite_engine, audit_log):
     """SQLite's busy handler lets waiting writers retry in no order (one can lose every race until its
     timeout); the node's writers, the journal among them, queue first come first served instead."""
-    async with write_tx(sqlite_engine) as conn:
-        await conn.execute(sa.text("CREATE TABLE turns (n INTEGER)"))
-    audit = AuditLog(sqlite_engine, batch_ms=2)
-    await audit.start()
-    try:
-        release = asyncio.Event()
+    held, release = await _hold_the_database(sqlite_engine, "turns", -1)
 
-        async def holder():
-            async with write_tx(sqlite_engine) as conn:
-                await conn.execute(sa.text("INSERT INTO turns VALUES (-1)"))
-                await release.wait()
+    async def writer(n):
+        async with write_tx(sqlite_engine) as conn:
+            await conn.execute(sa.text("INSERT INTO turns VALUES (:n)"), {"n": n})
 
-        async def writer(n):
-            async with write_tx(sqlite_engine) as conn:
-                await conn.execute(sa.text("INSERT INTO turns VALUES (:n)"), {"n": n})
-
-        held = asyncio.create_task(holder())
-        await asyncio.sleep(0.05)
-        tasks = []
-        for n in range(40):
-            tasks.append(asyncio.create_task(writer(n)))
-            await asyncio.sleep(0)  # each one queues before the next starts
-            if n == 20:
-                record = audit.enqueue(action="t", path="/queued", actor="a")  # the journal queues too
-                await asyncio.sleep(0)
-        await asyncio.sleep(0.3)  # everyone waits behind the holder
-        release.set()
-        await asyncio.gather(held, *tasks)
-        await record
-        async with sqlite_engine.connect() as conn:
-            order = [r.n for r in await conn.execute(sa.text("SELECT n FROM turns ORDER BY rowid"))]
-        assert order == [-1, *range(40)]
-        assert await audit.verify() is None
-    finally:
-        await audit.close()
+    tasks = []
+    for n in range(40):
+        tasks.append(asyncio.create_task(writer(n)))
+        await asyncio.sleep(0)  # each one queues before the next starts
+        if n == 20:
+            record = audit_log.enqueue(action="t", path="/queued", actor="a")  # the journal queues too
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.3)  # everyone waits behind the holder
+    release.set()
+    await asyncio.gather(held, *tasks)
+    await record
+    async with sqlite_engine.connect() as conn:
+        order = [r.n for r in await conn.execute(sa.text("SELECT n FROM turns ORDER BY rowid"))]
+    assert order == [-1, *range(40)]
+    assert await audit_log.verify() is None
 
 
-async def test_a_writer_kept_waiting_too_long_is_told_unavailable(sqlite_engine, monkeypatch):
+async def test_a_writer_kept_waiting_too_long_is_told_unavailable(sqlite_engine, audit_log, monkeypatch):
     monkeypatch.setattr(node.db, "WRITE_QUEUE_TIMEOUT_S", 0.2)
-    async with write_tx(sqlite_engine) as conn:
-        await conn.execute(sa.text("CREATE TABLE kept (n INTEGER)"))
-    audit = AuditLog(sqlite_engine, batch_ms=2)
-    await audit.start()
-    try:
-        release = asyncio.Event()
-
-        async def holder():
-            async with write_tx(sqlite_engine) as conn:
-                await conn.execute(sa.text("INSERT INTO kept VALUES (1)"))
-                await release.wait()
-
-        held = asyncio.create_task(holder())
-        await asyncio.sleep(0.05)
-        with pytest.raises(ApiError) as info:
-            async with write_tx(sqlite_engine) as conn:
-                await conn.execute(sa.text("INSERT INTO kept VALUES (2)"))
-        assert info.value.code == "UNAVAILABLE" and "busy" in info.value.message
-        with pytest.raises(ApiError) as info:
-            await audit.record(action="t", path="/late", actor="a")
-        assert info.value.code == "UNAVAILABLE"
-        release.set()
-        await held
-        await audit.record(action="t", path="/after", actor="a")  # the journal goes on
-        async with sqlite_engine.connect() as conn:
-            assert [r.n for r in await conn.execute(sa.text("SELECT n FROM kept"))] == [1]
-            paths = [r.path for r in await conn.execute(sa.text("SELECT path FROM audit_log ORDER BY seq"))]
-        assert paths == ["/after"]
-        assert await audit.verify() is None
-    finally:
-        await audit.close()
+    held, release = await _hold_the_database(sqlite_engine, "kept", 1)
+    with pytest.raises(ApiError) as info:
+        async with write_tx(sqlite_engine) as conn:
+            await conn.execute(sa.text("INSERT INTO kept VALUES (2)"))
+    assert info.value.code == "UNAVAILABLE" and "busy" in info.value.message
+    with pytest.raises(ApiError) as info:
+        await audit_log.record(action="t", path="/late", actor="a")
+    assert info.value.code == "UNAVAILABLE"
+    release.set()
+    await held
+    await audit_log.record(action="t", path="/after", actor="a")  # the journal goes on
+    async with sqlite_engine.connect() as conn:
+        assert [r.n for r in await conn.execute(sa.text("SELECT n FROM kept"))] == [1]
+        paths = [r.path for r in await conn.execute(sa.text("SELECT path FROM audit_log ORDER BY seq"))]
+    assert paths == ["/after"]
+    assert await audit_log.verify() is None
