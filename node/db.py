@@ -135,9 +135,8 @@ _write_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.Weak
 )
 
 
-def sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
-    """The lock this event loop's writers of an SQLite database take before BEGIN IMMEDIATE (None for
-    PostgreSQL). Every write transaction of the node takes it: `write_tx` and the journal."""
+def _write_lock(engine: AsyncEngine) -> asyncio.Lock | None:
+    """The lock this event loop's writers of an SQLite database queue on (None for PostgreSQL)."""
     if engine.dialect.name != "sqlite":
         return None
     per_engine = _write_locks.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
@@ -152,9 +151,10 @@ WRITE_QUEUE_TIMEOUT_S = 30.0  # as long as SQLite's own busy timeout
 
 @asynccontextmanager
 async def queued_write(engine: AsyncEngine) -> AsyncIterator[None]:
-    """Hold this node's turn to write to its SQLite database (nothing for PostgreSQL). Waiting longer than
-    SQLite itself would is answered 503 UNAVAILABLE, as a busy database was before the queue."""
-    lock = sqlite_write_lock(engine)
+    """Hold this node's turn to write to its SQLite database before BEGIN IMMEDIATE (nothing for
+    PostgreSQL); every write transaction of the node takes it: `write_tx` and the journal. Waiting longer
+    than SQLite itself would is answered 503 UNAVAILABLE, as a busy database was before the queue."""
+    lock = _write_lock(engine)
     if lock is None:
         yield
         return
