@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -31,6 +32,21 @@ class PeriodicJobs:
                               name=getattr(job, "__qualname__", job_id))  # what its log lines call it
         scheduler.start()
         self._scheduler = scheduler
+
+    def pause(self, job_id: str) -> None:
+        """Stop running `job_id` until `resume`: a job with nothing to do costs no wake-ups meanwhile."""
+        if self._scheduler is not None and self.next_run(job_id) is not None:
+            self._scheduler.pause_job(job_id)
+
+    def resume(self, job_id: str) -> None:
+        """Run a paused job again, on its interval from now (a running job is left as it is)."""
+        if self._scheduler is not None and self.next_run(job_id) is None:
+            self._scheduler.resume_job(job_id)
+
+    def next_run(self, job_id: str) -> datetime | None:
+        """When `job_id` runs next; None while it is paused (or when the jobs are stopped)."""
+        job = self._scheduler.get_job(job_id) if self._scheduler is not None else None
+        return job.next_run_time if job is not None else None
 
     async def _run(self, job: Job) -> None:
         try:

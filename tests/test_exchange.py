@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from node.exchange.http import EXCHANGE
 from node.ids import make_gb11643
 from support import PG_URL, POLICE, add_dept, error_code, free_port, init_home, start_node, wait_for
 
@@ -98,6 +99,8 @@ async def test_sqlite_source_load_update_delete_outage(node, tmp_path):
     spec = {"url": f"sqlite:///{path}", "table": "rk", "key_column": "sfzh", "updated_column": "gxsj",
             "columns": COLUMNS, "interval_s": 1, "delete_column": "scbz", "delete_value": "Y", "batch_size": 25}
     code = node.code
+    exchange = node.app[EXCHANGE]
+    assert exchange.next_tick() is None  # nothing bound: the scheduler does not wake for the exchange
 
     # Bad bindings are refused with the reason; nothing is bound.
     for bad, field in (({**spec, "columns": {**COLUMNS, "name": "no_such"}}, "column"),
@@ -110,9 +113,11 @@ async def test_sqlite_source_load_update_delete_outage(node, tmp_path):
     status, body = await node.call("POST", f"/api/v1/resources/{code}/sources", "operator", json_body=spec)
     assert (status, error_code(body)) == (403, "FORBIDDEN"), body
 
+    assert exchange.next_tick() is None
     status, src = await node.call("POST", f"/api/v1/resources/{code}/sources", "police", json_body=spec)
     assert status == 201, src
     sid = src["id"]
+    assert exchange.next_tick() is not None
     status, body = await node.call("POST", f"/api/v1/resources/{code}/sources", "police", json_body=spec)
     assert (status, error_code(body)) == (409, "CONFLICT"), body  # 一数一源
 
@@ -167,6 +172,7 @@ async def test_sqlite_source_load_update_delete_outage(node, tmp_path):
     status, body = await node.call("DELETE", f"/api/v1/resources/{code}/sources/{sid}", "police")
     assert status == 200 and body["removed"] is True, body
     assert (await record(node, PEOPLE[10]))["name"] == "李四"
+    assert exchange.next_tick() is None
 
 
 class TcpProxy:

@@ -1,4 +1,5 @@
-"""Periodic jobs (`node/schedule.py`): stopping a node while a job runs is a clean stop, not an error."""
+"""Periodic jobs (`node/schedule.py`): stopping a node while a job runs is a clean stop, not an error; a paused
+job does not run until resumed."""
 
 from __future__ import annotations
 
@@ -46,3 +47,31 @@ async def test_a_job_that_fails_while_running_is_still_reported(caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors and errors[0].exc_info[0] is RuntimeError
     assert "failing_job" in errors[0].getMessage()  # the log names the job, not the wrapper
+
+
+async def test_a_paused_job_does_not_run_until_resumed():
+    runs = 0
+
+    async def tick():
+        nonlocal runs
+        runs += 1
+
+    jobs = PeriodicJobs()
+    jobs.start((tick, 0.02, "tick"))
+    try:
+        jobs.pause("tick")
+        jobs.pause("tick")  # pausing twice is harmless
+        assert jobs.next_run("tick") is None
+        await asyncio.sleep(0.02)  # a run already handed to the event loop ends
+        paused_at = runs
+        await asyncio.sleep(0.2)
+        assert runs == paused_at
+        jobs.resume("tick")
+        assert jobs.next_run("tick") is not None
+        deadline = asyncio.get_running_loop().time() + 5
+        while runs < paused_at + 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert runs >= paused_at + 3
+    finally:
+        jobs.stop()
+    assert jobs.next_run("tick") is None
