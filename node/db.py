@@ -213,9 +213,17 @@ async def next_counter(conn: AsyncConnection, name: str, n: int = 1) -> int:
     return await conn.run_sync(next_counter_sync, name, n)
 
 
+_READ_COUNTER = sa.select(counters.c.value).where(counters.c.name == sa.bindparam("counter"))
+
+
 async def read_counter(conn: AsyncConnection, name: str) -> int:
-    res = await conn.execute(sa.select(counters.c.value).where(counters.c.name == name))
-    v = res.scalar()
+    v = (await conn.execute(_READ_COUNTER, {"counter": name})).scalar()
+    return int(v) if v is not None else 0
+
+
+def read_counter_sync(conn: sa.Connection, name: str) -> int:
+    """`read_counter` inside a journal batch (a plain connection in the writer's thread)."""
+    v = conn.execute(_READ_COUNTER, {"counter": name}).scalar()
     return int(v) if v is not None else 0
 
 

@@ -40,6 +40,7 @@ from node.db import read_counter, write_tx
 from node.errors import STATUS_OF, ApiError
 from node.federation import store
 from node.federation.replay import Claim, ReplayGuard
+from node.groupcommit import GroupCommitter
 from node.ids import new_id, now_ms, resource_node
 from node.schedule import PeriodicJobs
 
@@ -190,7 +191,7 @@ class FederationService:
         self.trust: TrustStore | None = None
         self.parent: str | None = None
         self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s)
-        self.outbox = OutboxSender(_OutboxAdapter(engine), self._deliver)
+        self.outbox = OutboxSender(_OutboxAdapter(engine, audit.journal), self._deliver)
         self.puller = FeedPuller(self._pull_once)
         self.replay = ReplayGuard(engine, audit.journal, SEEN_WINDOW_MS, ASYNC_TTL_MS + SEEN_WINDOW_MS)
         self.handlers: dict[str, MessageHandler] = {}
@@ -703,12 +704,10 @@ class FederationService:
         peers = [p for p in self.neighbours() if p != exclude]
         if not peers:
             return
-        now = now_ms()
-        async with write_tx(self.engine) as conn:
-            # SPEC §5 {"feed", "next"}: with the feed's head in it, a notify coalesced into a row while that row
-            # is being delivered changes its payload, so the delivery does not delete it (see store.delivered).
-            head = await read_counter(conn, self.feeds[feed].counter if feed in self.feeds else store.REGISTRY_COUNTER)
-            await store.enqueue_notifies(conn, peers, {"feed": feed, "next": str(head)}, now)
+        counter = self.feeds[feed].counter if feed in self.feeds else store.REGISTRY_COUNTER
+        # Through the journal: one thread hop, in a commit shared with the node's other small writes, rather
+        # than a write transaction of its own (a step of every hop of replication).
+        await self.audit.journal.enqueue(store.enqueue_notifies, (peers, feed, counter, now_ms()))
         for peer in peers:
             self.outbox.wake(peer)
 
@@ -1165,8 +1164,9 @@ def _page(entries: list[Any], rows: list[Any], limit: int, head: int, since: int
 class _OutboxAdapter:
     """The outbox sender's view of the node's outbox table."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, journal: GroupCommitter) -> None:
         self.engine = engine
+        self.journal = journal
 
     async def due(self, peer: str, now: int, limit: int) -> list[Any]:
         async with self.engine.connect() as conn:
@@ -1177,8 +1177,9 @@ class _OutboxAdapter:
             return await store.next_due_at(conn, peer)
 
     async def delivered(self, row: Any) -> None:
-        async with write_tx(self.engine) as conn:
-            await store.delivered(conn, row.id, row.payload)
+        # In the journal's next commit, with the deliveries to other neighbours of the moment: telling every
+        # neighbour of a change costs a commit or two, not one write transaction per neighbour.
+        await self.journal.enqueue(store.delete_delivered, (row.id, row.payload))
 
     async def defer(self, row: Any, attempts: int, at: int, error: str) -> None:
         async with write_tx(self.engine) as conn:

@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.db import insert_ignoring_duplicates, metadata, next_counter
+from node.db import insert_ignoring_duplicates, metadata, next_counter, read_counter_sync
 
 REGISTRY_COUNTER = "registry_change"
 
@@ -193,20 +194,38 @@ async def enqueue(conn: AsyncConnection, peer: str, kind: str, payload: dict[str
     ))
 
 
-async def enqueue_notifies(conn: AsyncConnection, peers: list[str], payload: dict[str, Any], now: int) -> None:
-    """`enqueue` of one notify for each peer, coalesced per peer and feed, in a single statement."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    text = json.dumps(payload, ensure_ascii=False)
-    stmt = insert(outbox)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[outbox.c.dedup],
-        set_={"payload": stmt.excluded.payload, "next_attempt_at": stmt.excluded.next_attempt_at},
-    )
-    await conn.execute(stmt, [{"peer": p, "kind": "notify", "dedup": f"notify:{p}:{payload['feed']}", "payload": text,
-                               "created_at": now, "attempts": 0, "next_attempt_at": now} for p in peers])
+_notify_upserts: dict[str, Any] = {}
+
+
+def _notify_upsert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (dedup) DO UPDATE: one pending notify per peer and feed, carrying the newest head."""
+    stmt = _notify_upserts.get(dialect)
+    if stmt is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        ins = insert(outbox)
+        stmt = _notify_upserts[dialect] = ins.on_conflict_do_update(
+            index_elements=[outbox.c.dedup],
+            set_={"payload": ins.excluded.payload, "next_attempt_at": ins.excluded.next_attempt_at},
+        )
+    return stmt
+
+
+def enqueue_notifies(conn: sa.Connection, items: list[tuple[list[str], str, str, int]]) -> None:
+    """Journal writer: for each (peers, feed, the feed's counter, now), a notify to each peer with the feed's
+    head as committed (SPEC §5 {"feed", "next"}), coalesced per peer and feed. With the head in it, a notify
+    coalesced into a row while that row is being delivered changes its payload, so the delivery does not
+    delete it (see `delete_delivered`)."""
+    rows: dict[str, dict[str, Any]] = {}
+    heads: dict[str, int] = {}
+    for peers, feed, counter, now in items:
+        if counter not in heads:
+            heads[counter] = read_counter_sync(conn, counter)
+        text = json.dumps({"feed": feed, "next": str(heads[counter])}, ensure_ascii=False)
+        for p in peers:  # the last of a batch wins: one row per key in the statement
+            rows[f"notify:{p}:{feed}"] = {"peer": p, "kind": "notify", "dedup": f"notify:{p}:{feed}", "payload": text,
+                                          "created_at": now, "attempts": 0, "next_attempt_at": now}
+    if rows:
+        conn.execute(_notify_upsert(conn.dialect.name), list(rows.values()))
 
 
 async def due(conn: AsyncConnection, peer: str, now: int, limit: int) -> list[sa.Row]:
@@ -220,9 +239,14 @@ async def next_due_at(conn: AsyncConnection, peer: str) -> int | None:
     return res.scalar()
 
 
-async def delivered(conn: AsyncConnection, outbox_id: int, payload: str) -> None:
-    # Only if unchanged: a notify coalesced into this row meanwhile must still be sent.
-    await conn.execute(sa.delete(outbox).where(outbox.c.id == outbox_id, outbox.c.payload == payload))
+_DELETE_DELIVERED = sa.delete(outbox).where(outbox.c.id == sa.bindparam("row_id"),
+                                            outbox.c.payload == sa.bindparam("sent_payload"))
+
+
+def delete_delivered(conn: sa.Connection, rows: list[tuple[int, str]]) -> None:
+    """Journal writer: remove rows delivered, each only if unchanged (a notify coalesced into it meanwhile
+    must still be sent)."""
+    conn.execute(_DELETE_DELIVERED, [{"row_id": row_id, "sent_payload": payload} for row_id, payload in rows])
 
 
 async def defer(conn: AsyncConnection, outbox_id: int, attempts: int, at: int, error: str) -> None:
