@@ -8,10 +8,10 @@ from collections import OrderedDict
 
 import canonicaljson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from federation.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, check_canonical_value, encode_canonical_json
+from federation.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, _check, _within_domain, check_canonical_value, encode_canonical_json
 from federation.errors import CanonicalJSONError, FederationError
 
 # Text with everything that needs care: controls, quotes, backslashes, DEL, non-BMP, U+2028/9, CJK.
@@ -107,3 +107,68 @@ def test_nesting_limit_and_cycles() -> None:
 
 def test_bool_is_not_mistaken_for_int() -> None:
     assert encode_canonical_json([True, 1, False, 0]) == b"[true,1,false,0]"
+
+
+# Anything a caller might hand over, in and out of the domain: floats, big integers, lone surrogates, bytes,
+# sets, tuples, integer keys, subclasses of the JSON types.
+class _Str(str):
+    pass
+
+
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(alphabet=st.characters(), max_size=8)
+    | tricky_text | st.binary(max_size=3) | st.builds(_Str, tricky_text)
+    | st.sampled_from([MAX_SAFE_INTEGER, MAX_SAFE_INTEGER + 1, -MAX_SAFE_INTEGER - 1, 2**70, -0.0, "\ud800", "桓\udfff"]),
+    lambda children: st.lists(children, max_size=4) | st.lists(children, max_size=3).map(tuple)
+    | st.dictionaries(tricky_text | st.integers() | st.builds(_Str, tricky_text) | st.sampled_from(["\udc00", "键\ud83d"]),
+                      children, max_size=4)
+    | st.frozensets(st.integers(), max_size=2),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=1500)
+@given(anything)
+@example({"n": MAX_SAFE_INTEGER + 1})
+@example({"s": ["ok", "\ud800"]})
+@example({"\udc00": 1})
+@example([{"x": 0.5}])
+@example(("t", {"k": b"x"}))
+def test_the_quick_domain_walk_never_accepts_what_the_full_check_refuses(value: object) -> None:
+    try:
+        _check(value, [], 0)
+        inside = True
+    except CanonicalJSONError:
+        inside = False
+    if _within_domain(value):
+        assert inside  # "certainly inside" must be right; "not sure" only costs the full walk
+    elif inside:
+        assert _has_subclass(value)  # the only values the quick walk leaves to the full one without a fault
+    if inside:
+        check_canonical_value(value)
+    else:
+        with pytest.raises(CanonicalJSONError):
+            check_canonical_value(value)
+
+
+def _has_subclass(value: object) -> bool:
+    if type(value) in (dict,):
+        return any(_has_subclass(k) or _has_subclass(v) for k, v in value.items())  # type: ignore[attr-defined]
+    if type(value) in (list, tuple):
+        return any(_has_subclass(v) for v in value)  # type: ignore[attr-defined]
+    return type(value) not in (str, int, bool, type(None))
+
+
+def test_the_quick_walk_agrees_on_the_nesting_limit_and_ends_on_cycles() -> None:
+    deep: list[object] = []
+    for _ in range(MAX_DEPTH - 1):
+        deep = [deep]
+    assert _within_domain(deep)  # as deep as allowed
+    assert not _within_domain([[deep]])
+    with pytest.raises(CanonicalJSONError, match="nested deeper"):
+        check_canonical_value([[deep]])
+    cycle: dict[str, object] = {}
+    cycle["self"] = cycle
+    assert not _within_domain(cycle)  # it ends, and leaves the naming to the full check
+    with pytest.raises(CanonicalJSONError, match="circular"):
+        check_canonical_value(cycle)
