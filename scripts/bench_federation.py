@@ -26,12 +26,13 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from typing import Any
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import (LoadResult, NodeProcess, add_dept, env_info, free_port, load,  # noqa: E402
+from benchlib import (LoadResult, NodeProcess, add_dept, cpu_seconds, env_info, free_port, load,  # noqa: E402
                       start_three_levels, wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
@@ -100,7 +101,26 @@ def _ratio(runs: dict[str, list[LoadResult]], num: str, den: str, i: int) -> flo
 
 def _merge(runs: list[LoadResult]) -> LoadResult:
     return LoadResult(sum(r.requests for r in runs), sum(r.errors for r in runs), sum(r.seconds for r in runs),
-                      [x for r in runs for x in r.latencies_ms])
+                      [x for r in runs for x in r.latencies_ms], sum(r.sent for r in runs))
+
+
+def measured_load(url: str, headers: dict[str, str], bodies: list[Any], conc: int, seconds: float,
+                  pids: dict[str, int], cpu: dict[str, list[float]]) -> LoadResult:
+    """`load`, and the CPU time each process in `pids` spent per request answered, appended to `cpu`."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = load(url, headers, bodies, conc, seconds)
+    for name, pid in pids.items():
+        cpu.setdefault(name, []).append((cpu_seconds(pid) - before[name]) * 1000 / max(result.sent, 1))
+    return result
+
+
+def _cpu_line(label: str, cpu: dict[str, list[float]]) -> str:
+    return f"   CPU per request, {label}: " + ", ".join(f"{name} {statistics.median(ms):.2f} ms" for name, ms in cpu.items())
+
+
+def pid(node: NodeProcess) -> int:
+    assert node.proc is not None
+    return node.proc.pid
 
 
 def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json") -> dict:
@@ -124,7 +144,7 @@ def main() -> int:
         nodes: list[NodeProcess] = []
         bare: list[subprocess.Popen] = []
         try:
-            province, _city, county = start_three_levels(base, nodes)
+            province, city, county = start_three_levels(base, nodes)
             ptok = add_dept(province, make_gb32100("11370000MB", 1), "山东省公安厅")
             ctok = add_dept(county, make_gb32100("11370321MB", 1), "桓台县公安局")
             entry = http("POST", province.url + "/api/v1/catalog", ptok, json.dumps(ENTRY).encode())
@@ -158,11 +178,18 @@ def main() -> int:
                 # alike); the verdict is the median of the rounds' p50 ratios.
                 rounds = args.rounds if label == "latency" else 1
                 runs: dict[str, list[LoadResult]] = {"direct": [], "cross": [], "bare": [], "bare relayed": []}
+                cpu: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
                 for _ in range(rounds):
-                    runs["direct"].append(load(direct_url, ph, bodies, conc, args.seconds))
-                    runs["cross"].append(load(cross_url, ch, bodies, conc, args.seconds))
-                    runs["bare"].append(load(bare_direct_url, {}, bodies, conc, args.seconds))
-                    runs["bare relayed"].append(load(bare_relayed_url, {}, bodies, conc, args.seconds))
+                    runs["direct"].append(measured_load(direct_url, ph, bodies, conc, args.seconds,
+                                                        {"province": pid(province)}, cpu["direct"]))
+                    runs["cross"].append(measured_load(cross_url, ch, bodies, conc, args.seconds,
+                                                       {"county": pid(county), "city": pid(city),
+                                                        "province": pid(province)}, cpu["cross"]))
+                    runs["bare"].append(measured_load(bare_direct_url, {}, bodies, conc, args.seconds,
+                                                      {"answering": bare[0].pid}, cpu["bare"]))
+                    runs["bare relayed"].append(measured_load(bare_relayed_url, {}, bodies, conc, args.seconds,
+                                                              {"first relay": bare[2].pid, "second relay": bare[1].pid,
+                                                               "answering": bare[0].pid}, cpu["bare relayed"]))
                 print(f"-- {label}: concurrency {conc}, {rounds} round(s) of {args.seconds:g} s")
                 for i in range(rounds):
                     if rounds > 1:
@@ -178,8 +205,12 @@ def main() -> int:
                 verdict = ("met" if ratio <= 3 else "MISSED") if label == "latency" else "for information"
                 print(f"   cross-level p50 / direct p50 = {ratio:.2f}{' (median of the rounds)' if rounds > 1 else ''}"
                       f"  (target ≤ 3.00: {verdict}); req/s ratio {cross.rps / direct.rps:.2f}")
+                print(_cpu_line("direct", cpu["direct"]))
+                print(_cpu_line("routed", cpu["cross"]))
                 print(bare_direct.line("bare aiohttp, answering"))
                 print(bare_relayed.line("bare aiohttp, two relays in front"))
+                print(_cpu_line("bare", cpu["bare"]))
+                print(_cpu_line("bare relayed", cpu["bare relayed"]))
                 floor = statistics.median(_ratio(runs, "bare relayed", "bare", i) for i in range(rounds))
                 print(f"   floor of HTTP relaying on this machine: p50 ratio {floor:.2f}; "
                       f"govnode adds {direct.pct(50) - bare_direct.pct(50):.2f} ms direct, "

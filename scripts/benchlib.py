@@ -128,6 +128,7 @@ class LoadResult:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    sent: int = 0  # every request answered, the warm-up's included (what the servers' CPU time was spent on)
 
     @property
     def rps(self) -> float:
@@ -149,6 +150,7 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
     latencies: list[float] = []
     errors = 0
     count = 0
+    sent = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()
@@ -156,7 +158,7 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
         stop_at = measure_from + seconds
 
         async def worker(i: int) -> None:
-            nonlocal errors, count
+            nonlocal errors, count, sent
             n = i
             while True:
                 t0 = time.perf_counter()
@@ -171,6 +173,7 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
                 except aiohttp.ClientError:
                     ok = False
                 t1 = time.perf_counter()
+                sent += 1
                 if t0 >= measure_from:
                     count += 1
                     latencies.append((t1 - t0) * 1000)
@@ -178,7 +181,7 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
                         errors += 1
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return {"requests": count, "errors": errors, "seconds": seconds, "latencies_ms": latencies}
+    return {"requests": count, "errors": errors, "seconds": seconds, "latencies_ms": latencies, "sent": sent}
 
 
 def _load_process(q: mp.Queue, *args: Any) -> None:
@@ -196,6 +199,15 @@ def load(url: str, headers: dict[str, str], bodies: list[Any], concurrency: int 
     result = q.get(timeout=seconds + warmup_s + 120)
     p.join(timeout=30)
     return LoadResult(**result)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far; NaN where /proc does not tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def rss_mb(pid: int) -> float:
