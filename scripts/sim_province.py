@@ -387,27 +387,39 @@ class Worker:
     async def op_watch_result(self, code: str) -> dict[str, float | None]:
         return await self.watches.pop(code)
 
-    async def op_bulk_create(self, plan: dict[str, int], dept: str, first: int) -> dict[str, float]:
+    async def op_bulk_create(self, plan: dict[str, int], dept: str, first: int) -> dict[str, int]:
         """Register entries at hosted nodes through their CatalogService (signing, feed, notify: the real
-        path), as a department added with AccountService; each node writes its share one after another."""
+        path), as a department added with AccountService; each node writes its share one after another.
+        A node too busy to take a write within its bound answers 503 UNAVAILABLE ("try again"): the entry is
+        sent again a second later, as a department's client would, and counted. Returns the counts by node."""
         from node.accounts.http import ACCOUNTS
         from node.catalog.http import CATALOG
         from node.catalog.models import EntryCreate
         from node.config import load_config
+        from node.errors import ApiError
 
-        async def one(code: str, count: int) -> float:
+        async def one(code: str, count: int) -> int:
             app = self.nodes[code].app
             name = load_config(self.nodes[code].home, env={}).node.name
             token = await app[ACCOUNTS].add_department(dept, f"{name}大数据中心", "dept")
             acct = await app[ACCOUNTS].authenticate(f"Bearer {token}")
-            t = time.time()
+            retried = 0
             for i in range(count):
-                await app[CATALOG].create(acct, EntryCreate.model_validate(entry_body(name, first + i)))
-            return time.time() - t
+                body = EntryCreate.model_validate(entry_body(name, first + i))
+                for attempt in range(10):
+                    try:
+                        await app[CATALOG].create(acct, body)
+                        break
+                    except ApiError as exc:
+                        if exc.code != "UNAVAILABLE" or attempt == 9:
+                            raise
+                        retried += 1
+                        await asyncio.sleep(1.0)
+            return retried
 
         codes = list(plan)
-        times = await asyncio.gather(*(one(c, plan[c]) for c in codes))
-        return dict(zip(codes, times))
+        retried = await asyncio.gather(*(one(c, plan[c]) for c in codes))
+        return dict(zip(codes, retried))
 
     async def op_counts(self, table: str = "catalog_entries") -> dict[str, int]:
         assert table in ("catalog_entries", "catalog_refusals")
@@ -661,8 +673,9 @@ class Sim:
 
     # 2. A new node syncs the catalog ---------------------------------------------------------------------
 
-    def bulk_load(self, first: int) -> tuple[float, int]:
-        """Register --entries entries spread evenly over the running nodes, each at its own node."""
+    def bulk_load(self, first: int) -> tuple[float, int, int]:
+        """Register --entries entries spread evenly over the running nodes, each at its own node; returns the
+        time taken, the number of entries and how many of them were answered 503 at first and sent again."""
         from node.ids import make_gb32100
 
         n = self.args.entries
@@ -674,9 +687,9 @@ class Sim:
                 plans.setdefault(d.worker, {})[d.code] = count
         t = time.time()
         dept = make_gb32100("12370000MB", 4242)
-        on_all([(self.workers[i], "bulk_create", {"plan": p, "dept": dept, "first": first}) for i, p in plans.items()],
-               timeout=self.args.timeout * 20)
-        return time.time() - t, n
+        retried = on_all([(self.workers[i], "bulk_create", {"plan": p, "dept": dept, "first": first})
+                          for i, p in plans.items()], timeout=self.args.timeout * 20)
+        return time.time() - t, n, sum(sum(r.values()) for r in retried)
 
     def wait_counts(self, nodes: list[Division] | None, expected: int, timeout: float) -> dict[str, float | None]:
         calls = []
@@ -712,10 +725,11 @@ class Sim:
         """Load the catalog, let it settle, then add the kept-back county and time its sync."""
         args, new = self.args, self.new
         self.profile(None)
-        t_bulk, n = self.bulk_load(first=100)
+        t_bulk, n, retried = self.bulk_load(first=100)
         expected = args.samples + n
         self.say(f"  registered {n} entries over {len(self.nodes)} nodes (CatalogService in their workers) "
-                 f"in {t_bulk:.1f} s")
+                 f"in {t_bulk:.1f} s" + (f"; {retried} sent again after a 503 (the node's writers were busy)"
+                                         if retried else ""))
         parent = self.by_code[new.parent]
         t = time.time()
         got = self.wait_counts([parent], expected, args.timeout * 10)
