@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import (LoadResult, NodeProcess, add_dept, cpu_seconds, env_info, free_port, load,  # noqa: E402
-                      start_three_levels, wait_healthy)
+                      merged, start_three_levels, wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
@@ -97,11 +97,6 @@ def start_bare_relays(base: Path, procs: list[subprocess.Popen]) -> tuple[str, s
 
 def _ratio(runs: dict[str, list[LoadResult]], num: str, den: str, i: int) -> float:
     return runs[num][i].pct(50) / runs[den][i].pct(50)
-
-
-def _merge(runs: list[LoadResult]) -> LoadResult:
-    return LoadResult(sum(r.requests for r in runs), sum(r.errors for r in runs), sum(r.seconds for r in runs),
-                      [x for r in runs for x in r.latencies_ms], sum(r.sent for r in runs))
 
 
 def measured_load(url: str, headers: dict[str, str], bodies: list[Any], conc: int, seconds: float,
@@ -197,8 +192,8 @@ def main() -> int:
                               f"{runs['cross'][i].pct(50):.2f} ms, ratio {_ratio(runs, 'cross', 'direct', i):.2f}; "
                               f"bare {runs['bare'][i].pct(50):.2f} / {runs['bare relayed'][i].pct(50):.2f} ms, "
                               f"ratio {_ratio(runs, 'bare relayed', 'bare', i):.2f}")
-                direct, cross = _merge(runs["direct"]), _merge(runs["cross"])
-                bare_direct, bare_relayed = _merge(runs["bare"]), _merge(runs["bare relayed"])
+                direct, cross = merged(runs["direct"]), merged(runs["cross"])
+                bare_direct, bare_relayed = merged(runs["bare"]), merged(runs["bare relayed"])
                 print(direct.line("verify at the province (direct)"))
                 print(cross.line("verify county → city → province"))
                 ratio = statistics.median(_ratio(runs, "cross", "direct", i) for i in range(rounds))

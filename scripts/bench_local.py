@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import (LoadResult, add_dept, env_info, free_port, init_node, load, rss_mb,  # noqa: E402
-                      wait_healthy)
+from benchlib import (add_dept, cpu_seconds, env_info, free_port, init_node, load,  # noqa: E402
+                      merged, rss_mb, wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
@@ -94,20 +94,6 @@ def person(i: int, rng: random.Random) -> dict:
         "phone": f"1{rng.choice('3589')}{rng.randrange(10**9):09d}",
         "address": f"山东省淄博市桓台县索镇{rng.randrange(1, 300)}号",
     }
-
-
-def _merge(runs: list[LoadResult]) -> LoadResult:
-    return LoadResult(sum(r.requests for r in runs), sum(r.errors for r in runs), sum(r.seconds for r in runs),
-                      [x for r in runs for x in r.latencies_ms])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def request(url: str, method: str, path: str, token: str, body: bytes | None = None,
@@ -204,7 +190,7 @@ def main() -> int:
                 ratios.append(v.rps / b.rps if b.rps else 0.0)
                 print(b.line(f"round {r + 1}: bare aiohttp (constant JSON)"))
                 print(v.line(f"round {r + 1}: verify (audited, SQLite)") + f"   ratio {ratios[-1]:.2f}")
-            bare_res, verify_res = _merge(bare_runs), _merge(verify_runs)
+            bare_res, verify_res = merged(bare_runs), merged(verify_runs)
             # Server CPU per request (each run's warm-up second included): robust to a busy machine.
             warm = 1 + 1 / args.seconds
             bare_ms = bare_cpu * 1000 / max(1, bare_res.requests * warm)

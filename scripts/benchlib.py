@@ -201,6 +201,12 @@ def load(url: str, headers: dict[str, str], bodies: list[Any], concurrency: int 
     return LoadResult(**result)
 
 
+def merged(runs: list[LoadResult]) -> LoadResult:
+    """Several runs of the same load as one (their requests, errors, seconds and latencies together)."""
+    return LoadResult(sum(r.requests for r in runs), sum(r.errors for r in runs), sum(r.seconds for r in runs),
+                      [x for r in runs for x in r.latencies_ms], sum(r.sent for r in runs))
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system, all threads) a process has used so far; NaN where /proc does not tell."""
     try:

@@ -634,7 +634,6 @@ class Sim:
             picks.append(rng.choice(counties))
         from node.ids import make_gb32100
 
-        depts: dict[str, str] = {}
         plan: dict[int, list[tuple[str, str, str]]] = {}
         for d in {d.code: d for d in picks}.values():
             dept = make_gb32100(f"11{d.code}MB", 7)  # 统一社会信用代码 of the county's 大数据局
