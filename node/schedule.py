@@ -39,7 +39,7 @@ class PeriodicJobs:
             self._scheduler.pause_job(job_id)
 
     def resume(self, job_id: str) -> None:
-        """Run a paused job again, on its interval from now (a running job is left as it is)."""
+        """Run a paused job again, on its interval from now (a job that is not paused is left as it is)."""
         if self._scheduler is not None and self.next_run(job_id) is None:
             self._scheduler.resume_job(job_id)
 
