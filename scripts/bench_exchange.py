@@ -155,8 +155,7 @@ def full_load(base: Path, rows: int, batch: int) -> None:
             "columns": COLUMNS, "interval_s": 60, "batch_size": batch})
         state = wait(lambda: (s := source_state(node, token, code))["state"] != "loading" and s, 3600, "the load", 0.5)
         wall = time.perf_counter() - t0
-        assert node.proc is not None
-        rss = rss_mb(node.proc.pid)
+        rss = rss_mb(node.pid)
     finally:
         node.stop()
     prog = state["progress"]

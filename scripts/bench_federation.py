@@ -26,8 +26,8 @@ import tempfile
 import textwrap
 import time
 import urllib.request
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -113,11 +113,6 @@ def _cpu_line(label: str, cpu: dict[str, list[float]]) -> str:
     return f"   CPU per request, {label}: " + ", ".join(f"{name} {statistics.median(ms):.2f} ms" for name, ms in cpu.items())
 
 
-def pid(node: NodeProcess) -> int:
-    assert node.proc is not None
-    return node.proc.pid
-
-
 def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json") -> dict:
     req = urllib.request.Request(url, data=body, method=method,
                                  headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
@@ -176,10 +171,10 @@ def main() -> int:
                 cpu: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
                 for _ in range(rounds):
                     runs["direct"].append(measured_load(direct_url, ph, bodies, conc, args.seconds,
-                                                        {"province": pid(province)}, cpu["direct"]))
+                                                        {"province": province.pid}, cpu["direct"]))
                     runs["cross"].append(measured_load(cross_url, ch, bodies, conc, args.seconds,
-                                                       {"county": pid(county), "city": pid(city),
-                                                        "province": pid(province)}, cpu["cross"]))
+                                                       {"county": county.pid, "city": city.pid,
+                                                        "province": province.pid}, cpu["cross"]))
                     runs["bare"].append(measured_load(bare_direct_url, {}, bodies, conc, args.seconds,
                                                       {"answering": bare[0].pid}, cpu["bare"]))
                     runs["bare relayed"].append(measured_load(bare_relayed_url, {}, bodies, conc, args.seconds,

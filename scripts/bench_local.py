@@ -138,7 +138,7 @@ def main() -> int:
             print(f"govnode local benchmark: {args.records:,} records; {env_info()}; SQLite, synchronous=FULL; "
                   f"load: {args.concurrency} connections × {args.seconds:g} s × {args.rounds} rounds, one client process; "
                   f"machine load average {os.getloadavg()[0]:.1f}")
-            pid = node.proc.pid  # type: ignore[union-attr]
+            pid = node.pid
 
             # Ingest ---------------------------------------------------------------------------------------
             t0 = time.perf_counter()
@@ -221,7 +221,7 @@ def main() -> int:
                   f"{compare_times[0]:.2f} s first, {min(compare_times):.2f} s best of 3, node CPU "
                   f"{min(compare_cpu):.2f} s (found {answer['found']:,}, matched {answer['matched']:,}; "
                   f"request {len(compare_body) / 2**20:.1f} MiB)")
-            print(f"node peak memory {rss_mb(node.proc.pid):.0f} MiB")  # type: ignore[union-attr]
+            print(f"node peak memory {rss_mb(node.pid):.0f} MiB")
 
             ratio = statistics.median(ratios)
             worst_compare = max(compare_times)

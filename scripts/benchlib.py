@@ -55,6 +55,13 @@ class NodeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The running process's id (the node must have been started)."""
+        if self.proc is None:
+            raise RuntimeError(f"the node at {self.url} is not running")
+        return self.proc.pid
+
     def start(self, timeout_s: float = 60) -> None:
         log = open(self.home / "node.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--dir", str(self.home)], cwd=REPO,

@@ -53,6 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchlib import cpu_seconds  # noqa: E402  (scripts/ is this script's own folder on sys.path)
+
 PROVINCE = "370000"
 # Divisions the CSV snapshot still lists but that were merged since: their counties go to the new parent.
 MERGED_CITIES = {"371200": ("370100", "莱芜市 was merged into 济南市 in 2019")}
@@ -546,13 +548,6 @@ def vm_status(pid: int) -> dict[str, int]:
             if key in ("VmHWM", "VmRSS"):
                 out[key] = int(rest.split()[0]) // 1024
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return float("nan")
 
 
 @dataclass

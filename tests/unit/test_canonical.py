@@ -152,9 +152,9 @@ def test_the_quick_domain_walk_never_accepts_what_the_full_check_refuses(value: 
 
 
 def _has_subclass(value: object) -> bool:
-    if type(value) in (dict,):
+    if type(value) is dict:
         return any(_has_subclass(k) or _has_subclass(v) for k, v in value.items())  # type: ignore[attr-defined]
-    if type(value) in (list, tuple):
+    if type(value) is list or type(value) is tuple:
         return any(_has_subclass(v) for v in value)  # type: ignore[attr-defined]
     return type(value) not in (str, int, bool, type(None))
 
