@@ -77,5 +77,6 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     audit = AuditLog(app[DB], app[CONFIG].audit_batch_ms)
     await audit.start()
     app[AUDIT] = audit
+    app[METRICS].watch_journal(audit.journal)
     yield
     await audit.close()

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -30,7 +32,21 @@ log = logging.getLogger("govnode.groupcommit")
 
 T = TypeVar("T")
 WriteBatch = Callable[[sa.Connection, list[T]], None]
-Batch = list[tuple[WriteBatch[Any], Any, "asyncio.Future[None]"]]
+Batch = list[tuple[WriteBatch[Any], Any, "asyncio.Future[None]", float]]
+
+
+@dataclass
+class JournalStats:
+    """Running totals of one committer, for /metrics: how often it commits, how much each commit carries,
+    and how long callers wait. `wait_seconds` sums, over items, the time from being queued to being durable
+    (what durable-before-acknowledged adds to a call); `commit_seconds` sums, over batches, the time from
+    asking for the writer's turn to the commit returning."""
+
+    commits: int = 0
+    items: int = 0
+    failures: int = 0
+    commit_seconds: float = 0.0
+    wait_seconds: float = 0.0
 
 
 class GroupCommitter:
@@ -39,7 +55,8 @@ class GroupCommitter:
         self.name = name
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
-        self._pending: list[tuple[WriteBatch[Any], Any, asyncio.Future[None]]] = []
+        self._pending: Batch = []
+        self.stats = JournalStats()
         self._callers: set[int] = set()  # the tasks that queued what is pending
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -75,7 +92,7 @@ class GroupCommitter:
         if self._task is None or self._task.done():
             raise ApiError(f"the {self.name} writer is not running", code="UNAVAILABLE")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((write, item, fut))
+        self._pending.append((write, item, fut, time.perf_counter()))
         self._callers.add(id(asyncio.current_task()))
         self._wake.set()
         return fut
@@ -99,8 +116,8 @@ class GroupCommitter:
 
     @staticmethod
     def _apply(conn: sa.Connection, batch: Batch) -> None:
-        for write in dict.fromkeys(w for w, _, _ in batch):
-            write(conn, [item for w, item, _ in batch if w is write])
+        for write in dict.fromkeys(w for w, _, _, _ in batch):
+            write(conn, [item for w, item, _, _ in batch if w is write])
 
     def _commit_in_thread(self, batch: Batch) -> None:
         assert self._twin is not None
@@ -127,6 +144,7 @@ class GroupCommitter:
         twin.dispose()
 
     async def _commit(self, batch: Batch) -> None:
+        started = time.perf_counter()
         try:
             if self._thread is not None:
                 async with queued_write(self.engine):  # in turn with the node's other writers
@@ -136,10 +154,17 @@ class GroupCommitter:
                     await conn.run_sync(self._apply, batch)
         except Exception:  # noqa: BLE001 - every waiter learns that its item is not durable
             log.exception("%s: a batch of %d could not be committed", self.name, len(batch))
-            for _, _, fut in batch:
+            self.stats.failures += 1
+            for _, _, fut, _ in batch:
                 if not fut.done():
                     fut.set_exception(ApiError(f"the {self.name} record could not be stored", code="UNAVAILABLE"))
             return
-        for _, _, fut in batch:
+        done = time.perf_counter()
+        stats = self.stats
+        stats.commits += 1
+        stats.items += len(batch)
+        stats.commit_seconds += done - started
+        for _, _, fut, queued in batch:
+            stats.wait_seconds += done - queued
             if not fut.done():
                 fut.set_result(None)

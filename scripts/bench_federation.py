@@ -12,6 +12,13 @@ For context, the same load generator also measures the floor of relaying over HT
 bare aiohttp process answering a constant, and the same with two bare aiohttp relays in front of it
 (no signatures, no checks, no database). Their p50 ratio is what three processes passing a request on
 cost before any work is done.
+
+Each node's journal figures (from its /metrics) show the commits a request waits for. Durable before
+acknowledged (DESIGN.md) puts one commit on the direct path (the province's audit record) and two on the
+routed one: the province's replay claims and audit record before its answer leaves, and the county's
+audit record of the answer before the department gets it (the city's commit overlaps its forwarding). The
+last line adds those commits to the bare floor: what the ratio would be if signatures, checks and
+everything else cost nothing.
 """
 
 from __future__ import annotations
@@ -32,8 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import (LoadResult, NodeProcess, add_dept, cpu_seconds, env_info, free_port, load,  # noqa: E402
-                      merged, start_three_levels, wait_healthy)
+from benchlib import (LoadResult, NodeProcess, add_dept, cpu_seconds, env_info, free_port,  # noqa: E402
+                      journal_totals, load, merged, start_three_levels, wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
@@ -100,17 +107,37 @@ def _ratio(runs: dict[str, list[LoadResult]], num: str, den: str, i: int) -> flo
 
 
 def measured_load(url: str, headers: dict[str, str], bodies: list[Any], conc: int, seconds: float,
-                  pids: dict[str, int], cpu: dict[str, list[float]]) -> LoadResult:
-    """`load`, and the CPU time each process in `pids` spent per request answered, appended to `cpu`."""
+                  pids: dict[str, int], cpu: dict[str, list[float]], nodes: dict[str, str] | None = None,
+                  commits: dict[str, list[tuple[float, float]]] | None = None) -> LoadResult:
+    """`load`, and the CPU time each process in `pids` spent per request answered, appended to `cpu`; for
+    the govnode `nodes` (name → URL), (journal commits per request, ms per commit) appended to `commits`."""
+    nodes = nodes or {}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    journals = {name: journal_totals(url) for name, url in nodes.items()}
     result = load(url, headers, bodies, conc, seconds)
     for name, pid in pids.items():
         cpu.setdefault(name, []).append((cpu_seconds(pid) - before[name]) * 1000 / max(result.sent, 1))
+    for name, node_url in nodes.items():
+        n, secs = journal_totals(node_url)
+        n, secs = n - journals[name][0], secs - journals[name][1]
+        assert commits is not None
+        commits.setdefault(name, []).append((n / max(result.sent, 1), secs * 1000 / max(n, 1)))
     return result
 
 
 def _cpu_line(label: str, cpu: dict[str, list[float]]) -> str:
     return f"   CPU per request, {label}: " + ", ".join(f"{name} {statistics.median(ms):.2f} ms" for name, ms in cpu.items())
+
+
+def _commit_ms(commits: dict[str, list[tuple[float, float]]], name: str) -> float:
+    """Median over the rounds of the journal time a request of `name` waits: commits per request × ms each."""
+    return statistics.median(n * ms for n, ms in commits[name])
+
+
+def _journal_line(label: str, commits: dict[str, list[tuple[float, float]]]) -> str:
+    return f"   journal per request, {label}: " + ", ".join(
+        f"{name} {statistics.median(n for n, _ in runs):.2f} commits × {statistics.median(ms for _, ms in runs):.2f} ms"
+        for name, runs in commits.items())
 
 
 def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json") -> dict:
@@ -169,12 +196,16 @@ def main() -> int:
                 rounds = args.rounds if label == "latency" else 1
                 runs: dict[str, list[LoadResult]] = {"direct": [], "cross": [], "bare": [], "bare relayed": []}
                 cpu: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
+                commits: dict[str, dict[str, list[tuple[float, float]]]] = {"direct": {}, "cross": {}}
                 for _ in range(rounds):
                     runs["direct"].append(measured_load(direct_url, ph, bodies, conc, args.seconds,
-                                                        {"province": province.pid}, cpu["direct"]))
+                                                        {"province": province.pid}, cpu["direct"],
+                                                        {"province": province.url}, commits["direct"]))
                     runs["cross"].append(measured_load(cross_url, ch, bodies, conc, args.seconds,
                                                        {"county": county.pid, "city": city.pid,
-                                                        "province": province.pid}, cpu["cross"]))
+                                                        "province": province.pid}, cpu["cross"],
+                                                       {"county": county.url, "city": city.url,
+                                                        "province": province.url}, commits["cross"]))
                     runs["bare"].append(measured_load(bare_direct_url, {}, bodies, conc, args.seconds,
                                                       {"answering": bare[0].pid}, cpu["bare"]))
                     runs["bare relayed"].append(measured_load(bare_relayed_url, {}, bodies, conc, args.seconds,
@@ -197,6 +228,8 @@ def main() -> int:
                       f"  (target ≤ 3.00: {verdict}); req/s ratio {cross.rps / direct.rps:.2f}")
                 print(_cpu_line("direct", cpu["direct"]))
                 print(_cpu_line("routed", cpu["cross"]))
+                print(_journal_line("direct", commits["direct"]))
+                print(_journal_line("routed", commits["cross"]))
                 print(bare_direct.line("bare aiohttp, answering"))
                 print(bare_relayed.line("bare aiohttp, two relays in front"))
                 print(_cpu_line("bare", cpu["bare"]))
@@ -205,6 +238,12 @@ def main() -> int:
                 print(f"   floor of HTTP relaying on this machine: p50 ratio {floor:.2f}; "
                       f"govnode adds {direct.pct(50) - bare_direct.pct(50):.2f} ms direct, "
                       f"{cross.pct(50) - bare_relayed.pct(50):.2f} ms routed")
+                if label == "latency":
+                    waited = {"direct": _commit_ms(commits["direct"], "province"),
+                              "routed": _commit_ms(commits["cross"], "county") + _commit_ms(commits["cross"], "province")}
+                    with_commits = ((bare_relayed.pct(50) + waited["routed"]) / (bare_direct.pct(50) + waited["direct"]))
+                    print(f"   floor with the commits an answer waits for (direct: province {waited['direct']:.2f} ms; "
+                          f"routed: county + province {waited['routed']:.2f} ms): p50 ratio {with_commits:.2f}")
         finally:
             for proc in bare:
                 proc.terminate()

@@ -223,6 +223,19 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def journal_totals(url: str) -> tuple[float, float]:
+    """A node's journal so far, from its /metrics: (commits, seconds spent committing)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    found = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+             if s.name.startswith("govnode_journal_commit_seconds")}
+    return found.get("govnode_journal_commit_seconds_count", 0.0), found.get("govnode_journal_commit_seconds_sum", 0.0)
+
+
 def rss_mb(pid: int) -> float:
     """Peak resident memory of a process (VmHWM), in MiB."""
     try:

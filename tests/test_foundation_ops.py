@@ -62,6 +62,29 @@ async def test_metrics_count_calls_errors_and_latency(node):
     assert m[("govnode_api_latency_seconds_sum", (("op", "catalog.search"), ("resource", "")))] > 0
 
 
+async def test_metrics_show_the_journal_commits_and_waits(node):
+    """Every API call's audit record goes through the journal: its items, commits and waiting times show in
+    /metrics and grow with the calls made (an operator's first look when calls slow down: a slow disk)."""
+
+    async def journal() -> dict[str, float]:
+        async with node.session.get(node.url + "/metrics") as resp:
+            m = samples(await resp.text())
+        return {name: m[(f"govnode_journal_{name}", (("journal", "journal"),))]
+                for name in ("commit_seconds_count", "commit_seconds_sum", "wait_seconds_count", "wait_seconds_sum",
+                             "commit_failures_total")}
+
+    before = await journal()
+    for _ in range(4):
+        await node.call("GET", "/api/v1/catalog", "police")
+    after = await journal()
+    assert after["wait_seconds_count"] - before["wait_seconds_count"] >= 4  # one audit record a call at least
+    assert 1 <= after["commit_seconds_count"] - before["commit_seconds_count"] <= \
+        after["wait_seconds_count"] - before["wait_seconds_count"]  # a commit carries one item or more
+    assert after["commit_seconds_sum"] > before["commit_seconds_sum"]
+    assert after["wait_seconds_sum"] > before["wait_seconds_sum"]
+    assert after["commit_failures_total"] == before["commit_failures_total"] == 0
+
+
 async def test_openapi_is_valid_3_1(node):
     status, spec = await node.call("GET", "/api/v1/openapi.json")
     assert status == 200

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, Metric, SummaryMetricFamily
+
+from node.groupcommit import GroupCommitter
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -47,8 +52,41 @@ class Metrics:
             self.gauges[key] = Counter(name, doc, labels, registry=self.registry)  # type: ignore[assignment]
         return self.gauges[key]  # type: ignore[return-value]
 
+    def watch_journal(self, journal: GroupCommitter) -> None:
+        """Export a group committer's running totals (read at each scrape; the committer knows nothing of
+        Prometheus)."""
+        self.registry.register(_JournalCollector(journal))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _JournalCollector:
+    """`govnode_journal_*`: commits (and how long each took), items (and how long each waited), failures."""
+
+    def __init__(self, journal: GroupCommitter) -> None:
+        self.journal = journal
+
+    def describe(self) -> list[Metric]:
+        return []  # families are known only at collection; an empty describe keeps registration lazy
+
+    def collect(self) -> Iterator[Metric]:
+        stats, name = self.journal.stats, self.journal.name
+        failures = CounterMetricFamily("govnode_journal_commit_failures",
+                                       "Batches that could not be committed (their callers got UNAVAILABLE)",
+                                       labels=("journal",))
+        failures.add_metric((name,), stats.failures)
+        yield failures
+        commit = SummaryMetricFamily("govnode_journal_commit_seconds",
+                                     "Per batch: from asking for the writer's turn to the commit returning",
+                                     labels=("journal",))
+        commit.add_metric((name,), stats.commits, stats.commit_seconds)
+        yield commit
+        wait = SummaryMetricFamily("govnode_journal_wait_seconds",
+                                   "Per item (audit record, replay claim, notify …): from being queued to being "
+                                   "durable, what durable-before-acknowledged adds to a call", labels=("journal",))
+        wait.add_metric((name,), stats.items, stats.wait_seconds)
+        yield wait
 
 
 METRICS = web.AppKey("metrics", Metrics)
