@@ -50,13 +50,16 @@ class PeerClient:
             self._session = None
 
     async def request(self, peer: str, endpoint: str, method: str, path: str, content: Any = None,
-                      timeout_s: float | None = None, *, origin: str | None = None) -> Any:
-        """Call `peer` at `endpoint`; return the decoded JSON answer of a 2xx, else raise PeerError."""
+                      timeout_s: float | None = None, *, origin: str | None = None, checked: bool = False) -> Any:
+        """Call `peer` at `endpoint`; return the decoded JSON answer of a 2xx, else raise PeerError.
+
+        `checked=True`: `content` is known to be inside the canonical JSON domain (an envelope this node
+        built or checked on receipt, plus signatures), so encoding it skips that check."""
         if self._session is None:
             raise PeerError("PEER_UNREACHABLE", "the peer client is closed", {"hop": peer})
         uri = path
         origin = origin or self.node_id
-        data = None if content is None else encode_canonical_json(content)
+        data = None if content is None else encode_canonical_json(content, checked=checked)
         headers = {"Authorization": make_authorization(method, uri, origin, peer, self._key(), content=content,
                                                        content_json=data)}
         if data is not None:

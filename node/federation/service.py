@@ -893,8 +893,9 @@ class FederationService:
         if remaining <= 0:
             return self._error_answer(env, ApiError("the envelope expired", {"hop": self.node_id}, code="PEER_TIMEOUT"))
         try:
+            # `env` passed the canonical check (on receipt, or in verify_envelope_origin); a signature adds text.
             reply = await self.client.request(hop, self.endpoint_of(hop), "POST", "/federation/v1/messages", signed,
-                                              timeout_s=remaining)
+                                              timeout_s=remaining, checked=True)
         except PeerError as exc:
             self._mark_peer(hop, ok=False, error=exc.message)
             details = exc.details if isinstance(exc.details, dict) else {}
@@ -945,7 +946,7 @@ class FederationService:
         remaining = (env["expires_at"] - now_ms()) / 1000
         try:
             return await self.client.request(hop, self.endpoint_of(hop), "POST", "/federation/v1/messages", env,
-                                             timeout_s=remaining)
+                                             timeout_s=remaining, checked=True)  # built by make_envelope
         except PeerError as exc:
             self._mark_peer(hop, ok=False, error=exc.message)
             details = exc.details if isinstance(exc.details, dict) else {}
