@@ -112,6 +112,7 @@ def measured_load(url: str, headers: dict[str, str], bodies: list[Any], conc: in
     """`load`, and the CPU time each process in `pids` spent per request answered, appended to `cpu`; for
     the govnode `nodes` (name → URL), (journal commits per request, ms per commit) appended to `commits`."""
     nodes = nodes or {}
+    commits = commits if commits is not None else {}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     journals = {name: journal_totals(url) for name, url in nodes.items()}
     result = load(url, headers, bodies, conc, seconds)
@@ -120,7 +121,6 @@ def measured_load(url: str, headers: dict[str, str], bodies: list[Any], conc: in
     for name, node_url in nodes.items():
         n, secs = journal_totals(node_url)
         n, secs = n - journals[name][0], secs - journals[name][1]
-        assert commits is not None
         commits.setdefault(name, []).append((n / max(result.sent, 1), secs * 1000 / max(n, 1)))
     return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -52,11 +53,8 @@ async def test_peer_client_names_the_hop_it_could_not_reach() -> None:
         async with TestServer(web.Application(), host="127.0.0.1") as server:
             endpoint = str(server.make_url(""))
         # the server is gone: nothing listens on its port any more
-        try:
+        with pytest.raises(PeerError) as err:
             await client.request("370300", endpoint, "GET", "/federation/v1/node", timeout_s=5)
-        except PeerError as exc:
-            assert exc.code == "PEER_UNREACHABLE" and exc.details == {"hop": "370300"}
-        else:
-            raise AssertionError("a call to a closed port must fail")
+        assert err.value.code == "PEER_UNREACHABLE" and err.value.details == {"hop": "370300"}
     finally:
         await client.close()
