@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -227,19 +229,24 @@ def read_counter_sync(conn: sa.Connection, name: str) -> int:
     return int(v) if v is not None else 0
 
 
+def on_conflict_statement(dialect: str, table: sa.Table, name: str, build: Callable[[Any], Any]) -> Any:
+    """An INSERT … ON CONFLICT statement for `table`, built once per dialect: `build` gets the dialect's own
+    insert (SQLite's or PostgreSQL's, the ones that have `on_conflict_*`) and adds the clause; `name` tells
+    apart several such statements on one table."""
+    key = (table.name, name, dialect)
+    stmt = _on_conflict.get(key)
+    if stmt is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = _on_conflict[key] = build(insert(table))
+    return stmt
+
+
+_on_conflict: dict[tuple[str, str, str], Any] = {}
+
+
 def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
     """Insert rows, skipping those whose primary key is already stored (SQLite and PostgreSQL)."""
     if not rows:
         return
-    key = (table.name, conn.dialect.name)
-    stmt = _insert_ignoring.get(key)
-    if stmt is None:
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = _insert_ignoring[key] = insert(table).on_conflict_do_nothing()
-    conn.execute(stmt, rows)
-
-
-_insert_ignoring: dict[tuple[str, str], sa.Insert] = {}
+    conn.execute(on_conflict_statement(conn.dialect.name, table, "ignore", lambda ins: ins.on_conflict_do_nothing()),
+                 rows)

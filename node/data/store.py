@@ -11,11 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from node.db import JsonDoc, metadata
+from node.db import JsonDoc, metadata, on_conflict_statement
 
 records = sa.Table(
     "records",
@@ -32,17 +31,13 @@ records = sa.Table(
 
 CHANGE_COUNTER = "record_change"
 
-_upserts: dict[str, Any] = {}
-
-
 def _upsert(dialect: str) -> Any:
     """INSERT … ON CONFLICT DO UPDATE for executemany, `data` bound as JSON text the caller serialized."""
-    stmt = _upserts.get(dialect)
-    if stmt is None:
-        pg = dialect == "postgresql"
-        insert = postgresql.insert if pg else sqlite.insert
+    pg = dialect == "postgresql"
+
+    def build(insert: Any) -> Any:
         data = sa.bindparam("p_data", type_=sa.Text)
-        ins = insert(records).values(
+        ins = insert.values(
             resource_code=sa.bindparam("p_code", type_=sa.String),
             key=sa.bindparam("p_key", type_=sa.String),
             data=sa.cast(data, JSONB) if pg else data,
@@ -50,7 +45,7 @@ def _upsert(dialect: str) -> Any:
             change_id=sa.bindparam("p_change", type_=sa.BigInteger),
             updated_at=sa.bindparam("p_at", type_=sa.BigInteger),
         )
-        stmt = ins.on_conflict_do_update(
+        return ins.on_conflict_do_update(
             index_elements=[records.c.resource_code, records.c.key],
             set_={
                 "data": ins.excluded.data,
@@ -59,8 +54,8 @@ def _upsert(dialect: str) -> Any:
                 "updated_at": ins.excluded.updated_at,
             },
         )
-        _upserts[dialect] = stmt
-    return stmt
+
+    return on_conflict_statement(dialect, records, "upsert", build)
 
 
 # SQLite takes the rows straight to the driver's executemany (no per-row work in SQLAlchemy): the ingest

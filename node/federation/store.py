@@ -7,10 +7,9 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.db import insert_ignoring_duplicates, metadata, next_counter, read_counter_sync
+from node.db import insert_ignoring_duplicates, metadata, next_counter, on_conflict_statement, read_counter_sync
 
 REGISTRY_COUNTER = "registry_change"
 
@@ -194,20 +193,12 @@ async def enqueue(conn: AsyncConnection, peer: str, kind: str, payload: dict[str
     ))
 
 
-_notify_upserts: dict[str, Any] = {}
-
-
 def _notify_upsert(dialect: str) -> Any:
     """INSERT … ON CONFLICT (dedup) DO UPDATE: one pending notify per peer and feed, carrying the newest head."""
-    stmt = _notify_upserts.get(dialect)
-    if stmt is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        ins = insert(outbox)
-        stmt = _notify_upserts[dialect] = ins.on_conflict_do_update(
-            index_elements=[outbox.c.dedup],
-            set_={"payload": ins.excluded.payload, "next_attempt_at": ins.excluded.next_attempt_at},
-        )
-    return stmt
+    return on_conflict_statement(dialect, outbox, "notify", lambda ins: ins.on_conflict_do_update(
+        index_elements=[outbox.c.dedup],
+        set_={"payload": ins.excluded.payload, "next_attempt_at": ins.excluded.next_attempt_at},
+    ))
 
 
 def enqueue_notifies(conn: sa.Connection, items: list[tuple[list[str], str, str, int]]) -> None:
