@@ -124,6 +124,33 @@ async def test_change_feed_is_served_only_with_a_subscribe_grant(tree):
     assert status == 200 and raw["changes"][0]["data"]["address"] == "山东省淄博市桓台县索镇"
 
 
+async def test_stats_count_calls_served_and_not_change_feed_pulls(tree):
+    """A change-feed pull travels as a `service.call` like a query does; the provider audits both, but its
+    statistics count only the query, verify and compare calls it served."""
+    province, county, code = tree["370000"], tree["370321"], tree["code"]
+
+    async def served() -> int:
+        status, stats = await province.call("GET", "/api/v1/stats?since=0", "operator")
+        assert status == 200, stats
+        return next((r["calls"] for r in stats["calls"]["by_resource"] if r["key"] == code), 0)
+
+    async def pulls() -> list[dict]:
+        status, page = await province.call("GET", f"/api/v1/audit?resource={code}&limit=1000", "operator")
+        assert status == 200, page
+        return [r for r in page["records"] if (r["details"] or {}).get("op") == "changes"]
+
+    before, pulled = await served(), len(await pulls())
+    for _ in range(3):
+        status, page = await county.call("GET", f"/api/v1/resources/{code}/changes?since=0", "civil")
+        assert status == 200, page
+    res = await query(county, "civil", code, {"key": PEOPLE[0], "fields": ["name"]})
+    assert res["records"] == [{"name": "张三"}] and res["via"] == ["370300", "370000"], res
+    assert await served() == before + 1
+    records = await pulls()
+    assert len(records) == pulled + 3  # still audited, op and all
+    assert {(r["action"], r["actor"], r["outcome"]) for r in records[:3]} == {("federation.deliver", "370321", "ok")}
+
+
 async def test_replica_answers_locally_and_stays_in_step_through_a_city_restart(tree):
     province, city, county, code = tree["370000"], tree["370300"], tree["370321"], tree["code"]
     status, body = await county.call("POST", "/api/v1/subscriptions", "other", json_body={

@@ -55,7 +55,8 @@ grants = sa.Table(
     sa.Column("doc", sa.Text, nullable=False),
 )
 
-CALL_ACTIONS = ("sharing.query", "sharing.verify", "sharing.compare")
+CALL_OPS = ("query", "verify", "compare")
+CALL_ACTIONS = tuple(f"sharing.{op}" for op in CALL_OPS)
 SERVED_ACTION = "federation.deliver"
 
 
@@ -195,12 +196,18 @@ async def list_grants(
 # Call statistics (from the audit log) ------------------------------------------------------------------
 
 def _calls_where(since: int, until: int) -> Any:
-    """Query, verify and compare calls made here, and `service.call` messages served here for other nodes
-    (delivered messages naming a resource)."""
+    """Query, verify and compare calls made here, and those served here for other nodes: delivered messages
+    naming a resource, less other nodes' change-feed pulls, which travel as `service.call` too.
+
+    A delivered message's record names its op in `details` (JSON as `node.audit.service._normalise` writes it:
+    sorted keys, `": "` between key and value; the hash chain fixes that form). Records without an op, from
+    before ops were recorded, count as before."""
+    details = sa.func.coalesce(audit_log.c.details, "")
+    served_op = sa.or_(sa.not_(details.like('%"op": %')), *(details.like(f'%"op": "{op}"%') for op in CALL_OPS))
     return sa.and_(
         audit_log.c.at >= since, audit_log.c.at < until,
         sa.or_(audit_log.c.action.in_(CALL_ACTIONS),
-               sa.and_(audit_log.c.action == SERVED_ACTION, audit_log.c.resource.is_not(None))),
+               sa.and_(audit_log.c.action == SERVED_ACTION, audit_log.c.resource.is_not(None), served_op)),
     )
 
 

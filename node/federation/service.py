@@ -809,15 +809,18 @@ class FederationService:
         hop = self.node_id if destination == self.node_id else self.route(destination)
         outcome = "ok"
 
+        body = env.get("body") if isinstance(env.get("body"), dict) else {}
+        details = {"kind": env["kind"], "from": hop_origin, "to": hop, "origin": env["origin"], "destination": destination}
+        if isinstance(body.get("op"), str):  # a service.call's op: the statistics tell calls from feed pulls by it
+            details["op"] = body["op"][:32]
+
         def audit_fields(result: str) -> dict[str, Any]:
             return dict(
                 request_id=request_id, message_id=env["id"], actor=env["origin"], role="node",
                 action="federation.deliver" if hop == self.node_id else "federation.relay",
                 method="POST", path="/federation/v1/messages", outcome=result, status=200,
                 latency_ms=round((time.perf_counter() - started) * 1000),
-                resource=(env.get("body") or {}).get("resource") if isinstance(env.get("body"), dict) else None,
-                details={"kind": env["kind"], "from": hop_origin, "to": hop, "origin": env["origin"],
-                         "destination": destination},
+                resource=body.get("resource"), details=details,
             )
 
         # A read delivered here changes nothing, so it goes first and its claims commit afterwards, in one
