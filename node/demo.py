@@ -176,7 +176,11 @@ def _resources(node: str, rng: random.Random) -> list[tuple[dict[str, Any], list
 
 
 def _port_free(port: int) -> bool:
+    """Whether a node could listen on `port`. Asked as the node's own listening socket asks (SO_REUSEADDR,
+    as asyncio sets it on Unix), so the connections a demo stopped a moment ago left in TIME_WAIT do not make
+    its ports look taken; a port something listens on still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

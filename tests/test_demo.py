@@ -1,0 +1,133 @@
+"""`govnode demo` (issue 3, SPEC §14) run as the README runs it: one process that builds the four-node
+federation, prints every node, token and some calls to paste; the printed calls answer as the banner says;
+Ctrl-C stops every node with exit 0; and the demo starts again at once on the same ports."""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BANNER_END = "Health, peers and outboxes of the city:"
+
+
+def free_base_port() -> int:
+    """A base port whose four demo ports nobody listens on."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 40000)
+        try:
+            for port in range(base, base + 4):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no four free ports in a row")
+
+
+class Demo:
+    def __init__(self, home: Path, base_port: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "demo", "--dir", str(home),
+                                      "--base-port", str(base_port)], cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.out: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def banner(self, timeout_s: float = 150) -> str:
+        """Everything printed up to the last call of the banner; fails if the demo ends first."""
+        while True:
+            line = self.lines.get(timeout=timeout_s)
+            assert line is not None, f"the demo ended (exit {self.proc.wait()}) before its banner:\n" + "".join(self.out)
+            self.out.append(line)
+            if self.out[-2:-1] and self.out[-2].strip() == BANNER_END:
+                return "".join(self.out) + "\n"  # the blank line that ends the last call
+
+    def interrupt(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=60)
+        while (line := self.lines.get(timeout=10)) is not None:
+            self.out.append(line)
+        return code, "".join(self.out)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def curl(command: str) -> Any:
+    """Carry out one printed `curl -s` call (its URL, headers and body) and return the JSON answer."""
+    url = re.search(r"(http://\S+?)'?(?:\s|$)", command).group(1)
+    headers = dict(h.split(": ", 1) for h in re.findall(r"-H '([^']*)'", command))
+    body = re.search(r"-d '(.*)'", command)
+    req = urllib.request.Request(url, data=body.group(1).encode() if body else None, headers=headers,
+                                 method="POST" if "-X POST" in command else "GET")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+        return json.loads(resp.read())
+
+
+def test_demo_runs_answers_its_printed_calls_stops_cleanly_and_restarts(tmp_path):
+    home, base = tmp_path / "demo", free_base_port()
+    demo = Demo(home, base)
+    try:
+        text = demo.banner()
+        # Each node's URL and home, and a token for each department.
+        for code, name, off in (("370000", "山东省", 0), ("370300", "淄博市", 1), ("370321", "桓台县", 2),
+                                ("370303", "张店区", 3)):
+            assert re.search(rf"^  {code} {name}\s+http://127\.0\.0\.1:{base + off}\b", text, re.M), text
+        assert len(re.findall(r"^      dept\s+\S{18} .+: gnt_\S+$", text, re.M)) >= 8, text
+        calls = [c.replace("\\\n", " ") for c in re.findall(r"^  (curl .*?)(?=\n\n)", text, re.M | re.S)]
+        assert len(calls) == 4, calls
+        verify, catalog, query, health = calls
+        # A 桓台县 clerk verifies a citizen held by the province, routed county → city → province.
+        answer = curl(verify)
+        assert answer["match"] is True and answer["via"] == ["370300", "370000"], answer
+        # The county's catalog holds the whole federation's resources.
+        page = curl(catalog)
+        assert page["total"] >= 4 and page["entries"], page
+        # The query comes back through the tree with the sensitive items masked.
+        answer = curl(query)
+        (record,) = answer["records"]
+        assert answer["via"] == ["370300", "370000"] and "*" in record["id_number"], answer
+        status = curl(health)
+        assert status["status"] == "ok" and set(status["federation"]["peers"]) == {"370000", "370321", "370303"}
+        code, text = demo.interrupt()
+        assert code == 0 and "all demo nodes stopped" in text, text
+        # Ctrl-C and start again: the ports the last run served on (their closed connections still in
+        # TIME_WAIT) are free to serve on again.
+        demo = Demo(home, base)
+        text = demo.banner()
+        answer = curl(re.search(r"^  (curl .*?)(?=\n\n)", text, re.M | re.S).group(1).replace("\\\n", " "))
+        assert answer["match"] is True, answer
+        code, text = demo.interrupt()
+        assert code == 0, text
+        # A port something else listens on is refused before anything starts.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind(("127.0.0.1", base + 1))
+            other.listen()
+            refused = subprocess.run([sys.executable, "-m", "node.cli", "demo", "--dir", str(home), "--base-port",
+                                      str(base)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                     stdin=subprocess.DEVNULL)
+        assert refused.returncode == 2 and f"ports [{base + 1}] are in use" in refused.stderr, refused
+    finally:
+        demo.kill()
