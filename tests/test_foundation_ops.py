@@ -60,6 +60,8 @@ async def test_metrics_count_calls_errors_and_latency(node):
     assert m[("govnode_api_latency_seconds_count", (("op", "catalog.search"), ("resource", "")))] == 3
     assert m[("govnode_api_latency_seconds_bucket", (("le", "+Inf"), ("op", "catalog.search"), ("resource", "")))] == 3
     assert m[("govnode_api_latency_seconds_sum", (("op", "catalog.search"), ("resource", "")))] > 0
+    # One series per resource and op, not two: no `_created` timestamps beside every counter and histogram.
+    assert not [name for name, _ in m if name.endswith("_created")], sorted({n for n, _ in m})
 
 
 async def test_metrics_show_the_journal_commits_and_waits(node):
