@@ -219,14 +219,16 @@ _READ_COUNTER = sa.select(counters.c.value).where(counters.c.name == sa.bindpara
 
 
 async def read_counter(conn: AsyncConnection, name: str) -> int:
-    v = (await conn.execute(_READ_COUNTER, {"counter": name})).scalar()
-    return int(v) if v is not None else 0
+    return await conn.run_sync(read_counter_sync, name)
 
 
 def read_counter_sync(conn: sa.Connection, name: str) -> int:
-    """`read_counter` inside a journal batch (a plain connection in the writer's thread)."""
+    """`read_counter` on a plain connection (inside a journal batch, in the writer's thread)."""
     v = conn.execute(_READ_COUNTER, {"counter": name}).scalar()
     return int(v) if v is not None else 0
+
+
+_on_conflict: dict[tuple[str, str, str], Any] = {}
 
 
 def on_conflict_statement(dialect: str, table: sa.Table, name: str, build: Callable[[Any], Any]) -> Any:
@@ -239,9 +241,6 @@ def on_conflict_statement(dialect: str, table: sa.Table, name: str, build: Calla
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = _on_conflict[key] = build(insert(table))
     return stmt
-
-
-_on_conflict: dict[tuple[str, str, str], Any] = {}
 
 
 def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:

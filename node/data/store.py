@@ -31,6 +31,7 @@ records = sa.Table(
 
 CHANGE_COUNTER = "record_change"
 
+
 def _upsert(dialect: str) -> Any:
     """INSERT … ON CONFLICT DO UPDATE for executemany, `data` bound as JSON text the caller serialized."""
     pg = dialect == "postgresql"
