@@ -11,7 +11,7 @@ from federation.signing import read_signing_key_file
 from node.accounts.http import ACCOUNTS, auth_middleware
 from node.accounts.service import AccountService
 from node.audit import http as audit_http
-from node.audit.http import AUDIT, audit_observer
+from node.audit.http import AUDIT, audit_observer, call_middleware
 from node.audit.service import AuditLog
 from node.config import Config
 from node.context import CONFIG, DB, SIGNING_KEY, add_routes
@@ -24,7 +24,7 @@ from node.web import make_error_middleware
 
 def init_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[make_error_middleware([audit_observer, metrics_observer]), auth_middleware],
+        middlewares=[make_error_middleware([audit_observer, metrics_observer]), auth_middleware, call_middleware],
         client_max_size=config.limits.max_json_bytes,
     )
     app[CONFIG] = config

@@ -10,8 +10,9 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -172,19 +173,52 @@ async def queued_write(engine: AsyncEngine) -> AsyncIterator[None]:
         lock.release()
 
 
+class CallWrites(Protocol):
+    """What a call (an API request, a delivered message) keeps in each write transaction made for it:
+    `begin` runs first in the transaction, `end` last before its commit, `committed` after the commit."""
+
+    def begin(self, conn: sa.Connection) -> None: ...
+
+    def end(self, conn: sa.Connection) -> None: ...
+
+    def committed(self) -> None: ...
+
+    def note(self, **fields: Any) -> None: ...
+
+
+# The call whose writes are being made, set for the duration of the call (node.audit.service.Call). Every
+# write transaction takes part in it, so no write path can commit without its audit intent.
+CALL_WRITES: ContextVar[CallWrites | None] = ContextVar("call_writes", default=None)
+
+
+def note_write(**fields: Any) -> None:
+    """Tell the running call's audit what a write touched (a resource code known only once it is made)."""
+    call = CALL_WRITES.get()
+    if call is not None:
+        call.note(**fields)
+
+
 @asynccontextmanager
 async def write_tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One write transaction; on SQLite it takes the write lock at BEGIN (BEGIN IMMEDIATE), so two
     writers never deadlock upgrading read locks, after queuing for it in this process (`queued_write`).
-    Commits on success, rolls back on any exception."""
+    Commits on success, rolls back on any exception. Made during a call (`CALL_WRITES`), it also stores
+    that call's audit intent (and claims its idempotency key), in the same transaction."""
+    call = CALL_WRITES.get()
     async with queued_write(engine):
         async with engine.connect() as conn:
             conn.sync_connection.info["write"] = True  # type: ignore[union-attr]
             try:
                 async with conn.begin():
+                    if call is not None:
+                        await conn.run_sync(call.begin)
                     yield conn
+                    if call is not None:
+                        await conn.run_sync(call.end)
             finally:
                 conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
+    if call is not None:
+        call.committed()
 
 
 def next_counter_sync(conn: sa.Connection, name: str, n: int = 1) -> int:

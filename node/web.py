@@ -182,8 +182,9 @@ def _http_exception_error(exc: web.HTTPException) -> ApiError:
     return ApiError(exc.reason or "bad request", code="INVALID_INPUT")
 
 
-# What the outer middleware hands to whoever observes every answer (audit, metrics).
-Observer = Callable[[web.Request, int, str, float], Awaitable[None]]
+# What the outer middleware hands to whoever observes every answer (audit, metrics): the request, its
+# answer, the outcome (`ok` or the error code) and the seconds it took.
+Observer = Callable[[web.Request, web.StreamResponse, str, float], Awaitable[None]]
 
 
 def make_error_middleware(observers: list[Observer]) -> Any:
@@ -215,7 +216,7 @@ def make_error_middleware(observers: list[Observer]) -> Any:
         elapsed = time.perf_counter() - started
         for observe in observers:
             try:
-                await observe(request, resp.status, outcome, elapsed)
+                await observe(request, resp, outcome, elapsed)
             except ApiError as err:  # e.g. the audit record could not be made durable
                 resp = error_response(err, rid)
                 break

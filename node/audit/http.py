@@ -1,7 +1,9 @@
-"""`GET /api/v1/audit` for operators and auditors, and the observer that audits every API call."""
+"""`GET /api/v1/audit` for operators and auditors; the middleware that makes each API call a `Call` (its
+writes carry their audit intent, its Idempotency-Key is honoured) and the observer that records it."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -9,12 +11,18 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from node.accounts.http import ACCOUNT, account
-from node.audit.service import AuditLog, keys_digest
+from node.audit.service import MAX_KEPT_ANSWER, AuditLog, Call, IdempotencyClaim, keys_digest
+from node.db import CALL_WRITES
+from node.errors import ApiError
 from node.web import REQUEST_ID, ApiRoutes, json_response, query_model
+
+log = logging.getLogger("govnode.audit")
 
 AUDIT = web.AppKey("audit", AuditLog)
 # What a handler tells the audit about its call: resource code, keys touched, message id, details.
 AUDIT_INFO = web.RequestKey("audit_info", dict)
+CALL = web.RequestKey("call", Call)
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 routes = ApiRoutes()
 
@@ -33,27 +41,83 @@ def note(request: web.Request, *, resource: str | None = None, keys: list[Any] |
         info.setdefault("details", {}).update(details)
 
 
-async def audit_observer(request: web.Request, status: int, outcome: str, elapsed: float) -> None:
-    if not request.path.startswith("/api/") or request.path == "/api/v1/openapi.json":
+def _audited(request: web.Request) -> bool:
+    return request.path.startswith("/api/") and request.path != "/api/v1/openapi.json"
+
+
+@web.middleware
+async def call_middleware(request: web.Request, handler):  # noqa: ANN001, ANN201
+    """Runs inside authentication: the call's writes are made as a `Call`, and a retried write with an
+    Idempotency-Key gets the answer of the first one instead of being carried out twice."""
+    if not _audited(request) or ACCOUNT not in request:
+        return await handler(request)
+    acct = request[ACCOUNT]
+    route = request.match_info.route.name if request.match_info.route else None
+    call = Call({"request_id": request[REQUEST_ID], "actor": acct.principal, "role": acct.role,
+                 "action": route or "unknown", "method": request.method, "path": request.path,
+                 "resource": request.match_info.get("code")})
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and request.method in WRITE_METHODS:
+        claim = IdempotencyClaim.of(acct.principal, key, request.method, request.path, request.query_string)
+        answer = await request.app[AUDIT].stored_answer(claim)
+        if answer is not None:
+            note(request, idempotent_replay=key)
+            return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type,
+                                headers={"Idempotent-Replayed": "true"})
+        call.idempotency = claim
+    request[CALL] = call
+    token = CALL_WRITES.set(call)
+    try:
+        return await handler(request)
+    finally:
+        call.open = False
+        CALL_WRITES.reset(token)
+
+
+def _kept_answer(call: Call, resp: web.StreamResponse) -> dict[str, Any] | None:
+    """The answer a retry of this call with its Idempotency-Key gets, when its key was claimed."""
+    if not call.claimed or call.idempotency is None:
+        return None
+    body = resp.body if isinstance(resp, web.Response) and isinstance(resp.body, bytes) else b""
+    if len(body) > MAX_KEPT_ANSWER:
+        body = b""
+    content_type = resp.content_type if body else "application/json"
+    return {"k_actor": call.idempotency.actor, "k_key": call.idempotency.key, "a_status": resp.status,
+            "a_type": content_type[:100], "a_body": body.decode("utf-8", "replace")}
+
+
+async def audit_observer(request: web.Request, resp: web.StreamResponse, outcome: str, elapsed: float) -> None:
+    if not _audited(request):
         return
     info = request.get(AUDIT_INFO, {})
     acct = request.get(ACCOUNT)
+    call = request.get(CALL)
     route = request.match_info.route.name if request.match_info.route else None
-    await request.app[AUDIT].record(
-        request_id=request[REQUEST_ID],
-        message_id=info.get("message_id"),
-        actor=acct.principal if acct else "anonymous",
-        role=acct.role if acct else "none",
-        action=route or "unknown",
-        method=request.method,
-        path=request.path,
-        resource=info.get("resource") or request.match_info.get("code"),
-        keys_digest=keys_digest(info.get("keys")),
-        outcome=outcome,
-        status=status,
-        latency_ms=round(elapsed * 1000),
-        details=info.get("details"),
-    )
+    wrote = call is not None and call.wrote
+    try:
+        await request.app[AUDIT].record(
+            request_id=request[REQUEST_ID],
+            message_id=info.get("message_id"),
+            actor=acct.principal if acct else "anonymous",
+            role=acct.role if acct else "none",
+            action=route or "unknown",
+            method=request.method,
+            path=request.path,
+            resource=info.get("resource") or request.match_info.get("code"),
+            keys_digest=keys_digest(info.get("keys")),
+            outcome=outcome,
+            status=resp.status,
+            latency_ms=round(elapsed * 1000),
+            details=info.get("details"),
+            call_key=call.key if wrote else None,
+            answer=_kept_answer(call, resp) if wrote else None,
+        )
+    except ApiError as err:
+        if not wrote:
+            raise  # the record is the call's only trail: no answer without it
+        # The write committed with its audit intent, which becomes its record at the next sweep or start;
+        # answering 503 now would tell the caller that a stored write failed, and a retry would repeat it.
+        log.warning("the record of call %s waits in its audit intent: %s", request[REQUEST_ID], err)
 
 
 MAX_INT64 = 2**63 - 1

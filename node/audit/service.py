@@ -2,6 +2,12 @@
 
 Records are group-committed: callers wait on a future that resolves once the batch holding their
 record is committed, so durability costs one commit per batch, not per call.
+
+A call that writes (`Call`) also leaves an audit intent in each of its write transactions, committed
+with the write itself; its chained record replaces the intents in one journal commit. So a write and
+its trail commit together or not at all (全过程留痕), while the chain's one writer, the journal, stays
+out of the data's transactions: on PostgreSQL the chain's counter row is locked by every append, and a
+long record push holding it would stall every other call's record.
 """
 
 from __future__ import annotations
@@ -9,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,8 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.audit import store
 from node.db import next_counter_sync, read_counter
+from node.errors import ApiError, Conflict, InvalidInput
 from node.groupcommit import GroupCommitter
-from node.ids import now_ms
+from node.ids import new_id, now_ms
+from node.schedule import PeriodicJobs
+
+log = logging.getLogger("govnode.audit")
 
 
 GENESIS = "0" * 64
@@ -47,17 +58,140 @@ class ChainBreak:
     reason: str
 
 
+# An intent older than this with no record belongs to a call that will never write one (its process
+# stopped, or its journal commit failed). A call's record follows its last write within milliseconds; a
+# minute leaves room for a journal stalled by a slow database without recording a live call twice.
+INTENT_GRACE_MS = 60_000
+SWEEP_INTERVAL_S = 60.0
+# How long an Idempotency-Key is remembered: a client retries within minutes, a day covers a night's outage.
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+MAX_IDEMPOTENCY_KEY = 255
+# An answer larger than this is not kept for replay (a creating call answers with one object).
+MAX_KEPT_ANSWER = 1 << 20
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """A caller's Idempotency-Key for one request: the caller, the key, and what the key must name."""
+
+    actor: str
+    key: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, actor: str, key: str, method: str, path: str, query: str) -> "IdempotencyClaim":
+        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+            raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+                               [{"field": "Idempotency-Key", "error": "malformed"}])
+        # The key names one request: the same method on the same path. The body is not compared, since a
+        # file upload is streamed to its rows and never held whole; a client sends one key per body.
+        digest = hashlib.sha256(f"{method}\n{path}\n{query}".encode("utf-8", "surrogatepass")).hexdigest()
+        return cls(actor, key, digest)
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(eq=False)
+class Call:
+    """One API call or delivered message while it runs (node.db.CallWrites): the fields its audit record
+    will carry, and whether any of its writes committed. `open` ends when the call's answer is made, so
+    a task the call left behind writes without an intent of the call."""
+
+    fields: dict[str, Any]
+    idempotency: IdempotencyClaim | None = None
+    key: str = field(default_factory=new_id)
+    open: bool = True
+    wrote: bool = False
+    claimed: bool = False
+    _claiming: bool = False
+
+    def begin(self, conn: sa.Connection) -> None:
+        if not self.open or self.idempotency is None or self.claimed:
+            return
+        claim = self.idempotency
+        try:  # first in the transaction: a second request with the key waits here, then is refused
+            store.claim_key(conn, {"actor": claim.actor, "key": claim.key, "fingerprint": claim.fingerprint,
+                                   "created_at": now_ms(), "status": None, "content_type": None, "body": None})
+        except sa.exc.IntegrityError:
+            raise Conflict("a request with this Idempotency-Key is being carried out; ask again in a moment",
+                           [{"field": "Idempotency-Key", "error": "in use"}]) from None
+        self._claiming = True
+
+    def end(self, conn: sa.Connection) -> None:
+        if not self.open:
+            return
+        store.insert_intent(conn, {"id": new_id(), "call_key": self.key, "at": now_ms(),
+                                   "fields": json.dumps(self.fields, ensure_ascii=False, sort_keys=True)})
+
+    def committed(self) -> None:
+        if not self.open:
+            return
+        self.wrote = True
+        if self._claiming:
+            self.claimed, self._claiming = True, False
+
+    def note(self, **fields: Any) -> None:
+        self.fields.update({k: v for k, v in fields.items() if v is not None})
+
+
 class AuditLog:
     def __init__(self, engine: AsyncEngine, batch_ms: int = 2) -> None:
         self.engine = engine
         # The node's journal: audit records and other durable-before-answer claims share its commits.
         self.journal = GroupCommitter(engine, "journal", batch_ms)
+        self._jobs = PeriodicJobs()
 
     async def start(self) -> None:
         self.journal.start()
+        # A node is one process today, so at its start every intent left is a stopped call's. With several
+        # workers on one database, a starting worker would also take a live call's intent (its call then
+        # has two records, one marked recovered: a duplicate, never a gap); the periodic sweep, which
+        # takes only intents older than INTENT_GRACE_MS, is the part that holds for several processes.
+        await self.recover(grace_ms=0)
+        self._jobs.start((self._sweep, SWEEP_INTERVAL_S, "audit-sweep"))
 
     async def close(self) -> None:
+        self._jobs.stop()
         await self.journal.close()
+
+    async def _sweep(self) -> None:
+        try:
+            await self.recover(grace_ms=INTENT_GRACE_MS)
+            await self.journal.submit(_forget_keys, now_ms() - IDEMPOTENCY_TTL_MS)
+        except ApiError as err:  # the database is away: the next sweep tries again
+            log.warning("audit sweep postponed: %s", err)
+
+    async def recover(self, grace_ms: int) -> int:
+        """Turn the intents of calls that left no record (older than `grace_ms`) into chained records."""
+        found: list[int] = []
+        await self.journal.submit(_recover_intents, (now_ms() - grace_ms, found))
+        if found and found[0]:
+            log.warning("recorded %d write(s) whose calls ended before their own audit record", found[0])
+        return found[0] if found else 0
+
+    async def pending_intents(self) -> int:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(store.count_intents)
+
+    async def stored_answer(self, claim: IdempotencyClaim) -> StoredAnswer | None:
+        """The answer kept for a retried request, None for a key not used yet (or forgotten)."""
+        async with self.engine.connect() as conn:
+            row = await conn.run_sync(store.stored_key, claim.actor, claim.key)
+        if row is None or row.created_at < now_ms() - IDEMPOTENCY_TTL_MS:
+            return None
+        if row.fingerprint != claim.fingerprint:
+            raise Conflict("this Idempotency-Key was used for another request (method or path); use a new key",
+                           [{"field": "Idempotency-Key", "error": "used for another request"}])
+        if row.status is None:
+            raise Conflict("a request with this Idempotency-Key was carried out, but its answer was not kept "
+                           "(the node stopped, or is still recording it); look the result up instead of retrying",
+                           [{"field": "Idempotency-Key", "error": "answer not kept"}])
+        return StoredAnswer(row.status, row.content_type or "application/json", (row.body or "").encode())
 
     async def record(self, **fields: Any) -> None:
         """Append one record; returns once it is committed. Raises ApiError(UNAVAILABLE) if it cannot be."""
@@ -70,19 +204,15 @@ class AuditLog:
 
     @staticmethod
     def _write(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
-        last = next_counter_sync(conn, COUNTER, len(records))
-        seq = last - len(records) + 1
-        prev = store.hash_at(conn, seq - 1) if seq > 1 else GENESIS
-        if prev is None:
-            raise RuntimeError(f"audit record {seq - 1} is missing; run `govnode audit verify`")
-        rows = []
-        for rec in records:
-            row = _normalise(rec, seq)
-            row["prev_hash"] = prev
-            row["hash"] = prev = record_hash(prev, row)
-            rows.append(row)
-            seq += 1
-        store.insert_many(conn, rows)
+        _append(conn, records)
+        # A call's record replaces its audit intents, and keeps its answer for a retry, in the same commit.
+        calls = [r["call_key"] for r in records if r.get("call_key")]
+        if calls:
+            store.delete_intents(conn, calls)
+        answers = [r["answer"] for r in records if r.get("answer")]
+        if answers:
+            store.answer_keys(conn, answers)
+
 
     async def verify(self, batch: int = 5000) -> ChainBreak | None:
         """Walk the chain; the first record that was altered, removed or inserted, or None if intact."""
@@ -116,6 +246,49 @@ class AuditLog:
             row["details"] = json.loads(row["details"]) if row["details"] else None
             out.append(row)
         return out
+
+
+def _append(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
+    """Chain `records` onto the log inside the journal's transaction."""
+    last = next_counter_sync(conn, COUNTER, len(records))
+    seq = last - len(records) + 1
+    prev = store.hash_at(conn, seq - 1) if seq > 1 else GENESIS
+    if prev is None:
+        raise RuntimeError(f"audit record {seq - 1} is missing; run `govnode audit verify`")
+    rows = []
+    for rec in records:
+        row = _normalise(rec, seq)
+        row["prev_hash"] = prev
+        row["hash"] = prev = record_hash(prev, row)
+        rows.append(row)
+        seq += 1
+    store.insert_many(conn, rows)
+
+
+def _recover_intents(conn: sa.Connection, asks: list[tuple[int, list[int]]]) -> None:
+    """Chain one record for each call whose intents are older than the cutoff and still unrecorded."""
+    cutoff = max(c for c, _ in asks)
+    rows = store.intents_before(conn, cutoff, 10_000)
+    calls: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.call_key not in calls:
+            fields = json.loads(r.fields)
+            fields["at"] = r.at
+            calls[r.call_key] = fields
+    records = []
+    for fields in calls.values():
+        details = fields.get("details") or {}
+        details["recovered"] = "the write was stored; the call ended before its own record (node stopped or database lost)"
+        records.append({**fields, "outcome": "ok", "status": 0, "latency_ms": 0, "details": details})
+    if records:
+        _append(conn, records)
+        store.delete_intent_ids(conn, [r.id for r in rows])
+    for _, found in asks:
+        found.append(len(records))
+
+
+def _forget_keys(conn: sa.Connection, cutoffs: list[int]) -> None:
+    store.forget_keys_before(conn, min(cutoffs))
 
 
 def _normalise(rec: dict[str, Any], seq: int) -> dict[str, Any]:

@@ -79,3 +79,78 @@ async def query(
 async def scan(conn: AsyncConnection, from_seq: int, batch: int) -> list[sa.Row]:
     q = sa.select(audit_log).where(audit_log.c.seq >= from_seq).order_by(audit_log.c.seq).limit(batch)
     return list((await conn.execute(q)).all())
+
+
+# A write's audit intent: committed in the write's own transaction, so a stored write always has a trail.
+# The call's chained record replaces its intents in one journal commit; intents left by a node that stopped
+# (or lost its database) between the two become records at its next start or in the periodic sweep.
+audit_intents = sa.Table(
+    "audit_intents",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("call_key", sa.String(26), nullable=False, index=True),
+    sa.Column("at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("fields", sa.Text, nullable=False),
+)
+
+# Idempotency keys of retried writes: claimed in the first write transaction of the call (so a key is
+# consumed only by a write that committed), answered from `status`/`body` once the call's record is stored.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("actor", sa.String(80), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("status", sa.Integer, nullable=True),
+    sa.Column("content_type", sa.String(100), nullable=True),
+    sa.Column("body", sa.Text, nullable=True),
+)
+
+_INSERT_INTENT = sa.insert(audit_intents)
+_DELETE_INTENTS = sa.delete(audit_intents).where(audit_intents.c.call_key.in_(sa.bindparam("keys", expanding=True)))
+_CLAIM_KEY = sa.insert(idempotency_keys)
+_ANSWER_KEY = (
+    sa.update(idempotency_keys)
+    .where(idempotency_keys.c.actor == sa.bindparam("k_actor"), idempotency_keys.c.key == sa.bindparam("k_key"))
+    .values(status=sa.bindparam("a_status"), content_type=sa.bindparam("a_type"), body=sa.bindparam("a_body"))
+)
+
+
+def insert_intent(conn: sa.Connection, row: dict) -> None:
+    conn.execute(_INSERT_INTENT, row)
+
+
+def delete_intents(conn: sa.Connection, call_keys: list[str]) -> None:
+    conn.execute(_DELETE_INTENTS, {"keys": call_keys})
+
+
+def intents_before(conn: sa.Connection, cutoff_ms: int, limit: int) -> list[sa.Row]:
+    q = (sa.select(audit_intents).where(audit_intents.c.at < cutoff_ms)
+         .order_by(audit_intents.c.at, audit_intents.c.id).limit(limit))
+    return list(conn.execute(q).all())
+
+
+def delete_intent_ids(conn: sa.Connection, ids: list[str]) -> None:
+    conn.execute(sa.delete(audit_intents).where(audit_intents.c.id.in_(ids)))
+
+
+def count_intents(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(audit_intents)).scalar() or 0)
+
+
+def claim_key(conn: sa.Connection, row: dict) -> None:
+    conn.execute(_CLAIM_KEY, row)
+
+
+def answer_keys(conn: sa.Connection, rows: list[dict]) -> None:
+    conn.execute(_ANSWER_KEY, rows)
+
+
+def stored_key(conn: sa.Connection, actor: str, key: str) -> sa.Row | None:
+    q = sa.select(idempotency_keys).where(idempotency_keys.c.actor == actor, idempotency_keys.c.key == key)
+    return conn.execute(q).first()
+
+
+def forget_keys_before(conn: sa.Connection, cutoff_ms: int) -> None:
+    conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < cutoff_ms))

@@ -16,7 +16,7 @@ from federation.signing import SigningKey, sign_json
 from node.accounts.service import Account
 from node.catalog import store
 from node.catalog.models import EntryContent, EntryCreate
-from node.db import next_counter, write_tx
+from node.db import next_counter, note_write, write_tx
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
 from node.ids import now_ms, resource_node
 
@@ -161,6 +161,7 @@ class CatalogService:
     async def _write(self, conn: AsyncConnection, acct: Account, code: str, content: dict[str, Any], *,
                      version: int, deleted: bool, provider_name: str | None = None,
                      new: bool = False) -> dict[str, Any]:
+        note_write(resource=code)  # a new entry's code is known only here: its audit intent names it
         seq = await next_counter(conn, SEQ_COUNTER)
         change_id = await next_counter(conn, CHANGE_COUNTER)
         # Unset attributes (None, false) are left out, as in SPEC §7's example.

@@ -31,12 +31,12 @@ from federation.signing import (
     verify_key_b64, verify_signed_json, write_signing_key_file,
 )
 from node import __version__
-from node.audit.service import AuditLog
+from node.audit.service import AuditLog, Call
 from node.catalog import store as catalog_store
 from node.catalog.models import CatalogEntry
 from node.catalog.service import CHANGE_COUNTER, CatalogService
 from node.config import Config
-from node.db import read_counter, write_tx
+from node.db import CALL_WRITES, read_counter, write_tx
 from node.errors import STATUS_OF, ApiError
 from node.federation import store
 from node.federation.replay import Claim, ReplayGuard
@@ -829,13 +829,20 @@ class FederationService:
         read_here = fresh and hop == self.node_id and env["kind"] in READ_ONLY_KINDS
         durable = None if read_here else asyncio.ensure_future(_all_of(*(c.durable() for c in claims)))
         record: asyncio.Future[None] | None = None
+        call: Call | None = None
         try:
             if not fresh:
                 answer = self._answer(env, "reply", {"accepted": True, "duplicate": True})
             elif hop == self.node_id:
                 if durable is not None:
                     await durable  # act only on a durable claim
-                answer = await self._dispatch(env)
+                call = Call(audit_fields("ok"))  # what it stores carries its audit intent
+                token = CALL_WRITES.set(call)
+                try:
+                    answer = await self._dispatch(env)
+                finally:
+                    call.open = False
+                    CALL_WRITES.reset(token)
             elif hop is None or hop == hop_origin:
                 answer = self._error_answer(env, ApiError(f"no route to node {destination}",
                                                           {"hop": self.node_id}, code="NODE_UNKNOWN"))
@@ -855,7 +862,8 @@ class FederationService:
             elif record is not None and outcome != "ok":  # a forward that failed: record how
                 record = asyncio.ensure_future(_all_of(record, self.audit.enqueue(**audit_fields(outcome))))
             if record is None:
-                record = self.audit.enqueue(**audit_fields(outcome))
+                record = self.audit.enqueue(**audit_fields(outcome),
+                                            call_key=call.key if call is not None and call.wrote else None)
             await _all_of(durable, record)  # no answer leaves before this hop's claims are durable
         return answer
 

@@ -97,7 +97,7 @@ METRICS = web.AppKey("metrics", Metrics)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-async def metrics_observer(request: web.Request, status: int, outcome: str, elapsed: float) -> None:
+async def metrics_observer(request: web.Request, resp: web.StreamResponse, outcome: str, elapsed: float) -> None:
     if not request.path.startswith("/api/"):
         return
     m = request.app[METRICS]

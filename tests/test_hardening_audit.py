@@ -1,0 +1,192 @@
+"""A write and its audit record commit together or not at all (全过程留痕), and a write can be retried
+safely with an Idempotency-Key (issue 14, defect 3).
+
+Each write transaction of a call stores the call's audit intent; the call's chained record replaces it.
+These tests break that sequence where it can break: a journal commit that fails after the write, and a
+node killed with SIGKILL in the middle of a stream of writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import aiohttp
+import pytest
+
+from node.audit.http import AUDIT
+from node.audit.service import AuditLog
+from support import POLICE, SAMPLE_ENTRY, NodeProcess, add_dept, drop_pg_schema, init_home, raw_sql
+
+pytestmark = pytest.mark.asyncio
+
+
+def _entry(name: str) -> dict:
+    return {**SAMPLE_ENTRY, "name": name}
+
+
+async def _intents(config) -> int:
+    return (await raw_sql(config, "SELECT count(*) FROM audit_intents"))[0][0]
+
+
+async def _audit_of(config, resource: str) -> list[tuple]:
+    return await raw_sql(config, "SELECT action, status, outcome, details FROM audit_log WHERE resource = :r "
+                                 "ORDER BY seq", {"r": resource})
+
+
+async def test_a_write_leaves_its_record_and_no_intent(node):
+    status, entry = await node.call("POST", "/api/v1/catalog", "police", json_body=_entry("户籍"))
+    assert status == 201, entry
+    code = entry["code"]
+    status, body = await node.call("POST", f"/api/v1/resources/{code}/records", "police",
+                                   json_body=[{"id_number": "11010519491231002X", "name": "张三"}])
+    assert status == 200, body
+    actions = [a for a, *_ in await _audit_of(node.config, code)]
+    assert actions.count("catalog.create") == 1 and actions.count("data.push") == 1, actions
+    assert await _intents(node.config) == 0  # each record replaced its call's intent in the same commit
+
+
+async def test_a_write_whose_record_fails_is_answered_and_recorded_later(node, monkeypatch):
+    """The journal fails after the entry committed (as in a database cut): the caller learns that the entry
+    was stored, not a 503 that invites a duplicate; the intent becomes the record at the next sweep."""
+    audit: AuditLog = node.app[AUDIT]
+    real = AuditLog._write
+    failing = {"on": True}
+
+    def flaky(conn, records):
+        if failing["on"] and any(r.get("call_key") for r in records):
+            raise OSError("the database went away")
+        return real(conn, records)
+
+    monkeypatch.setattr(AuditLog, "_write", staticmethod(flaky))
+    status, entry = await node.call("POST", "/api/v1/catalog", "police", json_body=_entry("失败的记录"))
+    assert status == 201, entry
+    assert await _intents(node.config) == 1
+    assert await _audit_of(node.config, entry["code"]) == []
+    # A call that wrote nothing still gets no answer without its record.
+    status, body = await node.call("GET", f"/api/v1/catalog/{entry['code']}", "police")
+    assert status == 200  # reads are recorded without intents, and this journal batch has none to fail
+    failing["on"] = False
+    assert await audit.recover(grace_ms=0) == 1
+    created = [r for r in await _audit_of(node.config, entry["code"]) if r[0] == "catalog.create"]
+    assert len(created) == 1 and "recovered" in json.loads(created[0][3])
+    assert await _intents(node.config) == 0
+    assert await audit.verify() is None
+
+
+async def test_a_refused_write_leaves_no_intent(node):
+    status, body = await node.call("POST", "/api/v1/catalog", "police", json_body={**SAMPLE_ENTRY, "category": "x"})
+    assert status == 400
+    assert await _intents(node.config) == 0
+
+
+async def test_idempotency_key_carries_a_creating_post_out_once(node):
+    headers = {"Idempotency-Key": "entry-0001"}
+    first = await node.call("POST", "/api/v1/catalog", "police", json_body=_entry("一次"), headers=headers)
+    again = await node.call("POST", "/api/v1/catalog", "police", json_body=_entry("一次"), headers=headers)
+    assert first[0] == 201 and again == first
+    status, page = await node.call("GET", "/api/v1/catalog?q=一次", "police")
+    assert page["total"] == 1
+    # Another caller's key of the same name is its own.
+    status, other = await node.call("POST", "/api/v1/catalog", "civil", json_body=_entry("一次"), headers=headers)
+    assert status == 201 and other["code"] != first[1]["code"]
+    # The key names one request: another path with it is refused.
+    status, body = await node.call("PUT", f"/api/v1/catalog/{first[1]['code']}", "police",
+                                   json_body=_entry("改"), headers=headers)
+    assert status == 409 and body["error"]["details"][0]["field"] == "Idempotency-Key"
+    # A refused request does not use up its key: fixed and sent again, it is carried out.
+    bad = await node.call("POST", "/api/v1/catalog", "police", json_body={**SAMPLE_ENTRY, "category": "x"},
+                          headers={"Idempotency-Key": "entry-0002"})
+    assert bad[0] == 400
+    good = await node.call("POST", "/api/v1/catalog", "police", json_body=_entry("二次"),
+                           headers={"Idempotency-Key": "entry-0002"})
+    assert good[0] == 201
+    status, body = await node.call("POST", "/api/v1/catalog", "police", json_body=_entry("坏"),
+                                   headers={"Idempotency-Key": "x" * 300})
+    assert status == 400 and body["error"]["code"] == "INVALID_INPUT"
+
+
+async def test_replayed_answer_is_marked_and_audited(node):
+    url = node.url + "/api/v1/catalog"
+    h = {"Authorization": f"Bearer {node.tokens['police']}", "Idempotency-Key": "k-replay"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json=_entry("重放"), headers=h) as r1:
+            assert r1.status == 201 and "Idempotent-Replayed" not in r1.headers
+        async with s.post(url, json=_entry("重放"), headers=h) as r2:
+            assert r2.status == 201 and r2.headers["Idempotent-Replayed"] == "true"
+            rid = r2.headers["X-Request-Id"]
+    rows = await raw_sql(node.config, "SELECT details FROM audit_log WHERE request_id = :r", {"r": rid})
+    assert json.loads(rows[0][0])["idempotent_replay"] == "k-replay"
+
+
+async def test_concurrent_retries_with_one_key_write_once(node):
+    h = {"Idempotency-Key": "burst"}
+    answers = await asyncio.gather(*(node.call("POST", "/api/v1/catalog", "police", json_body=_entry("并发"),
+                                               headers=h) for _ in range(8)))
+    created = [b for s, b in answers if s == 201]
+    assert created and all(b["code"] == created[0]["code"] for b in created)
+    assert all(s in (201, 409) for s, _ in answers), answers
+    status, page = await node.call("GET", "/api/v1/catalog?q=并发", "police")
+    assert page["total"] == 1
+
+
+async def test_sigkill_never_leaves_a_write_without_its_record(tmp_path, backend):
+    """A node killed with SIGKILL while departments register entries and push records, again and again:
+    every entry and every batch that was stored has its audit record once the node is back, and the
+    chain verifies. Batches carry their request id, so a stored batch names the record it must have."""
+    home = tmp_path / "node"
+    config = init_home(home, "370321", "桓台县", backend=backend)
+    token = add_dept(home, POLICE, "桓台县公安局")
+    proc = NodeProcess(config)
+    proc.tokens["police"] = token
+    rng = random.Random(14)
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        await proc.start()
+        status, entry = await proc.call("POST", "/api/v1/catalog", "police", json_body=_entry("底册"))
+        assert status == 201
+        code = entry["code"]
+        batch = 0
+
+        async def load(session: aiohttp.ClientSession) -> None:
+            nonlocal batch
+            while True:
+                batch += 1
+                rid = f"push-{batch:05d}"
+                rows = [{"id_number": f"{rid}-{i}", "name": "张三"} for i in range(200)]
+                try:
+                    async with session.post(f"{proc.url}/api/v1/resources/{code}/records", json=rows,
+                                            headers={**auth, "X-Request-Id": rid}):
+                        pass
+                    async with session.post(f"{proc.url}/api/v1/catalog", json=_entry(f"条目{batch}"),
+                                            headers={**auth, "X-Request-Id": f"cat-{batch:05d}"}):
+                        pass
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    return
+
+        for _ in range(5):
+            async with aiohttp.ClientSession() as session:
+                task = asyncio.create_task(load(session))
+                await asyncio.sleep(rng.uniform(0.3, 1.2))
+                proc.kill()
+                await asyncio.wait_for(task, 10)
+            await proc.start()
+        await proc.stop()
+
+        stored_batches = {k.rsplit("-", 1)[0] for (k,) in await raw_sql(
+            config, "SELECT key FROM records WHERE resource_code = :r", {"r": code})}
+        recorded = {r for (r,) in await raw_sql(
+            config, "SELECT request_id FROM audit_log WHERE action = 'data.push'")}
+        assert stored_batches and stored_batches <= recorded, sorted(stored_batches - recorded)
+        entries = {c for (c,) in await raw_sql(config, "SELECT code FROM catalog_entries WHERE node = '370321'")}
+        created = {r for (r,) in await raw_sql(
+            config, "SELECT resource FROM audit_log WHERE action = 'catalog.create'")}
+        assert len(entries) > 1 and entries <= created, sorted(entries - created)
+        assert await _intents(config) == 0
+        from support import run_cli_full_async
+        rc, out, err = await run_cli_full_async(["audit", "verify", "--dir", str(home)])
+        assert rc == 0 and "intact" in out, err
+    finally:
+        proc.kill()
+        if config.database.schema_:
+            await drop_pg_schema(config.database.schema_)
