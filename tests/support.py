@@ -467,3 +467,20 @@ async def add_dept_async(home: Path, code: str, name: str, role: str = "dept") -
     rc, out, err = await run_cli_full_async(["dept", "add", code, "--dir", str(home), "--name", name, "--role", role])
     assert rc == 0, err
     return out.strip().splitlines()[-1]
+
+
+def seal_body(body: dict, origin: str, origin_key: Any, destination: str, destination_key: Any) -> dict:
+    """`body` sealed by `origin` for `destination` (SPEC §15), as a node would send it; the keys are the two
+    nodes' signing keys (the destination's public half is what the origin uses)."""
+    from federation import sealed
+
+    box = sealed.Boxes().box(origin_key, destination, destination_key.key_id, destination_key.verify_key)
+    return sealed.seal(body, box, to=destination, to_key=destination_key.key_id, from_key=origin_key.key_id)
+
+
+def open_body(envelope: dict, my_key: Any, sender_key: Any) -> dict:
+    """The plain body of an envelope sealed for the holder of `my_key` by the holder of `sender_key`."""
+    from federation import sealed
+
+    box = sealed.Boxes().box(my_key, envelope["origin"], sender_key.key_id, sender_key.verify_key)
+    return sealed.unseal(envelope["body"], box)
