@@ -109,6 +109,33 @@ class FederationConfig(_Strict):
     peer_timeout_s: float = Field(10.0, ge=0.1, le=300, description="longest wait for a neighbour's answer")
 
 
+class TlsConfig(_Strict):
+    """PEM files; a relative path is taken from the node's home."""
+
+    cert: Path | None = Field(None, description="this node's certificate chain (PEM); with key, the node serves HTTPS")
+    key: Path | None = Field(None, description="the certificate's private key (PEM), readable by the owner only")
+    ca: Path | None = Field(None, description="CA bundle that peers' certificates must chain to (default: system store)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsConfig":
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+    @staticmethod
+    def _in(home: Path, p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else Path(home) / p)
+
+    def cert_path(self, home: Path) -> Path | None:
+        return self._in(home, self.cert)
+
+    def key_path(self, home: Path) -> Path | None:
+        return self._in(home, self.key)
+
+    def ca_path(self, home: Path) -> Path | None:
+        return self._in(home, self.ca)
+
+
 class Config(_Strict):
     home: Path
     node: NodeIdentity
@@ -120,6 +147,8 @@ class Config(_Strict):
     log_level: str = "INFO"
     sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL)$")
     audit_batch_ms: int = Field(default=2, ge=0, le=1000, description="group-commit window for audit records")
+    tls: TlsConfig | None = None
+    insecure_http: bool = Field(False, description="allow plain HTTP to and from hosts other than loopback")
 
     @field_validator("listen")
     @classmethod
@@ -147,7 +176,8 @@ class Config(_Strict):
             host, port = self.listen.rsplit(":", 1)
             if host in ("0.0.0.0", "::", "[::]"):
                 host = "127.0.0.1"
-            self.endpoint = f"http://{host}:{port}"
+            scheme = "https" if self.tls is not None and self.tls.cert is not None else "http"
+            self.endpoint = f"{scheme}://{host}:{port}"
         return self
 
     @property

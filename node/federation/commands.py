@@ -13,6 +13,7 @@ from federation.certs import level_of, make_certificate
 from federation.errors import TrustError
 from federation.signing import read_signing_key_file, sign_json, verify_key_b64
 from node.cli import command
+from node import tls
 from node.config import Config, ConfigError, load_config
 from node.db import make_engine, upgrade, write_tx
 from node.errors import ApiError
@@ -57,7 +58,10 @@ async def join_parent(config: Config, parent_url: str, token: str, expected_anch
     parent_url = parent_url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        refusal = tls.plain_http_refusal(parent_url, config.insecure_http)
+        if refusal is not None:
+            raise ApiError(refusal, code="PEER_UNREACHABLE")
+        async with tls.client_session(config, timeout=timeout) as session:
             parent_doc = await _get_json(session, f"{parent_url}/federation/v1/node")
             parent = parent_doc.get("node")
             if not isinstance(parent, str):
@@ -120,7 +124,7 @@ async def _admin(config: Config, action: str, body: dict | None) -> dict:
     auth = make_authorization("POST", path, config.node.id, config.node.id, key, content=body)
     data = encode_canonical_json(body) if body is not None else None
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with tls.client_session(config, timeout=aiohttp.ClientTimeout(total=60)) as session:
             async with session.post(f"{config.endpoint}{path}", data=data,
                                     headers={"Authorization": auth, "Content-Type": "application/json"}) as resp:
                 answer = await resp.json(content_type=None)

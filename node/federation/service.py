@@ -44,6 +44,7 @@ from node.errors import STATUS_OF, ApiError
 from node.federation import store
 from node.federation.replay import Claim, ReplayGuard
 from node.groupcommit import GroupCommitter
+from node import tls
 from node.ids import new_id, now_ms, resource_node
 from node.schedule import PeriodicJobs
 
@@ -205,7 +206,9 @@ class FederationService:
         self.pull_interval_s = pull_interval_s
         self.trust: TrustStore | None = None
         self.parent: str | None = None
-        self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s)
+        self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s,
+                                 ssl_context=tls.client_context(config),
+                                 refuse=lambda url: tls.plain_http_refusal(url, config.insecure_http))
         self.outbox = OutboxSender(_OutboxAdapter(engine, audit.journal), self._deliver)
         self.puller = FeedPuller(self._pull_once)
         self.replay = ReplayGuard(engine, audit.journal, SEEN_WINDOW_MS, ASYNC_TTL_MS + SEEN_WINDOW_MS)

@@ -42,6 +42,7 @@ import aiohttp
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from node import tls
 from node.accounts.service import Account
 from node.catalog.service import CatalogService
 from node.data import store as data_store
@@ -148,7 +149,7 @@ class SubscriptionService:
         self.sharing.router = self._route
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
+        self._session = tls.client_session(self.federation.config, timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
         async with self.engine.connect() as conn:
             rows = await store.active(conn)
         for row in rows:
@@ -303,6 +304,9 @@ class SubscriptionService:
     async def create(self, acct: Account, body: SubscriptionCreate) -> dict[str, Any]:
         if acct.role != "dept":
             raise Forbidden("a department subscribes (its grant is what allows it)")
+        refusal = tls.plain_http_refusal(body.url, self.federation.config.insecure_http) if body.url else None
+        if refusal is not None:
+            raise InvalidInput(refusal, [{"field": "url", "error": "plain HTTP off loopback"}])
         entry = await self.catalog.get(body.resource)
         requester = Requester(node=acct.node, dept=acct.dept)
         own = entry["node"] == self.node_id and entry["provider"]["dept"] == acct.dept
