@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from pydantic import BaseModel, ValidationError
 
 from node.errors import ApiError, InvalidInput, TooLarge
@@ -91,16 +92,38 @@ def parse_model(model: type[M], data: bytes | str | dict) -> M:
     return result
 
 
+class Undecodable(InvalidInput):
+    """A body whose Content-Encoding does not decode. aiohttp's parser stops at the broken data and cannot
+    read another request on the connection, so the answer closes it."""
+
+
+def undecodable(request: web.Request, exc: BaseException) -> Undecodable | None:
+    """The refusal of a body whose Content-Encoding does not decode (aiohttp inflates gzip and deflate before
+    a handler reads; a broken stream surfaces as RequestPayloadError caused by ContentEncodingError)."""
+    if isinstance(exc, web.RequestPayloadError) and isinstance(exc.__cause__, ContentEncodingError):
+        # Ended here: otherwise aiohttp, draining the rest after the answer, meets the error again and logs
+        # it as an unhandled exception.
+        request.content.feed_eof()
+        return Undecodable(f"the body is not valid {request.headers.get('Content-Encoding', '')} data "
+                           "(its Content-Encoding)")
+    return None
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
+    # Counts the bytes as aiohttp inflated them (Content-Encoding), so a small compressed body that unpacks past
+    # the limit is refused once `limit` is passed, never buffered whole.
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"the body is larger than {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:
+        raise (undecodable(request, exc) or exc) from None
     return b"".join(chunks)
 
 
@@ -202,6 +225,8 @@ def make_error_middleware(observers: list[Observer]) -> Any:
             outcome = "ok"
         except ApiError as err:
             resp, outcome = error_response(err, rid), err.code
+            if isinstance(err, Undecodable):
+                resp.force_close()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

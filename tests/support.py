@@ -418,11 +418,10 @@ class NodeProcess:
             self.kill()
 
     async def call(self, method: str, path: str, token: str | None = None, *, json_body: Any = None,
-                   headers: dict | None = None) -> tuple[int, Any]:
+                   data: Any = None, headers: dict | None = None) -> tuple[int, Any]:
         h = dict(headers or {})
         if token:
             h["Authorization"] = f"Bearer {self.tokens.get(token, token)}"
-        data = None
         if json_body is not None:
             data = json.dumps(json_body, ensure_ascii=False).encode()
             h.setdefault("Content-Type", "application/json")

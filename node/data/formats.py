@@ -1,8 +1,7 @@
-"""Streaming readers of pushed and uploaded records: NDJSON, a JSON array, CSV, XLSX.
+"""Streaming readers of pushed and uploaded records: NDJSON, a JSON array, CSV (XLSX: node.data.xlsx).
 
-Each reader takes the body as an async iterator of byte chunks (XLSX: a spooled file, since a zip needs
-the whole file) and yields lists of `(row, value)` a chunk at a time, so a body of any size passes
-through in bounded memory. `value` is the parsed row, or a `Malformed` saying why it could not be parsed.
+Each reader takes the body as an async iterator of byte chunks and yields lists of `(row, value)` a chunk
+at a time, so a body of any size passes through in bounded memory. `value` is the parsed row, or a `Malformed` saying why it could not be parsed.
 
 Row numbers are what a person would look for: the line of an NDJSON body, the 1-based position in a JSON
 array, the spreadsheet row of a CSV or XLSX file (the header is row 1).
@@ -13,9 +12,9 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import IO, Any
+from typing import Any
 
 from node.errors import InvalidInput
 
@@ -265,40 +264,3 @@ async def csv_rows(chunks: AsyncIterator[bytes], encoding: str | None, max_line:
         if out:
             yield out
 
-
-def xlsx_rows(file: IO[bytes], chunk_rows: int = 2000) -> Iterator[Rows]:
-    """The first worksheet of an XLSX file, read in openpyxl's streaming (read-only) mode."""
-    import zipfile
-
-    from openpyxl import load_workbook
-
-    try:
-        wb = load_workbook(file, read_only=True, data_only=True)
-    except zipfile.BadZipFile:
-        raise InvalidInput("not a readable XLSX file (not a zip archive)") from None
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds (KeyError, ValueError …) on a damaged file
-        raise InvalidInput(f"not a readable XLSX file ({type(exc).__name__})") from None
-    try:
-        ws = wb.worksheets[0] if wb.worksheets else None
-        if ws is None:
-            raise InvalidInput("the XLSX file has no worksheet")
-        out: Rows = []
-        rows = enumerate(ws.iter_rows(min_row=1, values_only=True), start=1)  # empty rows come as empty tuples
-        n = 0
-        while True:
-            try:
-                n, values = next(rows)
-            except StopIteration:
-                break
-            except Exception as exc:  # noqa: BLE001 - damaged sheet XML
-                raise InvalidInput(f"the XLSX sheet could not be read after row {n} ({type(exc).__name__})") from None
-            if not values or all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
-                continue
-            out.append((n, list(values)))
-            if len(out) >= chunk_rows:
-                yield out
-                out = []
-        if out:
-            yield out
-    finally:
-        wb.close()

@@ -18,7 +18,7 @@ from node.data.formats import csv_rows, json_array_rows, ndjson_rows
 from node.data.models import ChangesPage, ChangesQuery, PushResult, RecordsBody
 from node.data.service import Batch, DataService
 from node.errors import ApiError, Forbidden, InvalidInput, TooLarge
-from node.web import CODE, ApiRoutes, json_response, query_model
+from node.web import CODE, ApiRoutes, json_response, query_model, undecodable
 
 DATA = web.AppKey("data", DataService)
 routes = ApiRoutes()
@@ -59,19 +59,26 @@ def _cut_short() -> InvalidInput:
 
 
 async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    # The chunks come inflated when the body has a Content-Encoding: the limits count what they unpack to.
     try:
         async for chunk in request.content.iter_chunked(READ_CHUNK):
             yield chunk
     except _CUT_SHORT:
         raise _cut_short() from None
+    except web.RequestPayloadError as exc:
+        raise (undecodable(request, exc) or exc) from None
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _part_chunks(request: web.Request, part: BodyPartReader) -> AsyncIterator[bytes]:
+    # read_chunk leaves a part's own Content-Encoding alone (nothing inflates there); the whole body's was
+    # inflated by aiohttp, and the caller counts the inflated bytes.
     while True:
         try:
             chunk = await part.read_chunk(READ_CHUNK)
         except _CUT_SHORT:
             raise _cut_short() from None
+        except web.RequestPayloadError as exc:
+            raise (undecodable(request, exc) or exc) from None
         if not chunk:
             return
         yield chunk
@@ -181,7 +188,7 @@ async def _upload_multipart(request: web.Request, data: DataService, batch: Batc
 
     async def counted(part: BodyPartReader) -> AsyncIterator[bytes]:
         nonlocal size_left
-        async for chunk in _part_chunks(part):
+        async for chunk in _part_chunks(request, part):
             size_left -= len(chunk)
             if size_left < 0:
                 raise _too_large(limit)

@@ -66,6 +66,7 @@ log = logging.getLogger("govnode.subscriptions")
 POLL_WAIT_MS = 10_000       # a subscriber's long poll
 PAGE = 1000
 WEBHOOK_TIMEOUT_S = 10.0
+WEBHOOK_ANSWER_BYTES = 64 * 1024
 MAX_BACKOFF_S = 30.0
 SUSPENDED_RETRY_S = 60.0
 # Refusals by the grant rules: the subscription is suspended (retried slowly, a new grant may come).
@@ -505,7 +506,9 @@ class SubscriptionService:
                        "X-GovNode-Signature": f"t={ts},v1={signature(secret, ts, body)}"}
             try:
                 async with self._session.post(sub.url, data=body, headers=headers) as resp:
-                    await resp.read()
+                    # Only the status matters: the subscriber's answer is read no further than this, since aiohttp
+                    # inflates a gzip answer as it is read and it could unpack to anything.
+                    await resp.content.read(WEBHOOK_ANSWER_BYTES)
                     ok = 200 <= resp.status < 300
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
