@@ -15,6 +15,7 @@ from node.audit.service import AuditLog
 from node.cli import command
 from node.config import CONFIG_FILE, Config, ConfigError, load_config, write_config
 from node.db import make_engine, upgrade
+from node.fields import printable
 from node.logs import setup_logging
 from node import tls
 
@@ -127,7 +128,8 @@ async def dept_list(args: argparse.Namespace) -> int:
     accounts, engine = await _accounts(_config(args))
     try:
         for d in await accounts.list():
-            print(f"{d['code']}\t{d['role']}\t{'disabled' if d['disabled'] else 'active'}\t{d['name']}")
+            # Names were checked when they were added; rows stored before that check are escaped all the same.
+            print(f"{d['code']}\t{d['role']}\t{'disabled' if d['disabled'] else 'active'}\t{printable(d['name'])}")
     finally:
         await engine.dispose()
     return 0

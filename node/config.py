@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from node.fields import check_name
+
 CONFIG_FILE = "config.yaml"
 KEY_FILE = "signing.key"
 DEFAULT_HOME = "./govnode-data"
@@ -56,6 +58,11 @@ class NodeIdentity(_Strict):
                 return str(v)
             raise ValueError("must be a 6-digit GB/T 2260 division code in quotes, e.g. '370321'")
         return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "the node's name")  # it is shown in listings, certificates and logs
 
     @field_validator("id")
     @classmethod

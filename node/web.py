@@ -158,6 +158,11 @@ class RouteDoc:
     roles: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     content_types: tuple[str, ...] = ()
+    status: int = 200  # the success status (201 for a creation, 202 for work started)
+    errors: tuple[int, ...] = ()  # error statuses beyond those node.ops.openapi derives from the route
+    body_optional: bool = False  # the body may be left out (e.g. an optional {reason})
+    answers: str = "application/json"  # the success answer's content type
+    also: tuple[int, ...] = ()  # other statuses answered with the success body (e.g. /healthz's 503)
 
 
 @dataclass
@@ -251,5 +256,8 @@ def make_error_middleware(observers: list[Observer]) -> Any:
     return middleware
 
 
-# A resource code inside a path: 分类码/顺序码 (the slash is part of the code).
-CODE = r"{code:[0-9]{6,9}/[0-9]{7,18}}"
+# A resource code inside a path: 分类码/顺序码. The slash is part of the code; a client that percent-encodes
+# path parameters (as clients generated from the OpenAPI document do) sends it as %2F, which aiohttp leaves
+# encoded while matching (yarl's path_safe, upper-cased) and decodes in match_info, so both forms reach the
+# handler as the same code.
+CODE = r"{code:[0-9]{6,9}(?:/|%2F)[0-9]{7,18}}"

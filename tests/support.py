@@ -155,6 +155,53 @@ async def start_node(config: Config) -> RunningNode:
     return RunningNode(config, runner, app, session)
 
 
+class ThreadedNode:
+    """A node on its own event loop in a thread, so synchronous callers (hypothesis, schemathesis: many
+    examples) can call it. `accounts` maps a name to (department code, department name, role); `.tokens`
+    holds their tokens and `.token` the first one's."""
+
+    def __init__(self, tmp_path: Path, backend: str,
+                 accounts: dict[str, tuple[str, str, str]] | None = None) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.config = init_home(tmp_path / "threaded", "370321", "桓台县", backend=backend)
+        accounts = accounts or {"police": (POLICE, "桓台县公安局", "dept")}
+        self.tokens = {name: add_dept(self.config.home, code, dept_name, role)
+                       for name, (code, dept_name, role) in accounts.items()}
+        self.token = next(iter(self.tokens.values()))
+        self.running = self.run(start_node(self.config))
+
+    @property
+    def url(self) -> str:
+        return self.config.endpoint or ""
+
+    def run(self, coro):  # noqa: ANN001, ANN201
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    def post(self, path: str, data: bytes) -> tuple[int, Any]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, data=data, method="POST", headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def close(self) -> None:
+        self.run(self.running.stop())
+        if self.config.database.schema_:
+            self.run(drop_pg_schema(self.config.database.schema_))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
 async def raw_sql(config: Config, statement: str, params: dict | None = None) -> list[tuple]:
     """Run one SQL statement straight on a node's database (tests that inspect or tamper with storage)."""
     import sqlalchemy as sa

@@ -18,6 +18,7 @@ from node.data.formats import csv_rows, json_array_rows, ndjson_rows
 from node.data.models import ChangesPage, ChangesQuery, PushResult, RecordsBody
 from node.data.service import Batch, DataService
 from node.errors import ApiError, Forbidden, InvalidInput, TooLarge
+from node.ops.openapi import ROUTED
 from node.web import CODE, ApiRoutes, json_response, query_model, undecodable
 
 DATA = web.AppKey("data", DataService)
@@ -101,7 +102,7 @@ def _check_length(request: web.Request, limit: int) -> None:
 
 @routes.post(f"/api/v1/resources/{CODE}/records", name="data.push",
              summary="The provider pushes records (JSON array or NDJSON; upsert by key; _deleted deletes)",
-             body=RecordsBody, response=PushResult, content_types=NDJSON_TYPES[:1], tags=TAGS)
+             body=RecordsBody, response=PushResult, content_types=NDJSON_TYPES[:1], errors=(403,), tags=TAGS)
 async def push(request: web.Request) -> web.Response:
     entry, data = await _provider_entry(request)
     limit = request.app[CONFIG].limits.max_upload_bytes
@@ -153,7 +154,7 @@ async def _read_file(data: DataService, batch: Batch, kind: str, chunks: AsyncIt
 @routes.post(f"/api/v1/resources/{CODE}/files", name="data.upload",
              summary="The provider uploads CSV or XLSX (columns by item name or field; multipart with one file "
                      "also accepted)",
-             response=PushResult, content_types=(CSV_TYPES[0], XLSX_TYPE, MULTIPART), tags=TAGS)
+             response=PushResult, content_types=(CSV_TYPES[0], XLSX_TYPE, MULTIPART), errors=(403,), tags=TAGS)
 async def upload(request: web.Request) -> web.Response:
     entry, data = await _provider_entry(request)
     limits = request.app[CONFIG].limits
@@ -222,7 +223,7 @@ async def _upload_multipart(request: web.Request, data: DataService, batch: Batc
 
 @routes.get(f"/api/v1/resources/{CODE}/changes", name="data.changes",
             summary="Change feed of a resource's records in commit order, deletions included",
-            query=ChangesQuery, response=ChangesPage, tags=TAGS)
+            query=ChangesQuery, response=ChangesPage, errors=ROUTED, tags=TAGS)
 async def changes(request: web.Request) -> web.Response:
     acct = account(request)
     code = request.match_info["code"]

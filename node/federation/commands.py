@@ -17,6 +17,7 @@ from node import tls
 from node.config import Config, ConfigError, load_config
 from node.db import make_engine, upgrade, write_tx
 from node.errors import ApiError
+from node.fields import printable, unsafe_characters
 from node.federation import store
 from node.federation.service import FederationService, build_trust, expected_parent_warning
 from node.ids import now_ms
@@ -113,7 +114,11 @@ async def join_parent(config: Config, parent_url: str, token: str, expected_anch
 
 @command("join")
 async def join(args: argparse.Namespace) -> int:
-    print(await join_parent(load_config(args.dir), args.parent_url, args.token, args.anchor))
+    if unsafe_characters(args.token) or not args.token.strip():
+        raise ConfigError("the join token must be the one line `govnode invite` printed, without control characters")
+    # The summary names what the parent answered: escaped, so a parent cannot forge lines of this output.
+    print("\n".join(printable(line) for line in
+                    (await join_parent(load_config(args.dir), args.parent_url, args.token, args.anchor)).splitlines()))
     return 0
 
 
@@ -140,8 +145,8 @@ async def _admin(config: Config, action: str, body: dict | None) -> dict:
 async def keys_rotate(args: argparse.Namespace) -> int:
     answer = await _admin(load_config(args.dir), "rotate", None)
     cert = answer["certificate"]
-    print(f"new key {', '.join(cert['verify_keys'])}; old keys kept for verification: "
-          f"{', '.join(cert['old_verify_keys']) or 'none'}")
+    print(printable(f"new key {', '.join(cert['verify_keys'])}; old keys kept for verification: "
+                    f"{', '.join(cert['old_verify_keys']) or 'none'}"))
     return 0
 
 

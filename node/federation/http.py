@@ -52,7 +52,7 @@ async def _authenticated(request: web.Request, allow_self: bool = False) -> tupl
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
-    if raw is None:
+    if not raw:  # absent or empty: the default (for a cursor, the start of the feed)
         return default
     if not raw.isdigit() or not lo <= int(raw) <= hi:
         raise InvalidInput(f"{name} must be an integer from {lo} to {hi}", [{"field": name}])

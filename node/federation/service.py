@@ -41,6 +41,7 @@ from node.catalog.service import CHANGE_COUNTER, CatalogService
 from node.config import Config
 from node.db import CALL_WRITES, read_counter, write_tx
 from node.errors import STATUS_OF, ApiError
+from node.fields import check_name
 from node.federation import store
 from node.federation.replay import Claim, ReplayGuard
 from node.groupcommit import GroupCommitter
@@ -426,6 +427,10 @@ class FederationService:
         except SignatureError as exc:
             raise ApiError(f"the draft is not signed by the key it lists: {exc.message}",
                            code="SIGNATURE_INVALID") from None
+        try:  # the name is shown in listings and logs: nothing in it may forge output
+            check_name(cert["name"], "the node's name")
+        except ValueError as exc:
+            raise ApiError(str(exc), [{"field": "certificate.name", "error": str(exc)}], code="INVALID_INPUT") from None
         if cert["parent"] != self.node_id:
             raise ApiError(f"the draft names {cert['parent']} as parent, not this node {self.node_id}",
                            code="INVALID_INPUT")
