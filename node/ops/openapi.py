@@ -68,6 +68,16 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
     },
 }
 
+WRITING = frozenset({"post", "put", "delete", "patch"})
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "Carries the request out at most once per caller and key (kept 24 h): a retry with the same key "
+                   "gets the first answer again, marked `Idempotent-Replayed: true`. A key names one request (method, "
+                   "path and query); used for another it is refused with 409. A refused request does not use up "
+                   "its key.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+}
+
 UPLOADS: dict[str, dict[str, Any]] = {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "file": {"type": "string", "format": "binary", "description": "one CSV (.csv) or XLSX (.xlsx) file"}}}},
@@ -100,6 +110,8 @@ def build_openapi(docs: list[RouteDoc], title: str = "govnode department API") -
             for name, prop in qs.get("properties", {}).items():
                 params.append({"name": name, "in": "query", "required": name in qs.get("required", []),
                                "schema": _query_schema(prop)})
+        if authenticated and d.method in WRITING:
+            params.append(IDEMPOTENCY_KEY)
         if params:
             op["parameters"] = params
         content: dict[str, Any] = {}
@@ -140,6 +152,8 @@ def _error_statuses(d: RouteDoc, authenticated: bool, has_body: bool) -> set[int
         out |= {401, 503}  # 503: the audit record of the call could not be made durable
     if d.roles:
         out.add(403)
+    if authenticated and d.method in WRITING:
+        out |= {400, 409}  # a malformed Idempotency-Key; one used for another request, or still in flight
     if _variables(d.path):
         out.add(404)
     if d.query is not None or has_body:
