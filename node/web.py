@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from federation.nesting import NestingError, check_nesting
 from node.errors import ApiError, InvalidInput, TooLarge
 from node.ids import new_id
 
@@ -73,12 +74,35 @@ def _nul_fields(obj: Any, path: str = "") -> list[dict[str, str]]:
     return out
 
 
+def _too_deep(exc: NestingError) -> InvalidInput:
+    return InvalidInput(f"the body is nested deeper than {exc.limit} levels",
+                        [{"field": "(body)", "error": exc.message}])
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A JSON body the node reads itself (not through a model): nesting bounded (federation.nesting)
+    before the parser recurses, and every refusal an INVALID_INPUT that says where."""
+    try:
+        check_nesting(raw)
+        return json.loads(raw)
+    except NestingError as exc:
+        raise _too_deep(exc) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("the body is not valid JSON",
+                           [{"field": "(body)", "error": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}]) from None
+    except ValueError:  # bytes that are not UTF-8 (nor UTF-16/32, which json also takes)
+        raise InvalidInput("the body is not valid JSON", [{"field": "(body)", "error": "not valid UTF-8"}]) from None
+
+
 def parse_model(model: type[M], data: bytes | str | dict) -> M:
     try:
         if isinstance(data, dict):
             result = model.model_validate(data)
         else:
+            check_nesting(data)  # pydantic stops at 200 levels by itself; the node's own bound is lower
             result = model.model_validate_json(data)
+    except NestingError as exc:
+        raise _too_deep(exc) from None
     except ValidationError as exc:
         details = validation_details(exc)
         if any(e["type"] == "json_invalid" for e in exc.errors()):

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import IO, Any
 
+from federation.nesting import MAX_NESTING, NestingError, check_nesting
 from node.errors import InvalidInput
 
 
@@ -38,6 +39,8 @@ _raw_decode = _decoder.raw_decode
 
 
 def _json_error(exc: Exception) -> Malformed:
+    if isinstance(exc, (NestingError, RecursionError)):
+        return Malformed(f"nested deeper than {MAX_NESTING} levels")
     if isinstance(exc, json.JSONDecodeError):
         return Malformed(f"not valid JSON: {exc.msg} at column {exc.colno}")
     if isinstance(exc, UnicodeDecodeError):
@@ -65,16 +68,18 @@ async def ndjson_rows(chunks: AsyncIterator[bytes], max_line: int) -> AsyncItera
             if not line.strip():
                 continue
             try:
+                check_nesting(line)
                 out.append((line_no, _loads(line.decode("utf-8"))))
-            except (ValueError, UnicodeDecodeError) as exc:
+            except ValueError as exc:  # NestingError, JSONDecodeError and UnicodeDecodeError are all ValueErrors
                 out.append((line_no, _json_error(exc)))
         if out:
             yield out
     if pending.strip():
         line_no += 1
         try:
+            check_nesting(pending)
             yield [(line_no, _loads(pending.decode("utf-8")))]
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             yield [(line_no, _json_error(exc))]
 
 
@@ -147,7 +152,16 @@ async def json_array_rows(chunks: AsyncIterator[bytes], max_element: int) -> Asy
                 break
             if state in ("first", "next"):
                 try:
+                    # The element's end is known only once it is parsed: json's C scanner raises
+                    # RecursionError (cleanly) near a thousand levels, and the bound is checked on the
+                    # element's text right after a parse that succeeded.
                     value, end = _raw_decode(buf, pos)
+                    check_nesting(buf[pos:end])
+                except (RecursionError, NestingError) as exc:
+                    row += 1
+                    out.append((row, _json_error(exc)))
+                    state = "broken"
+                    break
                 except ValueError as exc:
                     if not eof and len(buf) - pos <= max_element:
                         break  # the element may continue in the next chunk
