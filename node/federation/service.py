@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import VerifyKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from federation.auth import parse_authorization, verify_authorization
+from federation.auth import MAX_SKEW_MS, AuthParams, parse_authorization, verify_authorization
 from federation.certs import TrustStore, level_of, make_certificate, make_revocation
 from federation.client import PeerClient, PeerError
 from federation.envelope import hop_count, make_envelope, next_hop, sign_envelope, verify_envelope_origin
@@ -444,11 +445,11 @@ class FederationService:
         await claim.durable()
         return origin
 
-    def check_hop(self, method: str, uri: str, header: str | None, content: Any,
-                  allow_self: bool = False, *, content_json: bytes | None = None) -> tuple[str, Claim]:
-        """Check a hop's Authorization (SPEC §4); returns the origin and the claim of its nonce, which the
-        caller makes durable before answering. Raises ApiError in the SPEC's terms. `content_json` is the
-        body's canonical JSON when the caller has it (it checked the body with it)."""
+    def precheck_hop(self, header: str | None) -> tuple[AuthParams, VerifyKey, int]:
+        """What a hop's Authorization shows before its body is read (SPEC §4): its form, this node as the
+        destination, an origin trusted here with the key it names, a time within the skew. An endpoint
+        anyone can reach calls this first, so that a request without a plausible header costs nothing
+        however large its body; returns (the parsed header, the origin's key, the time it was checked)."""
         try:
             params = parse_authorization(header)
         except AuthError as exc:
@@ -466,6 +467,17 @@ class FederationService:
         key = keys.get(params.key_id)
         if key is None:
             raise ApiError(f"{params.origin} has no current key {params.key_id}", code="SIGNATURE_INVALID")
+        if abs(now - params.ts) > MAX_SKEW_MS:
+            raise ApiError(f"request time is {now - params.ts} ms from this node's clock (limit {MAX_SKEW_MS})",
+                           {"skew_ms": now - params.ts}, code="CLOCK_SKEW")
+        return params, key, now
+
+    def check_hop(self, method: str, uri: str, header: str | None, content: Any,
+                  allow_self: bool = False, *, content_json: bytes | None = None) -> tuple[str, Claim]:
+        """Check a hop's Authorization (SPEC §4); returns the origin and the claim of its nonce, which the
+        caller makes durable before answering. Raises ApiError in the SPEC's terms. `content_json` is the
+        body's canonical JSON when the caller has it (it checked the body with it)."""
+        params, key, now = self.precheck_hop(header)
         try:
             verify_authorization(params, method, uri, content, key, self.node_id, now, content_json=content_json)
         except AuthError as exc:
