@@ -3,6 +3,7 @@ JSON answers, and the one middleware that gives every answer a request id and ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -11,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from federation.nesting import NestingError, check_nesting
@@ -115,16 +117,31 @@ def parse_model(model: type[M], data: bytes | str | dict) -> M:
     return result
 
 
+# What reading a request body raises when the client breaks the framing (a body that ends before its
+# Content-Length, a Content-Encoding that does not decode: RequestPayloadError) or stops sending: the
+# caller's fault, answered 400, and nothing was stored.
+BODY_BROKEN = (HttpProcessingError, web.RequestPayloadError, ClientPayloadError, ConnectionError,
+               asyncio.IncompleteReadError)
+
+
+def body_broken() -> InvalidInput:
+    return InvalidInput("the body could not be read: it ended before it was complete, or its framing or "
+                        "Content-Encoding is broken; nothing was stored")
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"the body is larger than {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except BODY_BROKEN:
+        raise body_broken() from None
     return b"".join(chunks)
 
 
