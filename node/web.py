@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -221,6 +222,27 @@ def _http_exception_error(exc: web.HTTPException) -> ApiError:
     if exc.status in (401, 403):
         return ApiError(exc.reason or "refused", code="UNAUTHENTICATED" if exc.status == 401 else "FORBIDDEN")
     return ApiError(exc.reason or "bad request", code="INVALID_INPUT")
+
+
+class ServerLog(logging.LoggerAdapter):
+    """The logger handed to aiohttp's connection handler (`handler_args={"logger": ...}`).
+
+    A request that is not valid HTTP — a NUL or another forbidden byte in a header, a broken request line —
+    never reaches a route or the middleware: aiohttp answers it 400 itself and logs it at ERROR with a
+    traceback; so it does when it reads past a body whose Content-Encoding does not decode, after the
+    node has answered. Both are the caller's fault, not the node's, so each becomes one INFO line naming
+    the kind of fault, without the bytes (a header may carry a token). Every other error keeps its
+    traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
+            log.info("refused a request that is not valid HTTP (%s)", type(exc).__name__)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
 
 # What the outer middleware hands to whoever observes every answer (audit, metrics).
