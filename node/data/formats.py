@@ -51,6 +51,11 @@ def _json_error(exc: Exception) -> Malformed:
 Rows = list[tuple[int, Any]]
 
 
+def _line_too_long(line_no: int, max_line: int) -> InvalidInput:
+    return InvalidInput(f"line {line_no} is longer than {max_line} bytes (limits.max_json_bytes)",
+                        [{"row": line_no, "field": None, "error": "line too long"}])
+
+
 async def ndjson_rows(chunks: AsyncIterator[bytes], max_line: int) -> AsyncIterator[Rows]:
     """One JSON value a line; blank lines are skipped (but counted)."""
     pending = b""
@@ -60,11 +65,12 @@ async def ndjson_rows(chunks: AsyncIterator[bytes], max_line: int) -> AsyncItera
         lines = buf.split(b"\n")
         pending = lines.pop()
         if len(pending) > max_line:
-            raise InvalidInput(f"line {line_no + len(lines) + 1} is longer than {max_line} bytes",
-                               [{"row": line_no + len(lines) + 1, "field": None, "error": "line too long"}])
+            raise _line_too_long(line_no + len(lines) + 1, max_line)
         out: Rows = []
         for line in lines:
             line_no += 1
+            if len(line) > max_line:  # the same refusal whichever chunk the line ended in
+                raise _line_too_long(line_no, max_line)
             if not line.strip():
                 continue
             try:
@@ -84,6 +90,10 @@ async def ndjson_rows(chunks: AsyncIterator[bytes], max_line: int) -> AsyncItera
 
 
 _WS = " \t\r\n"
+
+
+def _too_large(max_element: int) -> Malformed:
+    return Malformed(f"a record is larger than {max_element} bytes (limits.max_json_bytes)")
 
 
 async def json_array_rows(chunks: AsyncIterator[bytes], max_element: int) -> AsyncIterator[Rows]:
@@ -166,13 +176,18 @@ async def json_array_rows(chunks: AsyncIterator[bytes], max_element: int) -> Asy
                     if not eof and len(buf) - pos <= max_element:
                         break  # the element may continue in the next chunk
                     row += 1
-                    out.append((row, _json_error(exc) if len(buf) - pos <= max_element
-                                else Malformed(f"a record is larger than {max_element} bytes")))
+                    out.append((row, _json_error(exc) if len(buf) - pos <= max_element else _too_large(max_element)))
                     state = "broken"
                     break
                 if end >= len(buf) and not eof:
                     break  # a number at the end of the buffer may go on in the next chunk
                 row += 1
+                # The same refusal whichever chunk the element ended in; the limit is in bytes, the buffer
+                # holds characters (at most 4 bytes each in UTF-8), so most elements need no encoding.
+                if end - pos > max_element // 4 and len(buf[pos:end].encode("utf-8", "surrogatepass")) > max_element:
+                    out.append((row, _too_large(max_element)))
+                    state = "broken"
+                    break
                 out.append((row, value))
                 pos = end
                 state = "sep"
