@@ -225,11 +225,38 @@ async def csv_rows(chunks: AsyncIterator[bytes], encoding: str | None, max_line:
         first = await it.__anext__()
     except StopAsyncIteration:
         return
+    named = encoding is not None
     encoding = encoding or _sniff(first)
     try:
-        decoder = codecs.getincrementaldecoder("utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding)()
+        b"a".decode(encoding)  # refuses what is not a text encoding (zlib, base64, rot13 …) as LookupError
     except LookupError:
-        raise InvalidInput(f"unknown charset {encoding!r}") from None
+        raise InvalidInput(f"unknown charset {encoding!r}: name a text encoding such as utf-8 or gb18030") from None
+    except ValueError:
+        pass  # a text encoding that cannot decode one "a" (utf-16 …): the file itself will tell
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if utf8 else encoding)()
+    fed = 0  # bytes given to the decoder so far
+    lines_fed = 0  # line ends among them
+
+    def undecodable(exc: UnicodeDecodeError) -> InvalidInput:
+        # exc.object is what the decoder held back from the last chunk followed by the new one.
+        held = len(exc.object) - (fed_now - fed)
+        offset = fed - held + exc.start
+        line = lines_fed + exc.object[:exc.start].count(b"\n") + 1
+        bad = exc.object[exc.start:exc.start + 4].hex(" ")
+        where = {"row": None, "field": None, "line": line, "offset": offset,
+                 "error": f"byte {offset} (line {line}: {bad}) is not {encoding}"}
+        if named:
+            msg = (f"the file is not valid {encoding}, the charset its Content-Type names (byte {offset}, line "
+                   f"{line}); name the charset the file was saved in, or save it as {encoding}")
+        elif utf8:
+            msg = (f"the file is not valid UTF-8 (byte {offset}, line {line}) and names no charset; name its "
+                   "charset, e.g. text/csv; charset=gb18030")
+        else:
+            msg = (f"the file is neither UTF-8 nor GB 18030 (byte {offset}, line {line}) and names no charset; "
+                   "name the charset it was saved in, e.g. text/csv; charset=big5")
+        return InvalidInput(msg, [where])
+
     pending = ""
     row = 0
 
@@ -272,11 +299,14 @@ async def csv_rows(chunks: AsyncIterator[bytes], encoding: str | None, max_line:
             out.append((row + 1, Malformed(f"not valid CSV: {exc}")))
         return out
 
+    fed_now = 0
     async for chunk in rest():
+        fed_now = fed + len(chunk)
         try:
             text = decoder.decode(chunk)
-        except UnicodeDecodeError:
-            raise InvalidInput(f"the file is not valid {encoding}; name its charset, e.g. text/csv; charset=gb18030") from None
+        except UnicodeDecodeError as exc:
+            raise undecodable(exc) from None
+        fed, lines_fed = fed_now, lines_fed + chunk.count(b"\n")
         complete, pending = records(pending + text, False)
         if len(pending) > max_line:
             raise InvalidInput(f"a CSV record is longer than {max_line} characters (an unclosed quote?)")
@@ -286,8 +316,8 @@ async def csv_rows(chunks: AsyncIterator[bytes], encoding: str | None, max_line:
                 yield out
     try:
         pending += decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise InvalidInput(f"the file is not valid {encoding}") from None
+    except UnicodeDecodeError as exc:
+        raise undecodable(exc) from None
     complete, _ = records(pending, True)
     if complete:
         out = parse(complete)
