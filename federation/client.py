@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from federation import nesting
 from federation.auth import make_authorization
 from federation.canonical import encode_canonical_json
 from federation.errors import FederationError
@@ -87,8 +88,8 @@ class PeerClient:
             raise PeerError("PEER_UNREACHABLE", f"{peer} ({host}) is unreachable: {type(exc).__name__}",
                             {"hop": peer}) from None
         try:
-            body = json.loads(raw) if raw.strip() else None
-        except ValueError:
+            body = nesting.loads(raw) if raw.strip() else None
+        except ValueError:  # not JSON, or nested deeper than any answer of the protocol
             raise PeerError("PEER_UNREACHABLE", f"{peer} answered with something that is not JSON",
                             {"hop": peer}, status=resp.status) from None
         if resp.status >= 400:

@@ -3,18 +3,21 @@ JSON answers, and the one middleware that gives every answer a request id and ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
+from federation.nesting import NestingError, check_nesting
 from node.errors import ApiError, InvalidInput, TooLarge
 from node.ids import new_id
 
@@ -74,12 +77,35 @@ def _nul_fields(obj: Any, path: str = "") -> list[dict[str, str]]:
     return out
 
 
+def _too_deep(exc: NestingError) -> InvalidInput:
+    return InvalidInput(f"the body is nested deeper than {exc.limit} levels",
+                        [{"field": "(body)", "error": exc.message}])
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A JSON body the node reads itself (not through a model): nesting bounded (federation.nesting)
+    before the parser recurses, and every refusal an INVALID_INPUT that says where."""
+    try:
+        check_nesting(raw)
+        return json.loads(raw)
+    except NestingError as exc:
+        raise _too_deep(exc) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("the body is not valid JSON",
+                           [{"field": "(body)", "error": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}]) from None
+    except ValueError:  # bytes that are not UTF-8 (nor UTF-16/32, which json also takes)
+        raise InvalidInput("the body is not valid JSON", [{"field": "(body)", "error": "not valid UTF-8"}]) from None
+
+
 def parse_model(model: type[M], data: bytes | str | dict) -> M:
     try:
         if isinstance(data, dict):
             result = model.model_validate(data)
         else:
+            check_nesting(data)  # pydantic stops at 200 levels by itself; the node's own bound is lower
             result = model.model_validate_json(data)
+    except NestingError as exc:
+        raise _too_deep(exc) from None
     except ValidationError as exc:
         details = validation_details(exc)
         if any(e["type"] == "json_invalid" for e in exc.errors()):
@@ -92,21 +118,24 @@ def parse_model(model: type[M], data: bytes | str | dict) -> M:
     return result
 
 
-class Undecodable(InvalidInput):
-    """A body whose Content-Encoding does not decode. aiohttp's parser stops at the broken data and cannot
-    read another request on the connection, so the answer closes it."""
+# What reading a request body raises when the client breaks the framing (a body that ends before its
+# Content-Length, a Content-Encoding that does not decode: RequestPayloadError) or stops sending: the
+# caller's fault, answered 400, and nothing was stored.
+BODY_BROKEN = (HttpProcessingError, web.RequestPayloadError, ClientPayloadError, ConnectionError,
+               asyncio.IncompleteReadError)
 
 
-def undecodable(request: web.Request, exc: BaseException) -> Undecodable | None:
-    """The refusal of a body whose Content-Encoding does not decode (aiohttp inflates gzip and deflate before
-    a handler reads; a broken stream surfaces as RequestPayloadError caused by ContentEncodingError)."""
-    if isinstance(exc, web.RequestPayloadError) and isinstance(exc.__cause__, ContentEncodingError):
-        # Ended here: otherwise aiohttp, draining the rest after the answer, meets the error again and logs
-        # it as an unhandled exception.
-        request.content.feed_eof()
-        return Undecodable(f"the body is not valid {request.headers.get('Content-Encoding', '')} data "
-                           "(its Content-Encoding)")
-    return None
+class BodyBroken(InvalidInput):
+    """A body that could not be read to its end. aiohttp's parser stops at the broken data and cannot read
+    another request on the connection, so the answer closes it."""
+
+
+def body_broken(request: web.Request) -> BodyBroken:
+    # Ended here: otherwise aiohttp, draining the rest after the answer, meets the error again.
+    request.content.feed_eof()
+    coding = request.headers.get("Content-Encoding")
+    return BodyBroken("the body could not be read: it ended before it was complete, or its framing or "
+                      + (f"its Content-Encoding ({coding[:20]}) " if coding else "") + "is broken; nothing was stored")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -122,8 +151,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise TooLarge(f"the body is larger than {limit} bytes")
             chunks.append(chunk)
-    except web.RequestPayloadError as exc:
-        raise (undecodable(request, exc) or exc) from None
+    except BODY_BROKEN:
+        raise body_broken(request) from None
     return b"".join(chunks)
 
 
@@ -210,6 +239,27 @@ def _http_exception_error(exc: web.HTTPException) -> ApiError:
     return ApiError(exc.reason or "bad request", code="INVALID_INPUT")
 
 
+class ServerLog(logging.LoggerAdapter):
+    """The logger handed to aiohttp's connection handler (`handler_args={"logger": ...}`).
+
+    A request that is not valid HTTP — a NUL or another forbidden byte in a header, a broken request line —
+    never reaches a route or the middleware: aiohttp answers it 400 itself and logs it at ERROR with a
+    traceback; so it does when it reads past a body whose Content-Encoding does not decode, after the
+    node has answered. Both are the caller's fault, not the node's, so each becomes one INFO line naming
+    the kind of fault, without the bytes (a header may carry a token). Every other error keeps its
+    traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
+            log.info("refused a request that is not valid HTTP (%s)", type(exc).__name__)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
+
+
 # What the outer middleware hands to whoever observes every answer (audit, metrics): the request, its
 # answer, the outcome (`ok` or the error code) and the seconds it took.
 Observer = Callable[[web.Request, web.StreamResponse, str, float], Awaitable[None]]
@@ -230,7 +280,7 @@ def make_error_middleware(observers: list[Observer]) -> Any:
             outcome = "ok"
         except ApiError as err:
             resp, outcome = error_response(err, rid), err.code
-            if isinstance(err, Undecodable):
+            if isinstance(err, BodyBroken):
                 resp.force_close()
         except web.HTTPException as exc:
             if exc.status < 400:

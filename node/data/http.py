@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, ClientPayloadError, web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from node.accounts.http import account
@@ -19,7 +18,7 @@ from node.data.models import ChangesPage, ChangesQuery, PushResult, RecordsBody
 from node.data.service import Batch, DataService
 from node.errors import ApiError, Forbidden, InvalidInput, TooLarge
 from node.ops.openapi import ROUTED
-from node.web import CODE, ApiRoutes, json_response, query_model, undecodable
+from node.web import BODY_BROKEN, CODE, ApiRoutes, body_broken, json_response, query_model
 
 DATA = web.AppKey("data", DataService)
 routes = ApiRoutes()
@@ -51,23 +50,13 @@ async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         yield chunk
 
 
-# What reading a body raises when the client stops sending before its end (nothing is stored then).
-_CUT_SHORT = (HttpProcessingError, ClientPayloadError, ConnectionError, asyncio.IncompleteReadError)
-
-
-def _cut_short() -> InvalidInput:
-    return InvalidInput("the body ended before it was complete; nothing was stored")
-
-
 async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
     # The chunks come inflated when the body has a Content-Encoding: the limits count what they unpack to.
     try:
         async for chunk in request.content.iter_chunked(READ_CHUNK):
             yield chunk
-    except _CUT_SHORT:
-        raise _cut_short() from None
-    except web.RequestPayloadError as exc:
-        raise (undecodable(request, exc) or exc) from None
+    except BODY_BROKEN:
+        raise body_broken(request) from None
 
 
 async def _part_chunks(request: web.Request, part: BodyPartReader) -> AsyncIterator[bytes]:
@@ -76,10 +65,8 @@ async def _part_chunks(request: web.Request, part: BodyPartReader) -> AsyncItera
     while True:
         try:
             chunk = await part.read_chunk(READ_CHUNK)
-        except _CUT_SHORT:
-            raise _cut_short() from None
-        except web.RequestPayloadError as exc:
-            raise (undecodable(request, exc) or exc) from None
+        except BODY_BROKEN:
+            raise body_broken(request) from None
         if not chunk:
             return
         yield chunk
@@ -182,8 +169,8 @@ async def _upload_multipart(request: web.Request, data: DataService, batch: Batc
                             max_line: int) -> None:
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError, KeyError):
-        raise InvalidInput("the multipart body is malformed") from None
+    except (ValueError, AssertionError, KeyError):  # no boundary, or a Content-Type aiohttp cannot split
+        raise InvalidInput("the multipart body is malformed: its Content-Type names no usable boundary") from None
     size_left = limit
     found = 0
 
@@ -215,8 +202,12 @@ async def _upload_multipart(request: web.Request, data: DataService, batch: Batc
                                    (CSV_TYPES[0] + " (.csv)", XLSX_TYPE + " (.xlsx)"))
             charset = part.get_charset(None)
             await _read_file(data, batch, kind, counted(part), charset, max_line)
-    except ValueError as exc:  # a malformed multipart stream (aiohttp raises ValueError)
+    except ValueError as exc:  # a malformed multipart stream: aiohttp raises ValueError …
         raise InvalidInput(f"the multipart body is malformed: {exc}") from None
+    except HttpProcessingError as exc:  # … or, for a part's header lines, BadHttpMessage
+        # Its message quotes the raw header bytes the caller sent: say what kind of fault it is, not them.
+        raise InvalidInput("the multipart body is malformed: a part's headers cannot be read "
+                           f"({type(exc).__name__})") from None
     if found == 0:
         raise InvalidInput("the multipart body holds no file")
 

@@ -17,12 +17,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import nacl.signing
+from nacl.signing import VerifyKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from federation import sealed
-
-from federation.auth import parse_authorization, verify_authorization
+from federation.auth import MAX_SKEW_MS, AuthParams, parse_authorization, verify_authorization
 from federation.certs import TrustStore, level_of, make_certificate, make_revocation
 from federation.client import PeerClient, PeerError
 from federation.envelope import hop_count, make_envelope, next_hop, sign_envelope, verify_envelope_origin
@@ -468,11 +467,11 @@ class FederationService:
         await claim.durable()
         return origin
 
-    def check_hop(self, method: str, uri: str, header: str | None, content: Any,
-                  allow_self: bool = False, *, content_json: bytes | None = None) -> tuple[str, Claim]:
-        """Check a hop's Authorization (SPEC §4); returns the origin and the claim of its nonce, which the
-        caller makes durable before answering. Raises ApiError in the SPEC's terms. `content_json` is the
-        body's canonical JSON when the caller has it (it checked the body with it)."""
+    def precheck_hop(self, header: str | None) -> tuple[AuthParams, VerifyKey, int]:
+        """What a hop's Authorization shows before its body is read (SPEC §4): its form, this node as the
+        destination, an origin trusted here with the key it names, a time within the skew. An endpoint
+        anyone can reach calls this first, so that a request without a plausible header costs nothing
+        however large its body; returns (the parsed header, the origin's key, the time it was checked)."""
         try:
             params = parse_authorization(header)
         except AuthError as exc:
@@ -490,6 +489,17 @@ class FederationService:
         key = keys.get(params.key_id)
         if key is None:
             raise ApiError(f"{params.origin} has no current key {params.key_id}", code="SIGNATURE_INVALID")
+        if abs(now - params.ts) > MAX_SKEW_MS:
+            raise ApiError(f"request time is {now - params.ts} ms from this node's clock (limit {MAX_SKEW_MS})",
+                           {"skew_ms": now - params.ts}, code="CLOCK_SKEW")
+        return params, key, now
+
+    def check_hop(self, method: str, uri: str, header: str | None, content: Any,
+                  allow_self: bool = False, *, content_json: bytes | None = None) -> tuple[str, Claim]:
+        """Check a hop's Authorization (SPEC §4); returns the origin and the claim of its nonce, which the
+        caller makes durable before answering. Raises ApiError in the SPEC's terms. `content_json` is the
+        body's canonical JSON when the caller has it (it checked the body with it)."""
+        params, key, now = self.precheck_hop(header)
         try:
             verify_authorization(params, method, uri, content, key, self.node_id, now, content_json=content_json)
         except AuthError as exc:
@@ -983,7 +993,7 @@ class FederationService:
         if cert is None or not cert.get("verify_keys"):
             raise ApiError(f"node {destination} is in no known subtree", {"node": destination}, code="NODE_UNKNOWN")
         key_id, b64 = max(cert["verify_keys"].items())  # a certificate lists the node's one current key
-        peer_key = nacl.signing.VerifyKey(decode_b64(b64))
+        peer_key = VerifyKey(decode_b64(b64))
         box = self._boxes.box(self.key, destination, key_id, peer_key)
         return sealed.seal(body, box, to=destination, to_key=key_id, from_key=self.key.key_id)
 

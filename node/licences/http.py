@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from node.licences.page import render
 from node.ops.openapi import ROUTED
 from node.licences.service import LicenceService
 from node.sharing.http import SHARING
-from node.web import ApiRoutes, json_response, query_model, read_body, read_model
+from node.web import ApiRoutes, json_response, parse_json, query_model, read_body, read_model
 
 LICENCES = web.AppKey("licences", LicenceService)
 routes = ApiRoutes()
@@ -81,11 +80,7 @@ async def find(request: web.Request) -> web.Response:
              body=VerifyBody, response=VerifyResult, errors=ROUTED, tags=TAGS)
 async def verify(request: web.Request) -> web.Response:
     account(request)
-    raw = await read_body(request, json_limit(request))
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidInput("the body is not valid JSON") from None
+    body = parse_json(await read_body(request, json_limit(request)))
     if not isinstance(body, dict):
         raise InvalidInput('send a licence object, or {"identifier": "..."}')
     result = await request.app[LICENCES].verify(body)
