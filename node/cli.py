@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from node.config import DEFAULT_HOME, ConfigError
 from node.errors import ApiError
+from node.homelock import HomeBusy
 
 Command = Callable[[argparse.Namespace], Awaitable[int] | int]
 _COMMANDS: dict[str, Command] = {}
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ApiError as exc:
         print(f"govnode: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except HomeBusy as exc:
+        print(f"govnode: {name}: {exc}", file=sys.stderr)
         return 1
     except (OSError, DBAPIError) as exc:
         # The database or the listening address cannot be used: one line, no traceback, no SQL.

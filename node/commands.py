@@ -14,7 +14,8 @@ from node.accounts.service import AccountService
 from node.audit.service import AuditLog
 from node.cli import command
 from node.config import CONFIG_FILE, Config, ConfigError, load_config, write_config
-from node.db import make_engine, upgrade
+from node.db import at_head, make_engine, upgrade
+from node.homelock import HomeBusy, hold_for_serving, serving
 from node.fields import printable
 from node.logs import setup_logging
 from node import tls
@@ -72,19 +73,41 @@ def run(args: argparse.Namespace) -> int:
         read_signing_key_file(config.key_path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"the signing key cannot be read: {exc}") from None
-    setup_logging(config.log_level, config.node.id)
     tls.check_secret_files(config)
     tls.check_serving(config)
-    app = init_app(config)
-    print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}", flush=True)
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=10, ssl_context=tls.server_context(config))
+    lock = hold_for_serving(config.home, config.database.is_sqlite)  # released when this process exits
+    try:
+        setup_logging(config.log_level, config.node.id)
+        app = init_app(config)
+        print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}", flush=True)
+        web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
+                    handle_signals=True, shutdown_timeout=10, ssl_context=tls.server_context(config))
+    finally:
+        lock.release()
     return 0
 
 
-async def _accounts(config: Config) -> tuple[AccountService, object]:
+async def open_database(config: Config, home_held: bool = False):  # noqa: ANN201
+    """The engine of a command that uses the node's database. The schema is created or upgraded first,
+    unless a node serves the home: migrating under a running node's feet would change tables its code
+    does not know, so beside a running node the schema must already be the newest (or the command is
+    refused). Writes of rows (a department, an invite) are safe beside it: the database orders them.
+    `home_held`: the command holds the home's lock itself, so no node serves it."""
     engine = make_engine(config.database, config.sqlite_synchronous)
-    await upgrade(engine, config.database.schema_)
+    try:
+        if home_held or not serving(config.home):
+            await upgrade(engine, config.database.schema_)
+        elif not await at_head(engine):
+            raise HomeBusy(f"a node is running on {config.home} with an older database schema; stop it, then "
+                           "run this command (it upgrades the schema) or start the node again")
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
+async def _accounts(config: Config) -> tuple[AccountService, object]:
+    engine = await open_database(config)
     return AccountService(engine, config.node.id), engine
 
 
@@ -138,9 +161,8 @@ async def dept_list(args: argparse.Namespace) -> int:
 @command("audit verify")
 async def audit_verify(args: argparse.Namespace) -> int:
     config = _config(args)
-    engine = make_engine(config.database, config.sqlite_synchronous)
+    engine = await open_database(config)
     try:
-        await upgrade(engine, config.database.schema_)
         log = AuditLog(engine)
         broken = await log.verify()
         waiting = await log.pending_intents()

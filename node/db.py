@@ -121,6 +121,20 @@ async def upgrade(engine: AsyncEngine, schema: str | None = None) -> None:
         await _upgrade_now(engine, schema)
 
 
+def _at_head(sync_conn: sa.Connection) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    return MigrationContext.configure(sync_conn).get_current_revision() == script.get_current_head()
+
+
+async def at_head(engine: AsyncEngine) -> bool:
+    """Whether the schema is at the newest revision (read only: nothing is created or upgraded)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_at_head)
+
+
 async def _upgrade_now(engine: AsyncEngine, schema: str | None) -> None:
     async with engine.begin() as conn:
         if schema and conn.dialect.name == "postgresql":
