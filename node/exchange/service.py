@@ -50,6 +50,7 @@ from node.ops.metrics import Metrics
 from node.sharing.masking import masker
 from node.workdays import cst_iso
 from node.schedule import PeriodicJobs
+from node.supervisor import Supervisor
 
 log = logging.getLogger("govnode.exchange")
 
@@ -83,7 +84,6 @@ class Source:
         self.problem = problem  # why the source cannot even be opened (e.g. the sealed URL)
         self.layout = Layout.of(self.spec)
         self.lock = asyncio.Lock()
-        self.task: asyncio.Task[Any] | None = None
         self._converter: tuple[RecordSchema, Any] | None = None
 
     def converter(self, schema: RecordSchema) -> Any:
@@ -91,10 +91,6 @@ class Source:
         if self._converter is None or self._converter[0] is not schema:
             self._converter = (schema, compile_rows(schema, self.layout.fields, self.layout.key))
         return self._converter[1]
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
 
     def due(self, now: int) -> bool:
         return now >= int(self.state.get("next_attempt_at") or 0)
@@ -115,7 +111,8 @@ class ExchangeService:
         self.data = data
         self.sealer = sealer
         self.sources: dict[str, Source] = {}
-        self._jobs = PeriodicJobs()
+        self.tasks = Supervisor(node_id, log)  # the tick, and one run a source, by its id
+        self._jobs: PeriodicJobs | None = None
         self._closing = False
         self._m_up = metrics.gauge("govnode_exchange_source_up",
                                    "1 when the last attempt to read the table source succeeded, else 0",
@@ -138,12 +135,14 @@ class ExchangeService:
             rows = await store.all_sources(conn)
         for row in rows:
             self.sources[row.id] = self._open(row)
-        self._jobs.start((self.tick, TICK_S, "exchange"))
+        self._jobs = self.tasks.every((self.tick, TICK_S, "exchange"))
         self._tick_while_bound()
 
     def _tick_while_bound(self) -> None:
         """The tick looks for due sources, so it runs only while one is bound: at four wake-ups a second it
         was most of an idle node's CPU time (~3 ms a second), and most nodes bind no table source."""
+        if self._jobs is None:
+            return
         if self.sources:
             self._jobs.resume("exchange")
         else:
@@ -151,19 +150,11 @@ class ExchangeService:
 
     def next_tick(self) -> datetime | None:
         """When the tick next looks for due sources; None while no source is bound."""
-        return self._jobs.next_run("exchange")
+        return self._jobs.next_run("exchange") if self._jobs is not None else None
 
     async def close(self) -> None:
         self._closing = True
-        self._jobs.stop()
-        tasks = [s.task for s in self.sources.values() if s.running]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.close()
         for s in self.sources.values():
             if s.db is not None:
                 await s.db.close()
@@ -181,11 +172,14 @@ class ExchangeService:
         """Start every source that is due and not already running."""
         now = now_ms()
         for src in list(self.sources.values()):
-            if not src.running and src.due(now) and not self._closing:
+            if not self._running(src) and src.due(now) and not self._closing:
                 self._start(src)
 
     def _start(self, src: Source) -> None:
-        src.task = asyncio.ensure_future(self._run(src))
+        self.tasks.spawn(self._run(src), key=src.id)
+
+    def _running(self, src: Source) -> bool:
+        return self.tasks.running(src.id) is not None
 
     # The department API -----------------------------------------------------------------------------
 
@@ -278,12 +272,7 @@ class ExchangeService:
     async def unbind(self, acct: Account, code: str, source_id: str) -> dict[str, Any]:
         await self._own_entry(acct, code, "manage")
         src = self._source_of(code, source_id)
-        if src.task is not None and not src.task.done():
-            src.task.cancel()
-            try:
-                await src.task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.cancel(src.id)
         async with write_tx(self.engine) as conn:
             await store.delete(conn, source_id)
         self.sources.pop(source_id, None)
@@ -297,7 +286,7 @@ class ExchangeService:
         entry = await self._own_entry(acct, code, "manage")
         src = self._source_of(code, source_id)
         src.state["next_attempt_at"] = now_ms()
-        if not src.running:
+        if not self._running(src):
             self._start(src)
         return self.view(src, self.data.schema(entry))
 

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.accounts.service import Account
 from node.catalog.service import CatalogService
+from node.supervisor import Supervisor
 from node.data.rows import RowError, key_text
 from node.data.service import DataService
 from node.db import write_tx
@@ -51,20 +52,14 @@ class CheckService:
         self.data = data
         self.sharing = sharing
         self.subscriptions = subscriptions  # node.subscriptions: the change feed, wherever the resource is held
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self.tasks = Supervisor(node_id, log)  # one job a running check, by its id
 
     async def start(self) -> None:
         async with write_tx(self.engine) as conn:
             await store.interrupt_running(conn, now_ms())
 
     async def close(self) -> None:
-        for t in list(self._tasks.values()):
-            t.cancel()
-        for t in list(self._tasks.values()):
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.close()
 
     # The operator's API ---------------------------------------------------------------------------------
 
@@ -94,7 +89,7 @@ class CheckService:
         if acct.role != "operator":
             raise Forbidden("multi-source checks are run by the node's operators")
         row = await self._row(check_id)
-        if check_id in self._tasks:
+        if self.tasks.running(check_id) is not None:
             raise ApiError(f"check {check_id} is running", code="CONFLICT")
         spec = json.loads(row.spec)
         async with write_tx(self.engine) as conn:
@@ -132,13 +127,11 @@ class CheckService:
                 "report": report}
 
     def _launch(self, check_id: str, spec: dict[str, Any]) -> None:
-        task = asyncio.ensure_future(self._run(check_id, spec))
-        self._tasks[check_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(check_id, None))
+        self.tasks.spawn(self._run(check_id, spec), key=check_id)
 
     async def wait(self, check_id: str) -> None:
         """Until the running job of a check ends (tests, the CLI)."""
-        task = self._tasks.get(check_id)
+        task = self.tasks.running(check_id)
         if task is not None:
             await asyncio.shield(task)
 

@@ -51,6 +51,7 @@ from node.db import next_counter, write_tx
 from node.errors import ApiError, Conflict, FieldNotGranted, Forbidden, GrantRequired, InvalidInput, NotFound, ShareForbidden
 from node.exchange.sealing import Sealer
 from node.federation.service import FederationService
+from node.supervisor import Supervisor
 from node.ids import new_id, now_ms
 from node.ops.metrics import Metrics
 from node.sharing.masking import masker
@@ -94,7 +95,6 @@ class Subscription:
         self.cursor: int = int(row.cursor)
         self.state: dict[str, Any] = json.loads(row.state)
         self.created_at: int = row.created_at
-        self.task: asyncio.Task[Any] | None = None
         self.caught_up = False
         self.poll_started: int | None = None
 
@@ -117,6 +117,7 @@ class SubscriptionService:
         self._events: dict[str, asyncio.Event] = {}
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
+        self.tasks = Supervisor(node_id, log)  # one loop a subscription, by its id
         self._remote_router: Any = None
         self.poll_wait_ms = POLL_WAIT_MS
         self._m_lag = metrics.gauge("govnode_subscription_lag_seconds",
@@ -160,14 +161,7 @@ class SubscriptionService:
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [s.task for s in self.subs.values() if s.task is not None and not s.task.done()]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.close()
         if self._session is not None:
             await self._session.close()
 
@@ -178,7 +172,7 @@ class SubscriptionService:
             self._wake(code)
 
     def _start(self, sub: Subscription) -> None:
-        sub.task = asyncio.ensure_future(self._loop(sub))
+        self.tasks.spawn(self._loop(sub), key=sub.id)
 
     # The provider's side: the change feed for subscribers -------------------------------------------------
 
@@ -377,12 +371,7 @@ class SubscriptionService:
         if acct.role == "auditor":
             raise Forbidden("an auditor does not cancel subscriptions")
         sub.status = "cancelled"
-        if sub.task is not None and not sub.task.done():
-            sub.task.cancel()
-            try:
-                await sub.task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.cancel(sub.id)
         async with write_tx(self.engine) as conn:
             if sub.mode == "replica":
                 await store.drop_records(conn, sub.code)
