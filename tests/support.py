@@ -584,3 +584,19 @@ class LocalCA:
         key_path.write_bytes(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()))
         key_path.chmod(0o600)
         return cert_path, key_path
+
+
+@contextlib.asynccontextmanager
+async def police_node(home: Path, backend: str = "sqlite", extra: dict | None = None):
+    """One county node (370321 桓台县) with settings of the test's own (`extra`) and its police department
+    (`tokens["police"]`); stopped, and its PostgreSQL schema dropped, afterwards."""
+    config = init_home(home, "370321", "桓台县", backend=backend, extra=extra)
+    token = add_dept(config.home, POLICE, "桓台县公安局")
+    running = await start_node(config)
+    running.tokens["police"] = token
+    try:
+        yield running
+    finally:
+        await running.stop()
+        if config.database.schema_:
+            await drop_pg_schema(config.database.schema_)
