@@ -230,7 +230,11 @@ async def write_tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
                 async with conn.begin():
                     yield conn
             finally:
-                conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
+                # A connection dropped on the way (a statement timed out, the server went away) has nothing to
+                # clear, and asking it would reconnect outside SQLAlchemy's greenlet, raising MissingGreenlet in
+                # place of the error that says the database is unavailable.
+                if not conn.invalidated:
+                    conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
 
 
 def next_counter_sync(conn: sa.Connection, name: str, n: int = 1) -> int:
