@@ -7,6 +7,8 @@ The tables themselves are declared in each capability's `store` module on `metad
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import traceback
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -300,3 +302,44 @@ def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list[
     conn.execute(on_conflict_statement(conn.dialect.name, table, "ignore", lambda ins: ins.on_conflict_do_nothing()),
                  rows)
 
+
+# SQLite's result codes (the primary code, the low byte) that say the file cannot be used now: busy or
+# locked (by another process, after the busy timeout), cannot be opened, I/O error, disk full.
+_SQLITE_UNAVAILABLE = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
+                       sqlite3.SQLITE_FULL}
+# PostgreSQL's error classes that say the server cannot serve now: 08 connection exception, 53 insufficient
+# resources (too many connections, disk full), 57 operator intervention (shutting down, starting up, a
+# statement cancelled), 58 system error (I/O).
+_PG_UNAVAILABLE = ("08", "53", "57", "58")
+_DRIVERS = ("sqlalchemy", "asyncpg", "aiosqlite")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says that the database could not be reached or did not answer within its bounds (a
+    connect, a statement, a pooled connection, SQLite's lock), rather than that something is wrong with what
+    was asked of it."""
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
+    sqlstate = getattr(exc, "sqlstate", None)  # asyncpg's errors, also as SQLAlchemy's adapter wraps them
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _PG_UNAVAILABLE
+    if isinstance(exc, (TimeoutError, OSError)):
+        # asyncpg lets these through unwrapped (a connect or command timeout, a refused or reset connection);
+        # the same types from anything else (a file, a peer) are not the database's.
+        return any(frame.f_globals.get("__name__", "").startswith(_DRIVERS)
+                   for frame, _ in traceback.walk_tb(exc.__traceback__))
+    return False
+
+
+def unavailable_error(exc: BaseException) -> ApiError | None:
+    """The answer to a call that failed because the database is unavailable (503 UNAVAILABLE, saying no more:
+    no statement, no trace), or None when `exc` is something else."""
+    if not database_unavailable(exc):
+        return None
+    return ApiError("the database is unreachable or did not answer in time; try again later", code="UNAVAILABLE")
