@@ -337,6 +337,13 @@ def database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def probe_timeout(engine: AsyncEngine) -> float:
+    """How long a check that the database answers may take at most: one connect and one statement on
+    PostgreSQL, SQLite's busy timeout on SQLite."""
+    args = _pg_connect_args.get(engine.sync_engine)
+    return WRITE_QUEUE_TIMEOUT_S if args is None else args["timeout"] + args["command_timeout"]
+
+
 def unavailable_error(exc: BaseException) -> ApiError | None:
     """The answer to a call that failed because the database is unavailable (503 UNAVAILABLE, saying no more:
     no statement, no trace), or None when `exc` is something else."""
