@@ -591,7 +591,7 @@ async def police_node(home: Path, backend: str = "sqlite", extra: dict | None = 
     """One county node (370321 桓台县) with settings of the test's own (`extra`) and its police department
     (`tokens["police"]`); stopped, and its PostgreSQL schema dropped, afterwards."""
     config = init_home(home, "370321", "桓台县", backend=backend, extra=extra)
-    token = add_dept(config.home, POLICE, "桓台县公安局")
+    token = await add_dept_async(config.home, POLICE, "桓台县公安局")  # off the loop: it may serve a proxy
     running = await start_node(config)
     running.tokens["police"] = token
     try:
