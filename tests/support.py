@@ -366,12 +366,13 @@ def error_code(body: Any) -> str | None:
 
 
 async def add_child(nodes: dict[str, Any], base: Path, code: str, name: str, parent: str, *,
-                    backend: str = "sqlite", federation: dict | None = None) -> RunningNode:
+                    backend: str = "sqlite", federation: dict | None = None, port: int | None = None,
+                    extra: dict | None = None) -> RunningNode:
     """Invite, join and start one more node under a running parent; adds it to `nodes`."""
     home = base / code
     parent_url = nodes[parent].url
-    config = init_home(home, code, name, parent_url=parent_url, backend=backend,
-                       extra=federation or FAST_FEDERATION)
+    config = init_home(home, code, name, port=port, parent_url=parent_url, backend=backend,
+                       extra={**(federation or FAST_FEDERATION), **(extra or {})})
     rc, out, err = await run_cli_full_async(["invite", code, "--dir", str(nodes[parent].config.home)])
     assert rc == 0, err
     token = out.strip().splitlines()[-1]

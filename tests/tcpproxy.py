@@ -52,6 +52,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.recorded = bytearray()  # every byte relayed, both ways (what someone on the wire would see)
 
     async def __aenter__(self) -> "TcpProxy":
         # A bound socket that never listens keeps the port ours while the listener is closed (`refuse`).
@@ -152,21 +153,23 @@ class TcpProxy:
             return
         self._links.add(link)
         try:
-            pumps = [self._pump(reader, upstream_writer, link)]
+            pumps = [self._pump(reader, upstream_writer, link, self.recorded)]
             if upstream_reader is not None:
-                pumps.append(self._pump(upstream_reader, writer, link))
+                pumps.append(self._pump(upstream_reader, writer, link, self.recorded))
             await asyncio.gather(*pumps)
         finally:
             self._links.discard(link)
             link.abort()
 
     @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, link: _Link) -> None:
+    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, link: _Link,
+                    recorded: bytearray) -> None:
         """Relay until either side closes; while the link is in a black hole, read and drop."""
         with contextlib.suppress(OSError):
             while data := await src.read(65536):
                 if link.blackholed or dst is None:
                     continue
+                recorded += data
                 dst.write(data)
                 await dst.drain()
         link.abort()  # one side is gone: so is the link
