@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from node.db import database_unavailable
 from node.federation import store
 from node.ids import now_ms
 
@@ -38,12 +39,17 @@ class Peers:
         members = self.fed.membership
         if not members.joined:
             return {"joined": False}
-        async with self.fed.engine.connect() as conn:
-            depths = await store.outbox_depths(conn)
+        try:
+            async with self.fed.engine.connect() as conn:
+                depths: dict[str, int] | None = await store.outbox_depths(conn)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            depths = None  # /healthz says the database is unreachable; the peers' state is still worth showing
         peers = {}
         for p in members.neighbours():
             st = self.status.get(p, {})
             peers[p] = {"role": "parent" if p == members.parent else "child", "reachable": st.get("reachable"),
                         "last_ok": st.get("last_ok"), "last_error": st.get("last_error"),
-                        "outbox": depths.get(p, 0)}
+                        "outbox": depths.get(p, 0) if depths is not None else None}
         return {"joined": True, "parent": members.parent, "peers": peers}
