@@ -182,6 +182,11 @@ async def _upgrade_now(engine: AsyncEngine, schema: str | None) -> None:
         engine.url, poolclass=sa.NullPool, connect_args={**args, "command_timeout": None})
     try:
         async with migrator.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Workers starting together: one migrates, the others wait here and then find nothing to do
+                # (without it, two CREATE SCHEMA or two upgrades raced into duplicate-object errors).
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                                   {"k": f"govnode migrate {schema or ''}"})
             if schema and conn.dialect.name == "postgresql":
                 await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             await conn.run_sync(_upgrade)

@@ -91,6 +91,8 @@ audit_intents = sa.Table(
     sa.Column("call_key", sa.String(26), nullable=False, index=True),
     sa.Column("at", sa.BigInteger, nullable=False, index=True),
     sa.Column("fields", sa.Text, nullable=False),
+    # The worker whose call wrote it: the intents of a worker that is gone are recovered at once.
+    sa.Column("worker", sa.String(80), nullable=True),
 )
 
 # Idempotency keys of retried writes: claimed in the first write transaction of the call (so a key is
@@ -125,9 +127,12 @@ def delete_intents(conn: sa.Connection, call_keys: list[str]) -> None:
     conn.execute(_DELETE_INTENTS, {"keys": call_keys})
 
 
-def intents_before(conn: sa.Connection, cutoff_ms: int, limit: int) -> list[sa.Row]:
-    q = (sa.select(audit_intents).where(audit_intents.c.at < cutoff_ms)
-         .order_by(audit_intents.c.at, audit_intents.c.id).limit(limit))
+def intents_before(conn: sa.Connection, cutoff_ms: int, limit: int, live: set[str] | None = None) -> list[sa.Row]:
+    """Intents older than the cutoff, and with `live` given, those of any age whose worker is not in it."""
+    recoverable = audit_intents.c.at < cutoff_ms
+    if live is not None:
+        recoverable = sa.or_(recoverable, audit_intents.c.worker.is_(None), audit_intents.c.worker.not_in(live))
+    q = sa.select(audit_intents).where(recoverable).order_by(audit_intents.c.at, audit_intents.c.id).limit(limit)
     return list(conn.execute(q).all())
 
 

@@ -38,6 +38,7 @@ from node.catalog.service import CatalogService
 from node.data import store as data_store
 from node.data.rows import RecordSchema, RowError
 from node.data.service import DataService
+from node.cluster import announce
 from node.db import next_counter, write_tx
 from node.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
 from node.exchange import store
@@ -114,6 +115,7 @@ class ExchangeService:
         self.tasks = Supervisor(node_id, log)  # the tick, and one run a source, by its id
         self._jobs: PeriodicJobs | None = None
         self._closing = False
+        self.cluster: Any = None  # node.cluster: the sources are read by the worker doing the background work
         self._m_up = metrics.gauge("govnode_exchange_source_up",
                                    "1 when the last attempt to read the table source succeeded, else 0",
                                    ("resource", "source"))
@@ -131,12 +133,52 @@ class ExchangeService:
     # Life cycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._load()
+        if self.cluster is None:  # no workers to share with: this process reads the sources
+            await self.take_up()
+
+    async def _load(self) -> None:
+        """The sources as stored: new ones opened, unbound ones closed, the state of the others read again."""
         async with self.engine.connect() as conn:
             rows = await store.all_sources(conn)
+        stored = {row.id: row for row in rows}
+        for source_id in [i for i in self.sources if i not in stored]:
+            src = self.sources.pop(source_id)
+            await self.tasks.cancel(source_id)
+            if src.db is not None:
+                await src.db.close()
         for row in rows:
-            self.sources[row.id] = self._open(row)
+            held = self.sources.get(row.id)
+            if held is None:
+                self.sources[row.id] = self._open(row)
+            elif self.tasks.running(row.id) is None:
+                held.state = json.loads(row.state)
+
+    async def take_up(self) -> None:
+        """Reading the sources is background work: one worker of the node does it (node.cluster), from the
+        state the last one stored."""
+        await self._load()
         self._jobs = self.tasks.every((self.tick, TICK_S, "exchange"))
         self._tick_while_bound()
+
+    async def give_up(self) -> None:
+        self._jobs = None
+        await self.tasks.close()  # the runs under way stop; their state was stored as they went
+
+    def _runs_here(self) -> bool:
+        return self.cluster is None or self.cluster.leader
+
+    def told(self, payload: str = "") -> None:
+        """Another worker bound or unbound a source ("<id>"), or asks for a sync now ("sync <id>")
+        (node.cluster): read the sources again."""
+        self.tasks.spawn(self._load_and_tick(payload.removeprefix("sync ") if payload.startswith("sync ") else None))
+
+    async def _load_and_tick(self, sync: str | None) -> None:
+        await self._load()
+        if self._runs_here():
+            self._tick_while_bound()
+            if sync is not None and sync in self.sources:
+                self._sync(self.sources[sync])
 
     def _tick_while_bound(self) -> None:
         """The tick looks for due sources, so it runs only while one is bound: at four wake-ups a second it
@@ -176,7 +218,8 @@ class ExchangeService:
                 self._start(src)
 
     def _start(self, src: Source) -> None:
-        self.tasks.spawn(self._run(src), key=src.id)
+        if self._runs_here():
+            self.tasks.spawn(self._run(src), key=src.id)
 
     def _running(self, src: Source) -> bool:
         return self.tasks.running(src.id) is not None
@@ -240,6 +283,7 @@ class ExchangeService:
         async with write_tx(self.engine) as conn:
             await store.insert(conn, row)
             stored = await store.get(conn, row["id"])
+            await announce(conn, "exchange", row["id"])
         src = Source(stored, db)
         if reachable is not None:
             self._failed(src, reachable, now)
@@ -275,6 +319,7 @@ class ExchangeService:
         await self.tasks.cancel(src.id)
         async with write_tx(self.engine) as conn:
             await store.delete(conn, source_id)
+            await announce(conn, "exchange", source_id)
         self.sources.pop(source_id, None)
         self._tick_while_bound()
         if src.db is not None:
@@ -285,10 +330,16 @@ class ExchangeService:
     async def sync_now(self, acct: Account, code: str, source_id: str) -> dict[str, Any]:
         entry = await self._own_entry(acct, code, "manage")
         src = self._source_of(code, source_id)
+        if self._runs_here():
+            self._sync(src)
+        else:
+            await self.cluster.tell("exchange", f"sync {source_id}")
+        return self.view(src, self.data.schema(entry))
+
+    def _sync(self, src: Source) -> None:
         src.state["next_attempt_at"] = now_ms()
         if not self._running(src):
             self._start(src)
-        return self.view(src, self.data.schema(entry))
 
     # Running ----------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ federation's holder key."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -21,6 +22,7 @@ from federation.signing import (
     verify_signed_json, write_signing_key_file,
 )
 from node import __version__
+from node.cluster import announce
 from node.db import write_tx
 from node.errors import ApiError
 from node.fields import check_name
@@ -88,6 +90,8 @@ class Membership:
         self._subtrees: dict[str, set[str]] = {}
         self._children: set[str] | None = None  # cached like _subtrees: every request asks for the neighbours
         self._key_mtime = 0.0
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     # The trust state ------------------------------------------------------------------------------
 
@@ -132,6 +136,7 @@ class Membership:
         async with write_tx(self.engine) as conn:
             await store.set_state(conn, "anchor", anchor)
             await store.put_registry(conn, cert)
+            await announce(conn, "trust")
         self.store = trust
         await self.make_holder_key()
         log.info("this node is the federation root; anchor %s %s", anchor["node"], anchor["key"])
@@ -168,10 +173,29 @@ class Membership:
         self._subtrees.clear()
         self._children = None
 
+    def reload_soon(self, _payload: str = "") -> None:
+        """Another worker changed the trust state or the key (node.cluster): load both again, once for a
+        burst of changes."""
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = self.fed.tasks.spawn(self._reload())
+
+    async def _reload(self) -> None:
+        while True:
+            self._reload_again = False
+            await self.reload_key_if_changed()
+            await self.load()
+            for child in self.children():  # a child that joined through another worker gets a sender loop
+                self.fed.sender.ensure(child)
+            if not self._reload_again:
+                return
+
     async def store_doc(self, doc: dict[str, Any]) -> None:
         """Keep a certificate or revocation already added to the trust store, and tell the neighbours."""
         async with write_tx(self.engine) as conn:
             await store.put_registry(conn, doc)
+            await announce(conn, "trust")
         self.changed()
         await self.fed.replication.notify_neighbours("registry")
 
@@ -190,6 +214,7 @@ class Membership:
             held = await store.get_state(conn, HOLDER_KEY_STATE)
             if held is None:
                 await store.set_state(conn, HOLDER_KEY_STATE, encode_b64(key))
+                await announce(conn, "trust")
         self.holder_key = decode_b64(held) if held else key
 
     async def fetch_holder_key(self) -> None:
@@ -203,6 +228,7 @@ class Membership:
             raise PeerError("INVALID_INPUT", f"{self.parent} sent a malformed holder key")
         async with write_tx(self.engine) as conn:
             await store.set_state(conn, HOLDER_KEY_STATE, encode_b64(key))
+            await announce(conn, "trust")
         self.holder_key = key
         log.info("received the federation's holder key from %s", self.parent)
 
@@ -261,6 +287,7 @@ class Membership:
                 raise ApiError(f"the token was made for {invite.node}, not {node}", code="FORBIDDEN")
             trust.add_certificate(signed)
             await store.put_registry(conn, signed)
+            await announce(conn, "trust")
         self.changed()
         self.fed.tasks.spawn(self.fed.replication.notify_neighbours("registry"))
         self.fed.sender.ensure(node)
@@ -315,6 +342,7 @@ class Membership:
         async with write_tx(self.engine) as conn:
             for rev in docs:
                 await store.put_registry(conn, rev)
+            await announce(conn, "trust")
         self.changed()
         await self.fed.replication.notify_neighbours("registry")
         return {"revoked": node, "revocations": docs}
@@ -390,6 +418,7 @@ class Membership:
                 renewed = {k: v for k, v in child_cert.items() if k != "signatures"}
                 renewed["valid_from"] = max(now, child_cert["valid_from"] + 1)
                 await store.put_registry(conn, sign_json(renewed, self.node_id, new_key))
+            await announce(conn, "trust")  # with the new key file: the other workers sign with it too
         await self.load()
         await self.fed.replication.notify_neighbours("registry")
         return cert

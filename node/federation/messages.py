@@ -76,6 +76,12 @@ async def _all_of(*futures: Awaitable[None] | None) -> None:
     await asyncio.gather(*(f for f in futures if f is not None))
 
 
+def _settled() -> asyncio.Future[None]:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
 class Messages:
     def __init__(self, fed: "FederationService") -> None:
         self.fed = fed
@@ -161,11 +167,26 @@ class Messages:
         record: asyncio.Future[None] | None = None
         call: Call | None = None
         try:
+            if fresh and is_async:
+                assert durable is not None and message_claim is not None
+                try:
+                    await durable  # acted on (delivered or queued) only once its claims are durable
+                except ApiError as err:
+                    if err.code != "REPLAY" or message_claim.won or (hop_claim is not None and not hop_claim.won):
+                        outcome = err.code
+                        raise
+                    # Another worker of this node took the envelope first (a sender retrying after its
+                    # own worker died, say): acknowledged as a duplicate, like one this worker saw.
+                    fresh, durable = False, _settled()
             if not fresh:
                 answer = self.answer(env, "reply", {"accepted": True, "duplicate": True})
             elif hop == self.node_id:
                 if durable is not None:
-                    await durable  # act only on a durable claim
+                    try:
+                        await durable  # act only on a durable claim
+                    except ApiError as err:  # another worker of this node claimed it first
+                        outcome = err.code
+                        raise
                 try:
                     opened = self.opened(env)
                 except EnvelopeError as exc:
@@ -200,8 +221,11 @@ class Messages:
             elif record is not None and outcome != "ok":  # a forward that failed: record how
                 record = asyncio.ensure_future(_all_of(record, fed.audit.enqueue(**audit_fields(outcome))))
             if record is None:
+                # A read's record commits with its claims, in one batch after them: should another worker
+                # have claimed the envelope or the nonce first, the record says REPLAY, as the answer will.
                 record = fed.audit.enqueue(**audit_fields(outcome),
-                                           call_key=call.key if call is not None and call.wrote else None)
+                                           call_key=call.key if call is not None and call.wrote else None,
+                                           claims=claims if read_here else None)
             await _all_of(durable, record)  # no answer leaves before this hop's claims are durable
         return answer
 

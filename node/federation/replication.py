@@ -16,6 +16,7 @@ from federation.signing import verify_signed_json
 from node.catalog import store as catalog_store
 from node.catalog.models import CatalogEntry
 from node.catalog.service import CHANGE_COUNTER, CatalogService
+from node.cluster import announce
 from node.db import read_counter, write_tx
 from node.errors import ApiError
 from node.federation import store
@@ -124,7 +125,8 @@ class Replication:
         self.fed = fed
         self.engine = fed.engine
         self.node_id = fed.node_id
-        self.puller = FeedPuller(self._pull_once)
+        # Pulls run in the worker that does the node's background work (node.cluster), and only while it does.
+        self.puller: FeedPuller | None = None
         self.feeds: dict[str, SignedFeed] = {"catalog": CatalogFeed(fed.catalog)}
         # Feed cursors as stored ((peer, feed) -> cursor, None when no row yet); this node is their only writer.
         self._cursors: dict[tuple[str, str], str | None] = {}
@@ -134,8 +136,24 @@ class Replication:
         self._registry_pulled: dict[str, float] = {}  # peer -> when its registry feed was last read to its end
         self._pull_round: "asyncio.Task[Any] | None" = None  # the scheduled round of pulls under way
 
-    async def close(self) -> None:
-        await self.puller.close()
+    def take_up(self) -> None:
+        self.puller = FeedPuller(self._pull_once)
+        # Another worker may have pulled since this one last did: cursors are read from the database again.
+        self._cursors.clear()
+        self._stalled_since.clear()
+        self._registry_pulled.clear()
+        self._pull_round = None
+
+    async def give_up(self) -> None:
+        puller, self.puller = self.puller, None
+        if puller is not None:
+            await puller.close()
+
+    def told(self, payload: str) -> None:
+        """Another worker received a notify (node.cluster): "peer feed [next]"."""
+        parts = payload.split(" ")
+        if self.puller is not None and len(parts) >= 2 and parts[1] in self.feed_names():
+            self.handle_notify(parts[0], parts[1], parts[2] if len(parts) > 2 else None)
 
     # Serving feeds --------------------------------------------------------------------------------
 
@@ -148,7 +166,7 @@ class Replication:
     def register_feed(self, feed: SignedFeed) -> None:
         """Add a signed feed (served, pulled, notified like the catalog); pulled at once from every neighbour."""
         self.feeds[feed.name] = feed
-        if self.fed.membership.joined:
+        if self.puller is not None and self.fed.membership.joined:
             for peer in self.fed.membership.neighbours():
                 self.puller.trigger(peer, feed.name)
 
@@ -180,11 +198,14 @@ class Replication:
         if self._pull_round is not None and not self._pull_round.done():
             log.debug("the previous round of scheduled pulls is still running")
             return
-        self._pull_round = self.fed.tasks.spawn(self.pull_all())
+        background = self.fed.background
+        if background is not None:
+            self._pull_round = background.spawn(self.pull_all())
 
     async def pull_all(self) -> None:
         members = self.fed.membership
-        if not members.joined:
+        puller = self.puller
+        if not members.joined or puller is None:
             return
         if members.holder_key is None and members.parent is not None:
             try:
@@ -194,7 +215,7 @@ class Replication:
         for peer in members.neighbours():
             for feed in self.feed_names():
                 try:
-                    await self.puller.pull_now(peer, feed)
+                    await puller.pull_now(peer, feed)
                 except Exception as exc:  # noqa: BLE001 - the next round retries
                     log.info("scheduled pull of %s from %s failed: %s", feed, peer, exc)
 
@@ -253,6 +274,8 @@ class Replication:
                 for doc in changed:
                     await store.put_registry(conn, doc)
                 await store.set_cursor(conn, peer, "registry", new_cursor)
+                if changed:
+                    await announce(conn, "trust")  # the other workers load the trust store again
             self._cursors[(peer, "registry")] = new_cursor
         if changed:
             members.changed()
@@ -308,7 +331,8 @@ class Replication:
             self._stalled_since.setdefault((peer, name), time.monotonic())
             if time.monotonic() - self._stall_retry.get(f"{peer}:{name}", 0.0) > 5.0:
                 self._stall_retry[f"{peer}:{name}"] = time.monotonic()
-                self.fed.tasks.spawn(self._registry_then(peer, name))
+                if self.fed.background is not None:
+                    self.fed.background.spawn(self._registry_then(peer, name))
         else:
             self._stalled_since.pop((peer, name), None)
         applied = 0
@@ -334,8 +358,10 @@ class Replication:
         return since is not None and self._registry_pulled.get(peer, 0.0) > since
 
     async def _registry_then(self, peer: str, feed: str) -> None:
-        await self.puller.pull_now(peer, REGISTRY_FEED)
-        self.puller.trigger(peer, feed)
+        puller = self.puller
+        if puller is not None:
+            await puller.pull_now(peer, REGISTRY_FEED)
+            puller.trigger(peer, feed)
 
     # Notifications --------------------------------------------------------------------------------
 
@@ -353,12 +379,15 @@ class Replication:
         # Through the journal: one thread hop, in a commit shared with the node's other small writes, rather
         # than a write transaction of its own (a step of every hop of replication).
         await self.fed.audit.journal.enqueue(store.enqueue_notifies, (peers, feed, counter, now_ms()))
-        for peer in peers:
-            self.fed.sender.wake(peer)
+        self.fed.sender.wake(*peers)
 
     def handle_notify(self, origin: str, feed: str, next_cursor: Any = None) -> None:
         if feed not in self.feed_names():
             raise ApiError(f"unknown feed {feed!r}", code="INVALID_INPUT")
+        if self.puller is None:  # the worker that pulls decides
+            nxt = f" {next_cursor}" if isinstance(next_cursor, str) and " " not in next_cursor else ""
+            self.fed.tasks.spawn(self.fed.cluster.tell("pull", f"{origin} {feed}{nxt}"))
+            return
         if isinstance(next_cursor, str) and next_cursor == self._cursors.get((origin, feed)):
             return  # this node's last pull already ended at that head: nothing new to fetch
         self.puller.trigger(origin, feed)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from federation.client import PeerError
 from federation.errors import EnvelopeError
 from federation.outbox import OutboxSender
+from node.cluster import announce
 from node.db import write_tx
 from node.errors import STATUS_OF, ApiError
 from node.federation import store
@@ -30,32 +31,51 @@ class Sender:
         self.fed = fed
         self.engine = fed.engine
         self.node_id = fed.node_id
-        self.outbox = OutboxSender(_OutboxAdapter(fed.engine, fed.audit.journal), self.deliver)
+        # The sender loops run in the worker that does the node's background work (node.cluster), and only
+        # while it does: None in the others, which tell that worker what they queued.
+        self.outbox: OutboxSender | None = None
         self._caught_up: dict[str, float] = {}  # peer -> when its outbox back-off was last cut short
 
-    async def start(self) -> None:
-        # A restart is a fresh start for every neighbour: what waited out a back-off is sent at once.
+    async def take_up(self) -> None:
+        self.outbox = OutboxSender(_OutboxAdapter(self.engine, self.fed.audit.journal), self.deliver)
+        # A new sender is a fresh start for every neighbour: what waited out a back-off is sent at once.
         async with write_tx(self.engine) as conn:
             await store.retry_now(conn, now_ms())
             pending = await store.outbox_depths(conn)
         for peer in pending:
             self.outbox.ensure(peer)
 
-    async def close(self) -> None:
-        await self.outbox.close()
+    async def give_up(self) -> None:
+        outbox, self.outbox = self.outbox, None
+        if outbox is not None:
+            await outbox.close()
 
     def ensure(self, peer: str) -> None:
         """Keep a sender loop for `peer` (a neighbour that just joined, or came back)."""
-        self.outbox.ensure(peer)
+        if self.outbox is not None:
+            self.outbox.ensure(peer)
 
-    def wake(self, peer: str) -> None:
-        """Something was queued for `peer`: send it now."""
-        self.outbox.wake(peer)
+    def wake(self, *peers: str) -> None:
+        """Something was queued for `peers`: send it now (from here, or from the worker that sends)."""
+        if self.outbox is not None:
+            for peer in peers:
+                self.outbox.wake(peer)
+        elif peers:
+            self.fed.tasks.spawn(self.fed.cluster.tell("outbox", ",".join(peers)))
+
+    def told(self, payload: str) -> None:
+        """Another worker queued something for these peers (node.cluster)."""
+        if self.outbox is not None:
+            for peer in filter(None, payload.split(",")):
+                self.outbox.wake(peer)
 
     async def enqueue_message(self, peer: str, env: dict[str, Any]) -> None:
         async with write_tx(self.engine) as conn:
             await store.enqueue(conn, peer, "message", env, now_ms())
-        self.wake(peer)
+            if self.outbox is None:  # the sending worker learns of it as the row commits
+                await announce(conn, "outbox", peer)
+        if self.outbox is not None:
+            self.outbox.wake(peer)
 
     def catch_up(self, peer: str) -> None:
         """A neighbour this node could not reach is talking to it again: send what waits for it now rather
@@ -68,7 +88,10 @@ class Sender:
         async def go() -> None:
             async with write_tx(self.engine) as conn:
                 await store.retry_now(conn, now_ms(), peer)
-            self.wake(peer)
+                if self.outbox is None:
+                    await announce(conn, "outbox", peer)
+            if self.outbox is not None:
+                self.outbox.wake(peer)
 
         self.fed.tasks.spawn(go())
 

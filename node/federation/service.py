@@ -30,18 +30,15 @@ from federation.signing import SigningKey
 from node import tls
 from node.audit.service import AuditLog
 from node.catalog.service import CatalogService
+from node.cluster import Cluster, node_lock
 from node.config import Config
 from node.federation.hops import HopAuth
-from node.federation.membership import (  # noqa: F401 - the names other modules import from here
-    ANCHOR_KEY_FILE, CERT_VALIDITY_MS, HOLDER_KEY_STATE, INVITE_TTL_MS, OLD_KEY_DECRYPT_MS, Membership, build_trust,
-    expected_parent_warning, token_digest,
-)
-from node.federation.messages import (  # noqa: F401
-    ASYNC_KINDS, ASYNC_TTL_MS, HOP_MARGIN_MS, MAX_HOPS, READ_ONLY_KINDS, SYNC_TTL_MS, MessageHandler, Messages,
-)
+from node.federation.membership import INVITE_TTL_MS, Membership
+from node.federation.membership import build_trust, expected_parent_warning, token_digest  # noqa: F401 (commands, tests)
+from node.federation.messages import ASYNC_TTL_MS, SYNC_TTL_MS, MessageHandler, Messages
 from node.federation.peers import Peers
 from node.federation.replay import Claim, ReplayGuard
-from node.federation.replication import FEEDS, REGISTRY_FEED, CatalogFeed, Replication, SignedFeed  # noqa: F401
+from node.federation.replication import Replication, SignedFeed
 from node.federation.sender import Sender
 from node.supervisor import Supervisor
 
@@ -52,14 +49,18 @@ SEEN_WINDOW_MS = 600_000
 
 class FederationService:
     def __init__(self, config: Config, engine: AsyncEngine, key: SigningKey, catalog: CatalogService,
-                 audit: AuditLog, pull_interval_s: float = 30.0) -> None:
+                 audit: AuditLog, pull_interval_s: float = 30.0, cluster: Cluster | None = None) -> None:
         self.config = config
         self.engine = engine
         self.node_id = config.node.id
         self.catalog = catalog
         self.audit = audit
         self.pull_interval_s = pull_interval_s
-        self.tasks = Supervisor(self.node_id, log)
+        # This worker among the node's (node.cluster); without one, this process does the background work.
+        self.cluster = cluster or Cluster(engine, self.node_id, config.database.schema_)
+        self._standalone = cluster is None
+        self.tasks = Supervisor(self.node_id, log)  # what any worker starts: notifies, catch-ups, reloads
+        self.background: Supervisor | None = None  # the background work, while this worker does it
         self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s,
                                  ssl_context=tls.client_context(config),
                                  refuse=lambda url: tls.plain_http_refusal(url, config.insecure_http))
@@ -75,25 +76,51 @@ class FederationService:
 
     async def start(self) -> None:
         members = self.membership
-        await members.load()
-        if members.store is None and not self.config.node.parent_url:
-            await members.become_root()
+        # Workers starting together: the first makes the root's certificate and the holder key, the others
+        # find them made.
+        async with node_lock(self.engine, "federation"):
+            await members.load()
+            if members.store is None and not self.config.node.parent_url:
+                await members.become_root()
+            if members.store is not None and members.holder_key is None and members.parent is None:
+                await members.make_holder_key()
         members.note_key_file()
         await self.replay.start()
         await self.client.start()
         self.catalog.listeners.append(self.replication.catalog_changed)
-        await self.sender.start()
-        self.tasks.every((self.replication.scheduled_pull, self.pull_interval_s, "pull"),
-                         (self.replay.prune, 60, "prune"), (members.reload_key_if_changed, 2, "key"))
-        if members.store is not None:
-            if members.holder_key is None and members.parent is None:
-                await members.make_holder_key()
-            self.tasks.spawn(self.replication.pull_all())
+        self.tasks.every((self.replay.forget_old, 60, "forget"), (members.reload_key_if_changed, 2, "key"))
+        cluster = self.cluster
+        cluster.on("trust", members.reload_soon)
+        cluster.on("outbox", self.sender.told)
+        cluster.on("pull", self.replication.told)
+        if self._standalone:
+            await self.take_up()
+        else:
+            cluster.on_lead(self.take_up, self.give_up)
+
+    async def take_up(self) -> None:
+        """This worker does the node's background work: the sender loops, pulls, the pruning of claims."""
+        self.background = background = Supervisor(self.node_id, log)
+        self.replication.take_up()
+        await self.sender.take_up()
+        background.every((self.replication.scheduled_pull, self.pull_interval_s, "pull"),
+                         (self.replay.prune, 60, "prune"))
+        if self.membership.store is not None:
+            background.spawn(self.replication.pull_all())
+
+    async def give_up(self) -> None:
+        background, self.background = self.background, None
+        if background is not None:
+            background.stop()
+        await self.replication.give_up()
+        await self.sender.give_up()
+        if background is not None:
+            await background.close()
 
     async def close(self) -> None:
         self.tasks.stop()
-        await self.replication.close()
-        await self.sender.close()
+        if self._standalone:
+            await self.give_up()
         await self.tasks.close()
         await self.client.close()
 
@@ -133,6 +160,7 @@ class FederationService:
 
     @property
     def outbox(self) -> Any:
+        """The sender loops (None in a worker that does not do the background work)."""
         return self.sender.outbox
 
     @property

@@ -53,13 +53,32 @@ class CheckService:
         self.sharing = sharing
         self.subscriptions = subscriptions  # node.subscriptions: the change feed, wherever the resource is held
         self.tasks = Supervisor(node_id, log)  # one job a running check, by its id
+        # Checks run in the worker that does the node's background work (node.cluster); the others tell it.
+        self.cluster: Any = None
 
-    async def start(self) -> None:
+    async def take_up(self) -> None:
+        """This worker runs the checks from now on: one marked running was left by a worker that stopped."""
         async with write_tx(self.engine) as conn:
             await store.interrupt_running(conn, now_ms())
 
+    async def give_up(self) -> None:
+        await self.tasks.close()  # each check being run is saved as interrupted
+
     async def close(self) -> None:
         await self.tasks.close()
+
+    def _runs_here(self) -> bool:
+        return self.cluster is None or self.cluster.leader
+
+    def told(self, check_id: str) -> None:
+        """Another worker started a check (node.cluster)."""
+        if self._runs_here() and check_id and self.tasks.running(check_id) is None:
+            self.tasks.spawn(self._launch_stored(check_id))
+
+    async def _launch_stored(self, check_id: str) -> None:
+        row = await self._row(check_id)
+        if row.status == "running" and self.tasks.running(check_id) is None:
+            self.tasks.spawn(self._run(check_id, json.loads(row.spec)), key=check_id)
 
     # The operator's API ---------------------------------------------------------------------------------
 
@@ -89,7 +108,7 @@ class CheckService:
         if acct.role != "operator":
             raise Forbidden("multi-source checks are run by the node's operators")
         row = await self._row(check_id)
-        if self.tasks.running(check_id) is not None:
+        if self.tasks.running(check_id) is not None or row.status == "running":
             raise ApiError(f"check {check_id} is running", code="CONFLICT")
         spec = json.loads(row.spec)
         async with write_tx(self.engine) as conn:
@@ -127,7 +146,10 @@ class CheckService:
                 "report": report}
 
     def _launch(self, check_id: str, spec: dict[str, Any]) -> None:
-        self.tasks.spawn(self._run(check_id, spec), key=check_id)
+        if self._runs_here():
+            self.tasks.spawn(self._run(check_id, spec), key=check_id)
+        else:
+            self.tasks.spawn(self.cluster.tell("checks", check_id))
 
     async def wait(self, check_id: str) -> None:
         """Until the running job of a check ends (tests, the CLI)."""
