@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="URL other nodes reach this node at (default from --listen)")
     p.add_argument("--database", help="SQLAlchemy URL (default: SQLite file in the home)")
 
-    sub.add_parser("run", parents=[home], help="serve until SIGINT/SIGTERM")
+    p = sub.add_parser("run", parents=[home], help="serve until SIGINT/SIGTERM")
+    p.add_argument("--workers", type=int, default=1, help="processes serving the node on one port (PostgreSQL only)")
 
     dept = sub.add_parser("dept", help="department accounts").add_subparsers(dest="dept_command", required=True)
     p = dept.add_parser("add", parents=[home], help="make a department account and print its token")

@@ -73,14 +73,24 @@ def run(args: argparse.Namespace) -> int:
         read_signing_key_file(config.key_path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"the signing key cannot be read: {exc}") from None
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise ConfigError("--workers must be 1 or more")
+    if workers > 1 and config.database.is_sqlite:
+        raise ConfigError("--workers needs PostgreSQL: an SQLite node is served by one process "
+                          "(set database.url to a postgresql+asyncpg:// URL)")
     tls.check_secret_files(config)
     tls.check_serving(config)
     lock = hold_for_serving(config.home, config.database.is_sqlite)  # released when this process exits
     try:
         setup_logging(config.log_level, config.node.id)
-        app = init_app(config)
-        print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}", flush=True)
-        web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
+        print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}"
+              + (f" with {workers} workers" if workers > 1 else ""), flush=True)
+        if workers > 1:
+            from node.cluster.serve import serve_workers
+
+            return serve_workers(config, workers, init_app)
+        web.run_app(init_app(config), host=config.host, port=config.port, print=None, access_log=None,
                     handle_signals=True, shutdown_timeout=10, ssl_context=tls.server_context(config))
     finally:
         lock.release()
