@@ -26,6 +26,8 @@ async def test_a_second_run_on_a_sqlite_home_is_refused(tmp_path):
         assert rc == 1 and out == "", out
         [line] = err.splitlines()  # one clear line, no traceback
         assert "already running" in line and f"pid {first.proc.pid}" in line, line
+        rc, _, err = await run_cli_full_async(["run", "--workers", "2", "--dir", str(config.home)])
+        assert rc == 2 and "--workers needs PostgreSQL" in err and len(err.splitlines()) == 1, err
         # join would store trust state the running node never reads: refused before the token is spent.
         rc, _, err = await run_cli_full_async(["join", "http://127.0.0.1:9", "gni_unused", "--dir", str(config.home)])
         assert rc == 1 and "stop it before `govnode join`" in err, err
