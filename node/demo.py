@@ -333,9 +333,14 @@ async def run_demo(base: Path, base_port: int) -> int:
     return 0
 
 
-@command("demo")
 def demo(args: argparse.Namespace) -> int:
     from node.logs import setup_logging
 
     setup_logging("WARNING")
     return asyncio.run(run_demo(Path(args.dir), args.base_port))
+
+
+def register(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:
+    p = command(sub, "demo", demo, help="a whole sample federation on loopback (province, city, two counties)")
+    p.add_argument("--dir", default="./govnode-demo", help="where the demo nodes keep their homes")
+    p.add_argument("--base-port", type=int, default=8300, help="the province listens here, the others next")
