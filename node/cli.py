@@ -22,7 +22,7 @@ from node.errors import ApiError
 Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
 
 # Modules whose `register(sub, home)` adds their commands, in the order `govnode --help` lists them.
-COMMAND_MODULES = ("node.commands", "node.federation.commands", "node.demo")
+COMMAND_MODULES = ("node.commands", "node.accounts.commands", "node.federation.commands", "node.demo")
 
 
 def command(sub: Any, name: str, handler: Handler, **kw: Any) -> argparse.ArgumentParser:

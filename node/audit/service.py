@@ -37,7 +37,9 @@ COUNTER = "audit"
 
 
 def record_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    body = json.dumps([row.get(f) for f in store.HASHED_FIELDS], ensure_ascii=False, separators=(",", ":"))
+    values = [row.get(f) for f in store.HASHED_FIELDS]
+    values += [row[f] for f in store.HASHED_IF_SET if row.get(f) is not None]
+    body = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
@@ -299,6 +301,7 @@ def _normalise(rec: dict[str, Any], seq: int) -> dict[str, Any]:
         "request_id": str(rec.get("request_id") or ""),
         "message_id": rec.get("message_id"),
         "actor": str(rec.get("actor") or "anonymous")[:80],
+        "user": str(rec["user"])[:32] if rec.get("user") else None,
         "role": str(rec.get("role") or "none")[:16],
         "action": str(rec.get("action") or "")[:64],
         "method": str(rec.get("method") or "")[:8],
