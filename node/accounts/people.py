@@ -191,9 +191,10 @@ class PeopleService:
 
     # Signing in and out ------------------------------------------------------------------------------
 
-    async def sign_in(self, username: str, password: str) -> str:
-        """A new session for a person whose password is right: returns the cookie's random id.
-        Raises SignInRefused, whose `account` and details the caller's audit record carries."""
+    async def sign_in(self, username: str, password: str) -> tuple[str, Account, bool]:
+        """A new session for a person whose password is right: the cookie's random id, the person's Account,
+        and whether they must change their password first. Raises SignInRefused, whose `account` and
+        details the caller's audit record carries."""
         username = username.strip().lower()
         async with self.engine.connect() as conn:
             row = await store.get_user(conn, username) if USERNAME.match(username) else None
@@ -229,7 +230,7 @@ class PeopleService:
             await store.delete_expired_sessions(conn, now - IDLE_MS, now - ABSOLUTE_MS)
             await store.insert_session(conn, digest(raw), username, now)
             await store.update_user(conn, username, **values)
-        return raw
+        return raw, acct, bool(row.must_change)
 
     async def session(self, raw: str | None) -> Person | None:
         """The person of a live session, or None (unknown, ended, idle too long, too old, or disabled)."""
