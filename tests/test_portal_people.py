@@ -417,3 +417,9 @@ async def test_user_commands_add_list_and_disable(county, portal_page):
     rc, out, _ = run_cli(["user", "list", "--dir", home])
     assert re.search(r"^sunqi\t\S+\tdept\tdisabled\t", out, re.M)
     assert run_cli(["user", "disable", "nobody", "--dir", home])[0] == 1
+    # Revoking a department ends its people's sessions too.
+    clerk = await portal_page(county.url)
+    await clerk.first_sign_in("zhangsan", county.initial["zhangsan"], NEW_PASSWORD)
+    assert run_cli(["dept", "revoke", CIVIL, "--dir", home])[0] == 0
+    await clerk.goto("/portal/")
+    assert clerk.path == "/portal/login"
