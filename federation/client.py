@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from federation import nesting
 from federation.auth import make_authorization
 from federation.canonical import encode_canonical_json
 from federation.errors import FederationError
@@ -29,17 +31,22 @@ class PeerError(FederationError):
 class PeerClient:
     """Signs every request with this node's current key (looked up per call, so rotation takes effect)."""
 
-    def __init__(self, node_id: str, key: Callable[[], SigningKey], timeout_s: float = 10.0) -> None:
+    def __init__(self, node_id: str, key: Callable[[], SigningKey], timeout_s: float = 10.0, *,
+                 ssl_context: ssl.SSLContext | None = None,
+                 refuse: Callable[[str], str | None] = lambda url: None) -> None:
         self.node_id = node_id
         self._key = key
         self.timeout_s = timeout_s
+        self._ssl = ssl_context
+        self._refuse = refuse  # why an endpoint may not be called (plain HTTP off loopback), or None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         # No cookie jar: a hop is authenticated by its signature alone, so nothing a neighbour answers may
         # ride along on later requests. (Keeping and filtering cookies was also ~20 % of a request's CPU.)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30,
+                                           ssl=self._ssl if self._ssl is not None else True),
             cookie_jar=aiohttp.DummyCookieJar(),
             json_serialize=lambda o: json.dumps(o, ensure_ascii=False),
         )
@@ -57,6 +64,9 @@ class PeerClient:
         built or checked on receipt, plus signatures), so encoding it skips that check."""
         if self._session is None:
             raise PeerError("PEER_UNREACHABLE", "the peer client is closed", {"hop": peer})
+        refusal = self._refuse(endpoint)
+        if refusal is not None:  # decided before any connection is opened
+            raise PeerError("PEER_UNREACHABLE", f"{peer}: {refusal}", {"hop": peer})
         uri = path
         origin = origin or self.node_id
         data = None if content is None else encode_canonical_json(content, checked=checked)
@@ -78,8 +88,8 @@ class PeerClient:
             raise PeerError("PEER_UNREACHABLE", f"{peer} ({host}) is unreachable: {type(exc).__name__}",
                             {"hop": peer}) from None
         try:
-            body = json.loads(raw) if raw.strip() else None
-        except ValueError:
+            body = nesting.loads(raw) if raw.strip() else None
+        except ValueError:  # not JSON, or nested deeper than any answer of the protocol
             raise PeerError("PEER_UNREACHABLE", f"{peer} answered with something that is not JSON",
                             {"hop": peer}, status=resp.status) from None
         if resp.status >= 400:

@@ -22,13 +22,14 @@ from node.sharing import http as sharing_http
 from node.ops.http import ENGINE, HEALTH_SECTIONS, NODE_INFO, OPENAPI_DOCS
 from node.ops.metrics import METRICS, Metrics, metrics_observer
 from node.portal.pages import error_page
-from node.web import make_error_middleware
+from node.web import ServerLog, make_error_middleware
 
 def init_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[make_error_middleware([audit_observer, metrics_observer], {"/portal/": error_page}), auth_middleware,
                      call_middleware],
         client_max_size=config.limits.max_json_bytes,
+        handler_args={"logger": ServerLog()},
     )
     app[CONFIG] = config
     app[SIGNING_KEY] = read_signing_key_file(config.key_path)

@@ -15,7 +15,9 @@ from node.audit.service import AuditLog
 from node.cli import command
 from node.config import CONFIG_FILE, Config, ConfigError, load_config, write_config
 from node.db import make_engine, upgrade
+from node.fields import printable
 from node.logs import setup_logging
+from node import tls
 
 
 def create_home(home: Path, node: str, name: str, listen: str, parent_url: str | None = None,
@@ -69,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"the signing key cannot be read: {exc}") from None
     setup_logging(config.log_level, config.node.id)
+    tls.check_secret_files(config)
+    tls.check_serving(config)
     app = init_app(config)
     print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}", flush=True)
     web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=10)
+                handle_signals=True, shutdown_timeout=10, ssl_context=tls.server_context(config))
     return 0
 
 
@@ -118,7 +122,8 @@ async def dept_list(args: argparse.Namespace) -> int:
     accounts, engine = await _accounts(_config(args))
     try:
         for d in await accounts.list():
-            print(f"{d['code']}\t{d['role']}\t{'disabled' if d['disabled'] else 'active'}\t{d['name']}")
+            # Names were checked when they were added; rows stored before that check are escaped all the same.
+            print(f"{d['code']}\t{d['role']}\t{'disabled' if d['disabled'] else 'active'}\t{printable(d['name'])}")
     finally:
         await engine.dispose()
     return 0

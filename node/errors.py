@@ -7,6 +7,7 @@ from typing import Any
 # SPEC §9: every code and the HTTP status it travels with.
 STATUS_OF: dict[str, int] = {
     "INVALID_INPUT": 400,
+    "UNDECRYPTABLE": 400,
     "UNAUTHENTICATED": 401,
     "SIGNATURE_INVALID": 401,
     "CLOCK_SKEW": 401,

@@ -3,17 +3,21 @@ JSON answers, and the one middleware that gives every answer a request id and ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
+from federation.nesting import NestingError, check_nesting
 from node.errors import ApiError, InvalidInput, TooLarge
 from node.ids import new_id
 
@@ -73,12 +77,35 @@ def _nul_fields(obj: Any, path: str = "") -> list[dict[str, str]]:
     return out
 
 
+def _too_deep(exc: NestingError) -> InvalidInput:
+    return InvalidInput(f"the body is nested deeper than {exc.limit} levels",
+                        [{"field": "(body)", "error": exc.message}])
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A JSON body the node reads itself (not through a model): nesting bounded (federation.nesting)
+    before the parser recurses, and every refusal an INVALID_INPUT that says where."""
+    try:
+        check_nesting(raw)
+        return json.loads(raw)
+    except NestingError as exc:
+        raise _too_deep(exc) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("the body is not valid JSON",
+                           [{"field": "(body)", "error": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}]) from None
+    except ValueError:  # bytes that are not UTF-8 (nor UTF-16/32, which json also takes)
+        raise InvalidInput("the body is not valid JSON", [{"field": "(body)", "error": "not valid UTF-8"}]) from None
+
+
 def parse_model(model: type[M], data: bytes | str | dict) -> M:
     try:
         if isinstance(data, dict):
             result = model.model_validate(data)
         else:
+            check_nesting(data)  # pydantic stops at 200 levels by itself; the node's own bound is lower
             result = model.model_validate_json(data)
+    except NestingError as exc:
+        raise _too_deep(exc) from None
     except ValidationError as exc:
         details = validation_details(exc)
         if any(e["type"] == "json_invalid" for e in exc.errors()):
@@ -91,16 +118,41 @@ def parse_model(model: type[M], data: bytes | str | dict) -> M:
     return result
 
 
+# What reading a request body raises when the client breaks the framing (a body that ends before its
+# Content-Length, a Content-Encoding that does not decode: RequestPayloadError) or stops sending: the
+# caller's fault, answered 400, and nothing was stored.
+BODY_BROKEN = (HttpProcessingError, web.RequestPayloadError, ClientPayloadError, ConnectionError,
+               asyncio.IncompleteReadError)
+
+
+class BodyBroken(InvalidInput):
+    """A body that could not be read to its end. aiohttp's parser stops at the broken data and cannot read
+    another request on the connection, so the answer closes it."""
+
+
+def body_broken(request: web.Request) -> BodyBroken:
+    # Ended here: otherwise aiohttp, draining the rest after the answer, meets the error again.
+    request.content.feed_eof()
+    coding = request.headers.get("Content-Encoding")
+    return BodyBroken("the body could not be read: it ended before it was complete, or its framing or "
+                      + (f"its Content-Encoding ({coding[:20]}) " if coding else "") + "is broken; nothing was stored")
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
+    # Counts the bytes as aiohttp inflated them (Content-Encoding), so a small compressed body that unpacks past
+    # the limit is refused once `limit` is passed, never buffered whole.
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"the body is larger than {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except BODY_BROKEN:
+        raise body_broken(request) from None
     return b"".join(chunks)
 
 
@@ -135,6 +187,11 @@ class RouteDoc:
     roles: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     content_types: tuple[str, ...] = ()
+    status: int = 200  # the success status (201 for a creation, 202 for work started)
+    errors: tuple[int, ...] = ()  # error statuses beyond those node.ops.openapi derives from the route
+    body_optional: bool = False  # the body may be left out (e.g. an optional {reason})
+    answers: str = "application/json"  # the success answer's content type
+    also: tuple[int, ...] = ()  # other statuses answered with the success body (e.g. /healthz's 503)
 
 
 @dataclass
@@ -182,6 +239,27 @@ def _http_exception_error(exc: web.HTTPException) -> ApiError:
     return ApiError(exc.reason or "bad request", code="INVALID_INPUT")
 
 
+class ServerLog(logging.LoggerAdapter):
+    """The logger handed to aiohttp's connection handler (`handler_args={"logger": ...}`).
+
+    A request that is not valid HTTP — a NUL or another forbidden byte in a header, a broken request line —
+    never reaches a route or the middleware: aiohttp answers it 400 itself and logs it at ERROR with a
+    traceback; so it does when it reads past a body whose Content-Encoding does not decode, after the
+    node has answered. Both are the caller's fault, not the node's, so each becomes one INFO line naming
+    the kind of fault, without the bytes (a header may carry a token). Every other error keeps its
+    traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
+            log.info("refused a request that is not valid HTTP (%s)", type(exc).__name__)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
+
+
 # What the outer middleware hands to whoever observes every answer (audit, metrics): the request, its
 # answer, the outcome (`ok` or the error code) and the seconds it took.
 Observer = Callable[[web.Request, web.StreamResponse, str, float], Awaitable[None]]
@@ -212,6 +290,8 @@ def make_error_middleware(observers: list[Observer], pages: dict[str, ErrorPage]
             outcome = "ok"
         except ApiError as err:
             resp, outcome = answer(err, rid), err.code
+            if isinstance(err, BodyBroken):
+                resp.force_close()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -236,5 +316,8 @@ def make_error_middleware(observers: list[Observer], pages: dict[str, ErrorPage]
     return middleware
 
 
-# A resource code inside a path: 分类码/顺序码 (the slash is part of the code).
-CODE = r"{code:[0-9]{6,9}/[0-9]{7,18}}"
+# A resource code inside a path: 分类码/顺序码. The slash is part of the code; a client that percent-encodes
+# path parameters (as clients generated from the OpenAPI document do) sends it as %2F, which aiohttp leaves
+# encoded while matching (yarl's path_safe, upper-cased) and decodes in match_info, so both forms reach the
+# handler as the same code.
+CODE = r"{code:[0-9]{6,9}(?:/|%2F)[0-9]{7,18}}"

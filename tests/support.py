@@ -147,10 +147,59 @@ async def start_node(config: Config) -> RunningNode:
     app = init_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    from node import tls
+
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls.server_context(config))
     await site.start()
-    session = aiohttp.ClientSession()
+    session = tls.client_session(config)
     return RunningNode(config, runner, app, session)
+
+
+class ThreadedNode:
+    """A node on its own event loop in a thread, so synchronous callers (hypothesis, schemathesis: many
+    examples) can call it. `accounts` maps a name to (department code, department name, role); `.tokens`
+    holds their tokens and `.token` the first one's."""
+
+    def __init__(self, tmp_path: Path, backend: str,
+                 accounts: dict[str, tuple[str, str, str]] | None = None) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.config = init_home(tmp_path / "threaded", "370321", "桓台县", backend=backend)
+        accounts = accounts or {"police": (POLICE, "桓台县公安局", "dept")}
+        self.tokens = {name: add_dept(self.config.home, code, dept_name, role)
+                       for name, (code, dept_name, role) in accounts.items()}
+        self.token = next(iter(self.tokens.values()))
+        self.running = self.run(start_node(self.config))
+
+    @property
+    def url(self) -> str:
+        return self.config.endpoint or ""
+
+    def run(self, coro):  # noqa: ANN001, ANN201
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    def post(self, path: str, data: bytes) -> tuple[int, Any]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, data=data, method="POST", headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def close(self) -> None:
+        self.run(self.running.stop())
+        if self.config.database.schema_:
+            self.run(drop_pg_schema(self.config.database.schema_))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
 
 
 async def raw_sql(config: Config, statement: str, params: dict | None = None) -> list[tuple]:
@@ -416,11 +465,10 @@ class NodeProcess:
             self.kill()
 
     async def call(self, method: str, path: str, token: str | None = None, *, json_body: Any = None,
-                   headers: dict | None = None) -> tuple[int, Any]:
+                   data: Any = None, headers: dict | None = None) -> tuple[int, Any]:
         h = dict(headers or {})
         if token:
             h["Authorization"] = f"Bearer {self.tokens.get(token, token)}"
-        data = None
         if json_body is not None:
             data = json.dumps(json_body, ensure_ascii=False).encode()
             h.setdefault("Content-Type", "application/json")
@@ -434,9 +482,11 @@ class NodeProcess:
 
 
 async def start_federation(base: Path, *, tree: list | None = None, backend: str = "sqlite",
-                           federation: dict | None = None, subprocesses: tuple[str, ...] = ()) -> dict[str, Any]:
+                           federation: dict | None = None, subprocesses: tuple[str, ...] = (),
+                           extra_for: Any = None) -> dict[str, Any]:
     """Like `start_tree`, with the federation settings given (default FAST_FEDERATION) and the nodes named in
-    `subprocesses` served by `govnode run` in a subprocess (NodeProcess) instead of in this process."""
+    `subprocesses` served by `govnode run` in a subprocess (NodeProcess) instead of in this process.
+    `extra_for(code)` gives a node's own further settings (its TLS files, say)."""
     tree = tree or TREE
     nodes: dict[str, Any] = {}
     try:
@@ -444,7 +494,7 @@ async def start_federation(base: Path, *, tree: list | None = None, backend: str
             home = base / code
             parent_url = nodes[parent].url if parent else None
             config = init_home(home, code, name, parent_url=parent_url, backend=backend,
-                               extra=federation or FAST_FEDERATION)
+                               extra={**(federation or FAST_FEDERATION), **(extra_for(code) if extra_for else {})})
             if parent:
                 rc, out, err = await run_cli_full_async(["invite", code, "--dir", str(nodes[parent].config.home)])
                 assert rc == 0, err
@@ -467,3 +517,70 @@ async def add_dept_async(home: Path, code: str, name: str, role: str = "dept") -
     rc, out, err = await run_cli_full_async(["dept", "add", code, "--dir", str(home), "--name", name, "--role", role])
     assert rc == 0, err
     return out.strip().splitlines()[-1]
+
+
+def seal_body(body: dict, origin: str, origin_key: Any, destination: str, destination_key: Any) -> dict:
+    """`body` sealed by `origin` for `destination` (SPEC §15), as a node would send it; the keys are the two
+    nodes' signing keys (the destination's public half is what the origin uses)."""
+    from federation import sealed
+
+    box = sealed.Boxes().box(origin_key, destination, destination_key.key_id, destination_key.verify_key)
+    return sealed.seal(body, box, to=destination, to_key=destination_key.key_id, from_key=origin_key.key_id)
+
+
+def open_body(envelope: dict, my_key: Any, sender_key: Any) -> dict:
+    """The plain body of an envelope sealed for the holder of `my_key` by the holder of `sender_key`."""
+    from federation import sealed
+
+    box = sealed.Boxes().box(my_key, envelope["origin"], sender_key.key_id, sender_key.verify_key)
+    return sealed.unseal(envelope["body"], box)
+
+
+class LocalCA:
+    """A certificate authority made for one test (the `cryptography` package): issues server certificates
+    for 127.0.0.1 and writes them as PEM files, the private keys 0600 as a node's home requires."""
+
+    def __init__(self, folder: Path, name: str = "govnode test CA") -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ser, self._ec, self._oid = x509, hashes, serialization, ec, NameOID
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.bundle = self.folder / "ca.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, name: str) -> tuple[Path, Path]:
+        """A certificate for 127.0.0.1 and localhost: (cert PEM path, key PEM path)."""
+        import datetime
+        import ipaddress
+
+        x509, ser = self._x509, self._ser
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, name)]))
+                .issuer_name(self.cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                               critical=False)
+                .sign(self.key, self._hashes.SHA256()))
+        cert_path, key_path = self.folder / f"{name}.pem", self.folder / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(ser.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()))
+        key_path.chmod(0o600)
+        return cert_path, key_path

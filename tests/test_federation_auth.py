@@ -25,7 +25,7 @@ from node.federation.http import FEDERATION
 from node.ids import now_ms
 from support import (
     TREE_TWO_CITIES, add_dept_async, error_code, fed_call, fed_headers, raw_sql, run_cli_full_async, send_raw,
-    signing_key_of, start_federation, start_node, stop_all, wait_for,
+    open_body, seal_body, signing_key_of, start_federation, start_node, stop_all, wait_for,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -53,9 +53,11 @@ async def fed(tmp_path_factory):
         await stop_all(nodes)
 
 
-def envelope(origin: str, destination: str, key, kind: str = "licence.verify", body: dict | None = None,  # noqa: ANN001
+def envelope(origin: str, destination: str, keys: dict, kind: str = "licence.verify", body: dict | None = None,
              **kw) -> dict:
-    return sign_envelope(make_envelope(kind, origin, destination, body or {}, **kw), origin, key)
+    """An envelope as `origin` sends it: its body sealed for `destination`, signed by `origin`."""
+    sealed = seal_body(body or {}, origin, keys[origin], destination, keys[destination])
+    return sign_envelope(make_envelope(kind, origin, destination, sealed, **kw), origin, keys[origin])
 
 
 def endpoints(fed: dict, origin: str, destination: str) -> list[tuple[str, str, object]]:
@@ -65,7 +67,7 @@ def endpoints(fed: dict, origin: str, destination: str) -> list[tuple[str, str, 
         ("GET", "/federation/v1/catalog/changes?since=0&limit=5", None),
         ("GET", "/federation/v1/holder_key", None),
         ("POST", "/federation/v1/notify", {"feed": "catalog", "next": "0"}),
-        ("POST", "/federation/v1/messages", envelope(origin, destination, fed["keys"][origin])),
+        ("POST", "/federation/v1/messages", envelope(origin, destination, fed["keys"])),
         ("POST", "/federation/v1/certificate", {"certificate": {}}),
         ("POST", "/federation/v1/admin/rotate", None),
         ("POST", "/federation/v1/admin/revoke", {"node": "370321"}),
@@ -246,7 +248,10 @@ async def test_routing_relays_sign_and_audit(fed, origin, destination, via):
         reply = await fed[origin].app[FEDERATION].call("licence.verify", destination, {"identifier": "x"})
     assert reply["via"] == via
     assert reply["echo"] == {"identifier": "x"}
-    [env] = recorder.received
+    [opened] = recorder.received
+    assert opened["body"] == {"identifier": "x"}  # the handler reads the plain body
+    env = {k: v for k, v in opened.items() if k != "unsigned"} | {"body": opened["unsigned"]["sealed_body"]}
+    assert "identifier" not in env["body"] and env["body"]["to"] == destination
     relays = via[:-1]
     # The origin and every relay signed the unchanged envelope; signedjson checks each signature with the
     # keys of the signer's certificate as published in /federation/v1/node.
@@ -290,15 +295,15 @@ async def post_message(fed, target: str, hop: str, env: dict) -> tuple[int, dict
 async def test_expired_looping_too_long_duplicate_and_unknown_kind_are_refused(fed):
     keys = fed["keys"]
     # Expired before it reached the city.
-    stale = envelope("370321", "370000", keys["370321"], now_ms=now_ms() - 60_000, ttl_ms=30_000)
+    stale = envelope("370321", "370000", keys, now_ms=now_ms() - 60_000, ttl_ms=30_000)
     status, body = await post_message(fed, "370300", "370321", stale)
     assert (status, error_code(body)) == (504, "PEER_TIMEOUT"), body
     # A loop: the envelope already carries the receiving node's signature.
-    looped = sign_envelope(envelope("370321", "370000", keys["370321"]), "370300", keys["370300"])
+    looped = sign_envelope(envelope("370321", "370000", keys), "370300", keys["370300"])
     status, body = await post_message(fed, "370300", "370321", looped)
     assert (status, error_code(body)) == (400, "INVALID_INPUT") and "loop" in body["error"]["message"], body
     # Too many hops: nine signers so far.
-    long = envelope("370321", "370000", keys["370321"])
+    long = envelope("370321", "370000", keys)
     for fake in ("370381", "370382", "370383", "370384", "370385", "370386", "370387"):
         long = sign_envelope(long, fake, generate_signing_key("1"))
     long = sign_envelope(long, "370303", keys["370303"])
@@ -306,7 +311,7 @@ async def test_expired_looping_too_long_duplicate_and_unknown_kind_are_refused(f
     assert (status, error_code(body)) == (400, "INVALID_INPUT") and "limit" in body["error"]["message"], body
     # The same message id twice (a replayed envelope in a fresh, correctly signed request).
     with handler(fed["370300"], Recorder()):
-        once = envelope("370321", "370300", keys["370321"])
+        once = envelope("370321", "370300", keys)
         status, body = await post_message(fed, "370300", "370321", once)
         assert status == 200 and body["kind"] == "reply" and body["in_reply_to"] == once["id"], body
         status, body = await post_message(fed, "370300", "370321", once)
@@ -334,7 +339,7 @@ async def test_a_relay_that_alters_the_body_is_caught_by_the_destination(fed):
     keys = fed["keys"]
     recorder = Recorder()
     with handler(fed["370303"], recorder):
-        original = envelope("370321", "370303", keys["370321"], body={"identifier": "A"})
+        original = envelope("370321", "370303", keys, body={"identifier": "A"})
         tampered = copy.deepcopy(original)
         tampered["body"]["identifier"] = "B"
         tampered = sign_envelope(tampered, "370300", keys["370300"])  # the relay signs what it altered
@@ -343,9 +348,10 @@ async def test_a_relay_that_alters_the_body_is_caught_by_the_destination(fed):
         assert recorder.received == []
         # The unaltered envelope, relayed the same way, is delivered.
         status, body = await post_message(fed, "370303", "370300", sign_envelope(original, "370300", keys["370300"]))
-        assert status == 200 and body["kind"] == "reply" and body["body"]["echo"] == {"identifier": "A"}, body
+        assert status == 200 and body["kind"] == "reply", body
+        assert open_body(body, keys["370321"], keys["370303"])["echo"] == {"identifier": "A"}
         # A relay signature by someone other than the authenticated hop is refused too.
-        other = envelope("370321", "370303", keys["370321"])
+        other = envelope("370321", "370303", keys)
         status, body = await post_message(fed, "370303", "370300", sign_envelope(other, "370300",
                                                                                    generate_signing_key("1")))
         assert (status, error_code(body)) == (401, "SIGNATURE_INVALID"), body

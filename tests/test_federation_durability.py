@@ -18,7 +18,7 @@ from node.federation.http import FEDERATION
 from node.federation.service import FederationService
 from node.ids import now_ms
 from support import (
-    SAMPLE_ENTRY, add_dept_async, raw_sql, signing_key_of, start_federation, start_node, stop_all, wait_for,
+    SAMPLE_ENTRY, add_dept_async, raw_sql, seal_body, signing_key_of, start_federation, start_node, stop_all, wait_for,
 )
 
 CODES = ("370000", "370300", "370321", "370303")
@@ -181,9 +181,10 @@ async def test_an_expired_message_is_dropped_and_does_not_block_the_outbox(tmp_p
 
     county.app[FEDERATION].reply_handlers["application.submit"] = on_answer
     try:
-        stale = sign_envelope(make_envelope("application.submit", "370321", "370000", {"tag": "stale"},
-                                            ttl_ms=1000, now_ms=now_ms() - 60_000), "370321",
-                              signing_key_of(county.config.home))
+        county_key, province_key = signing_key_of(county.config.home), signing_key_of(nodes["370000"].config.home)
+        body = seal_body({"tag": "stale"}, "370321", county_key, "370000", province_key)
+        stale = sign_envelope(make_envelope("application.submit", "370321", "370000", body,
+                                            ttl_ms=1000, now_ms=now_ms() - 60_000), "370321", county_key)
         await raw_sql(county.config, "INSERT INTO outbox (peer, kind, payload, created_at, attempts, next_attempt_at) "
                                      "VALUES ('370300', 'message', :p, :t, 0, :t)",
                       {"p": json.dumps(stale, ensure_ascii=False), "t": now_ms()})
@@ -207,8 +208,8 @@ async def test_a_message_queued_before_its_origin_rotated_its_key_is_delivered(t
     inbox.install(province)
     try:
         old_key = signing_key_of(county.config.home)
-        waiting = sign_envelope(make_envelope("application.submit", "370321", "370000", {"tag": "before rotation"}),
-                                "370321", old_key)
+        body = seal_body({"tag": "before rotation"}, "370321", old_key, "370000", signing_key_of(province.config.home))
+        waiting = sign_envelope(make_envelope("application.submit", "370321", "370000", body), "370321", old_key)
         # Held back (due in an hour) while the county rotates.
         await raw_sql(county.config, "INSERT INTO outbox (peer, kind, payload, created_at, attempts, next_attempt_at) "
                                      "VALUES ('370300', 'message', :p, :t, 0, :later)",

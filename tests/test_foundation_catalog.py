@@ -195,7 +195,7 @@ BAD_BODIES = [
     ("bad check", entry_body(items=[{**KEY, "check": "luhn"}]), "items.0.check"),
     ("bad publish date", entry_body(published_at="2026-13-01"), "published_at"),
     ("short publish date", entry_body(published_at="2026-1-5"), "published_at"),
-    ("bad related code", entry_body(related=["not-a-code"]), "related"),
+    ("bad related code", entry_body(related=["not-a-code"]), "related.0"),  # the bad element itself
 ]
 
 

@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 import ssl
-import subprocess
 
 import pytest
 import pytest_asyncio
@@ -21,8 +20,8 @@ from node.audit import store as audit_store
 from node.audit.service import GENESIS, record_hash
 from node.ids import now_ms
 from portal_support import add_person
-from support import (CIVIL, POLICE, SAMPLE_ENTRY, add_dept, drop_pg_schema, free_port, init_home, raw_sql,
-                     run_cli, start_node)
+from support import (CIVIL, POLICE, SAMPLE_ENTRY, LocalCA, add_dept, drop_pg_schema, free_port, init_home,
+                     raw_sql, run_cli, start_node)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -94,7 +93,9 @@ async def register(node, token: str, name: str, share: dict) -> str:
 
 # The first sign-in, the home page ------------------------------------------------------------------------
 
-async def test_first_sign_in_changes_the_password_then_home_shows_the_departments_work(county, portal_page):
+async def test_first_sign_in_changes_the_password_then_home_shows_the_departments_work(county_sqlite, portal_page):
+    # What the database keeps of this (people, sessions, the audit) is tested on both stores below.
+    county = county_sqlite
     await register(county, "civil", "桓台县最低生活保障对象", {"type": "unconditional", "methods": ["api"]})
     code = await register(county, "police", "桓台县户籍人口基本信息",
                           {"type": "conditional", "condition": "用于社会救助资格核验", "methods": ["api"]})
@@ -295,14 +296,11 @@ async def test_signing_out_or_idling_ends_the_session(county, portal_page, brows
 
 # Cookies and headers -------------------------------------------------------------------------------------
 
-def _self_signed(tmp_path) -> ssl.SSLContext:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+def _https_context(tmp_path) -> ssl.SSLContext:
+    cert, key = LocalCA(tmp_path / "pki").issue("portal")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 async def test_cookie_flags_and_security_headers(county_sqlite, portal_page, tmp_path):
@@ -348,7 +346,7 @@ async def test_cookie_flags_and_security_headers(county_sqlite, portal_page, tmp
         assert page.path == landed, asked
 
     # Served over HTTPS, the session cookie is Secure.
-    site = web.TCPSite(node.runner, "127.0.0.1", port := free_port(), ssl_context=_self_signed(tmp_path))
+    site = web.TCPSite(node.runner, "127.0.0.1", port := free_port(), ssl_context=_https_context(tmp_path))
     await site.start()
     try:
         secure = await portal_page(f"https://127.0.0.1:{port}", ignore_https_errors=True)

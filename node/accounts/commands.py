@@ -10,6 +10,7 @@ from node.accounts.service import ROLES
 from node.cli import command
 from node.config import load_config
 from node.db import make_engine, upgrade
+from node.fields import printable
 
 
 async def _people(args: argparse.Namespace) -> tuple[PeopleService, object]:
@@ -38,7 +39,7 @@ async def user_list(args: argparse.Namespace) -> int:
             last = (datetime.fromtimestamp(u["last_login_at"] / 1000, CST).strftime("%Y-%m-%d %H:%M")
                     if u["last_login_at"] else "never")
             print(f"{u['username']}\t{u['dept']}\t{u['role']}\t{u['status']}\tlast sign-in {last}\t"
-                  f"{u['name'] or ''}")
+                  f"{printable(u['name'] or '')}")
     finally:
         await engine.dispose()
     return 0

@@ -25,6 +25,7 @@ from node.accounts import store
 from node.accounts.service import ROLES, Account
 from node.db import write_tx
 from node.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from node.fields import check_name
 from node.ids import now_ms
 
 USERNAME = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
@@ -138,8 +139,13 @@ class PeopleService:
                                "digits, '.', '_' or '-'", [{"field": "username"}])
         if role is not None and role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}", [{"field": "role"}])
-        if display_name is not None and not (0 < len(display_name.strip()) <= 50 and display_name.isprintable()):
-            raise InvalidInput("name must be 1-50 printable characters", [{"field": "name"}])
+        if display_name is not None:
+            try:
+                display_name = check_name(display_name)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), [{"field": "name", "error": str(exc)}]) from None
+            if len(display_name) > 50:
+                raise InvalidInput("name must be at most 50 characters", [{"field": "name"}])
         password = initial_password()
         hashed = await self._in_thread(_hasher.hash, password)
         async with write_tx(self.engine) as conn:
@@ -151,7 +157,7 @@ class PeopleService:
             if await store.get_user(conn, username) is not None:
                 raise Conflict(f"user {username} already exists")
             await store.insert_user(conn, username=username, dept_code=dept, role=role or department.role,
-                                    display_name=display_name.strip() if display_name else None,
+                                    display_name=display_name,
                                     password_hash=hashed, must_change=True, failures=0, created_at=now_ms())
         return password
 

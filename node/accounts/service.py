@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from node.accounts import store
 from node.db import write_tx
 from node.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from node.fields import check_name
 from node.ids import DEPT_CODE, now_ms
 
 ROLES = ("dept", "operator", "auditor")
@@ -51,14 +52,16 @@ class AccountService:
             raise InvalidInput("department code must be 1-32 characters of 0-9 and A-Z", [{"field": "code"}])
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}", [{"field": "role"}])
-        if not name.strip():
-            raise InvalidInput("name must not be empty", [{"field": "name"}])
+        try:
+            name = check_name(name)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), [{"field": "name", "error": str(exc)}]) from None
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         at = now_ms()
         async with write_tx(self.engine) as conn:
             if await store.get_department(conn, code) is not None:
                 raise Conflict(f"department {code} already exists; use `govnode dept token {code}` for a new token")
-            await store.insert_department(conn, code, name.strip(), role, at)
+            await store.insert_department(conn, code, name, role, at)
             await store.insert_token(conn, token_digest(token), code, at)
         return token
 

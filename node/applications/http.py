@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 from aiohttp import web
 
@@ -15,6 +14,7 @@ from node.audit.http import AUDIT, note
 from node.catalog.http import CATALOG
 from node.context import CONFIG, DB, add_routes, json_limit
 from node.errors import InvalidInput
+from node.fields import to_ms
 from node.federation.http import FEDERATION
 from node.ids import now_ms
 from node.ops.http import STATS_SECTIONS
@@ -35,7 +35,7 @@ async def _optional_reason(request: web.Request) -> str:
 
 @routes.post("/api/v1/applications", name="applications.submit",
              summary="Apply for a grant on a resource of any node (received and reviewed at the provider's node)",
-             body=ApplicationCreate, response=Application, roles=("dept",), tags=TAGS)
+             body=ApplicationCreate, response=Application, roles=("dept",), status=201, errors=(404, 409), tags=TAGS)
 async def submit(request: web.Request) -> web.Response:
     acct = account(request, "dept")
     body = await read_model(request, ApplicationCreate, json_limit(request))
@@ -67,7 +67,7 @@ async def get_application(request: web.Request) -> web.Response:
 
 @routes.post(f"/api/v1/applications/{ID}/withdraw", name="applications.withdraw",
              summary="The applicant withdraws its application before the decision (body optional: {reason})",
-             body=Reason, response=Application, roles=("dept",), tags=TAGS)
+             body=Reason, response=Application, roles=("dept",), body_optional=True, errors=(409,), tags=TAGS)
 async def withdraw(request: web.Request) -> web.Response:
     acct = account(request)
     reason = await _optional_reason(request)
@@ -78,7 +78,7 @@ async def withdraw(request: web.Request) -> web.Response:
 
 @routes.post(f"/api/v1/applications/{ID}/review", name="applications.review",
              summary="The provider node's platform review: accept (for the department's decision) or reject",
-             body=Review, response=Application, roles=("operator",), tags=TAGS)
+             body=Review, response=Application, roles=("operator",), errors=(409,), tags=TAGS)
 async def review(request: web.Request) -> web.Response:
     acct = account(request)
     body = await read_model(request, Review, json_limit(request))
@@ -90,7 +90,7 @@ async def review(request: web.Request) -> web.Response:
 @routes.post(f"/api/v1/applications/{ID}/decision", name="applications.decide",
              summary="The providing department approves (issuing a signed grant, fields and ops narrowed at will) "
                      "or rejects",
-             body=Decision, response=Application, roles=("dept",), tags=TAGS)
+             body=Decision, response=Application, roles=("dept",), errors=(409,), tags=TAGS)
 async def decide(request: web.Request) -> web.Response:
     acct = account(request)
     body = await read_model(request, Decision, json_limit(request))
@@ -113,25 +113,14 @@ async def list_grants(request: web.Request) -> web.Response:
 
 @routes.post(f"/api/v1/grants/{ID}/revoke", name="grants.revoke",
              summary="Revoke a grant (providing department or provider operator); refused from the next call on",
-             body=Reason, response=GrantView, roles=("dept", "operator"), tags=TAGS)
+             body=Reason, response=GrantView, roles=("dept", "operator"), body_optional=True, errors=(409,),
+             tags=TAGS)
 async def revoke(request: web.Request) -> web.Response:
     acct = account(request)
     reason = await _optional_reason(request)
     view = await request.app[APPLICATIONS].revoke(acct, request.match_info["id"], reason)
     note(request, resource=view["resource"], grant=view["id"])
     return json_response(view)
-
-
-def _ms(value: str | None, field: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        ms = int(value) if value.isdigit() else int(datetime.fromisoformat(value).timestamp() * 1000)
-    except (ValueError, OverflowError, OSError):
-        raise InvalidInput(f"{field} must be ISO 8601 or epoch milliseconds", [{"field": field}]) from None
-    if not 0 <= ms < 2**62:
-        raise InvalidInput(f"{field} is out of range", [{"field": field}])
-    return ms
 
 
 @routes.get("/api/v1/stats", name="stats.get",
@@ -142,10 +131,10 @@ async def stats(request: web.Request) -> web.Response:
     account(request, "operator", "auditor")
     q = query_model(request, StatsQuery)
     svc = request.app[APPLICATIONS]
-    until = _ms(q.until, "until")
+    until = to_ms(q.until)
     if until is None:
         until = now_ms() + 1
-    since = _ms(q.since, "since")
+    since = to_ms(q.since)
     if since is None:
         since = max(0, until - STATS_DEFAULT_WINDOW_MS)
     if since >= until:

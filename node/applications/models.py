@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictInt, field_validator
 
-from node.catalog.models import FIELD
-from node.ids import RESOURCE_CODE
+from node.fields import FieldName, Instant, NonBlank, ResourceCode
 
 Op = Literal["query", "verify", "compare", "subscribe"]
 Status = Literal["submitted", "accepted", "rejected", "approved", "withdrawn"]
@@ -29,18 +28,11 @@ def _unique(values: list[str], what: str) -> list[str]:
 class ApplicationCreate(_Strict):
     """Apply for a grant on a resource of any node (统一受理): the provider's node receives it."""
 
-    resource: str = Field(description="resource code (分类码/顺序码) as the catalog lists it")
+    resource: ResourceCode = Field(description="resource code (分类码/顺序码) as the catalog lists it")
     ops: list[Op] = Field(min_length=1, max_length=4, description="operations asked for")
-    fields: list[str] = Field(min_length=1, max_length=500, description="data items asked for (their `field`)")
-    purpose: str = Field(min_length=1, max_length=2000, description="what the data is for (用途)")
-    basis: str = Field(min_length=1, max_length=2000, description="the law, policy or duty the request rests on (依据)")
-
-    @field_validator("resource")
-    @classmethod
-    def _resource(cls, v: str) -> str:
-        if not RESOURCE_CODE.match(v):
-            raise ValueError("must be a resource code 分类码/顺序码")
-        return v
+    fields: list[FieldName] = Field(min_length=1, max_length=500, description="data items asked for (their `field`)")
+    purpose: NonBlank = Field(max_length=2000, description="what the data is for (用途)")
+    basis: NonBlank = Field(max_length=2000, description="the law, policy or duty the request rests on (依据)")
 
     @field_validator("ops")
     @classmethod
@@ -50,50 +42,54 @@ class ApplicationCreate(_Strict):
     @field_validator("fields")
     @classmethod
     def _fields(cls, v: list[str]) -> list[str]:
-        for f in v:
-            if not FIELD.match(f):
-                raise ValueError(f"{f!r} is not a field name")
         return _unique(v, "fields")
 
-    @field_validator("purpose", "basis")
-    @classmethod
-    def _text(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v.strip()
 
-
-class Review(_Strict):
-    """The provider node's platform review (operator): accept for the department's decision, or reject."""
-
-    decision: Literal["accept", "reject"]
+class ReviewAccept(_Strict):
+    decision: Literal["accept"]
     reason: str = Field("", max_length=2000)
 
-    @model_validator(mode="after")
-    def _reason(self) -> "Review":
-        if self.decision == "reject" and not self.reason.strip():
-            raise ValueError("a rejection needs its reason")
-        return self
+
+class ReviewReject(_Strict):
+    decision: Literal["reject"]
+    reason: NonBlank = Field(max_length=2000, description="why the application is rejected (required)")
 
 
-class Decision(_Strict):
-    """The providing department's decision; an approval may narrow the fields and operations, never widen."""
+class Review(RootModel[Annotated[ReviewAccept | ReviewReject, Field(discriminator="decision")]]):
+    """The provider node's platform review (operator): accept for the department's decision, or reject with
+    its reason."""
 
-    decision: Literal["approve", "reject"]
+    @property
+    def decision(self) -> str:
+        return self.root.decision
+
+    @property
+    def reason(self) -> str:
+        return self.root.reason
+
+
+def _date(v: str | None) -> str | None:
+    if v is not None:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+            raise ValueError("must be YYYY-MM-DD")
+        date.fromisoformat(v)
+    return v
+
+
+class Approval(_Strict):
+    """An approval issues a signed grant; it may narrow the fields and operations asked for, never widen them."""
+
+    decision: Literal["approve"]
     reason: str = Field("", max_length=2000)
-    valid_until: str | None = Field(None, description="YYYY-MM-DD, the last day the grant is valid (China "
-                                                      "Standard Time); default one year from the approval")
-    fields: list[str] | None = Field(None, max_length=500, description="the fields granted (a subset of those asked)")
-    ops: list[Op] | None = Field(None, max_length=4, description="the operations granted (a subset of those asked)")
+    valid_until: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$",
+                                    description="YYYY-MM-DD, the last day the grant is valid (China Standard "
+                                                "Time); default one year from the approval")
+    fields: list[FieldName] | None = Field(None, min_length=1, max_length=500,
+                                           description="the fields granted (a subset of those asked)")
+    ops: list[Op] | None = Field(None, min_length=1, max_length=4,
+                                 description="the operations granted (a subset of those asked)")
 
-    @field_validator("valid_until")
-    @classmethod
-    def _date(cls, v: str | None) -> str | None:
-        if v is not None:
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-                raise ValueError("must be YYYY-MM-DD")
-            date.fromisoformat(v)
-        return v
+    _valid_until = field_validator("valid_until")(_date)
 
     @field_validator("fields")
     @classmethod
@@ -105,13 +101,35 @@ class Decision(_Strict):
     def _ops(cls, v: list[str] | None) -> list[str] | None:
         return None if v is None else _unique(v, "ops")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "Decision":
-        if self.decision == "reject" and not self.reason.strip():
-            raise ValueError("a rejection needs its reason")
-        if self.decision == "approve" and (self.fields == [] or self.ops == []):
-            raise ValueError("an approval grants at least one field and one operation; reject instead")
-        return self
+
+class Rejection(_Strict):
+    decision: Literal["reject"]
+    reason: NonBlank = Field(max_length=2000, description="why the application is rejected (required)")
+
+
+class Decision(RootModel[Annotated[Approval | Rejection, Field(discriminator="decision")]]):
+    """The providing department's decision: approve (an approval grants at least one field and one operation;
+    to grant none, reject) or reject with its reason."""
+
+    @property
+    def decision(self) -> str:
+        return self.root.decision
+
+    @property
+    def reason(self) -> str:
+        return self.root.reason
+
+    @property
+    def valid_until(self) -> str | None:
+        return self.root.valid_until if isinstance(self.root, Approval) else None
+
+    @property
+    def fields(self) -> list[str] | None:
+        return self.root.fields if isinstance(self.root, Approval) else None
+
+    @property
+    def ops(self) -> list[str] | None:
+        return self.root.ops if isinstance(self.root, Approval) else None
 
 
 class Reason(_Strict):
@@ -212,8 +230,10 @@ class GrantPage(BaseModel):
 
 
 class StatsQuery(_Strict):
-    since: str | None = Field(None, description="ISO 8601 time or epoch milliseconds (default: 30 days ago)")
-    until: str | None = Field(None, description="ISO 8601 time or epoch milliseconds (default: now)")
+    """The window: `since` defaults to 30 days before `until`, `until` to now (ISO 8601 or epoch ms)."""
+
+    since: Instant
+    until: Instant
 
 
 class Latency(BaseModel):

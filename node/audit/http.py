@@ -4,17 +4,17 @@ writes carry their audit intent, its Idempotency-Key is honoured) and the observ
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from node.accounts.http import ACCOUNT, account
 from node.accounts.service import Account
 from node.audit.service import MAX_KEPT_ANSWER, AuditLog, Call, IdempotencyClaim, keys_digest
 from node.db import CALL_WRITES
 from node.errors import ApiError
+from node.fields import Instant, to_ms
 from node.web import REQUEST_ID, ApiRoutes, json_response, query_model
 
 log = logging.getLogger("govnode.audit")
@@ -132,34 +132,16 @@ async def audit_observer(request: web.Request, resp: web.StreamResponse, outcome
 MAX_INT64 = 2**63 - 1
 
 
-def _to_ms(v: str | None) -> int | None:
-    if v is None:
-        return None
-    if v.isdigit():
-        ms = int(v)
-    else:
-        ms = int(datetime.fromisoformat(v).timestamp() * 1000)
-    if not 0 <= ms <= MAX_INT64:  # beyond what the database compares with (a 500, not a refusal)
-        raise ValueError("time out of range")
-    return ms
-
-
 class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dept: str | None = Field(None, description="actor as <node>/<dept> or a department code of this node")
     resource: str | None = None
     message_id: str | None = None
-    since: str | None = Field(None, description="ISO 8601 time or epoch milliseconds")
-    until: str | None = None
+    since: Instant
+    until: Instant
     before_seq: int | None = Field(None, ge=1, le=MAX_INT64,
                                    description="page: records older than this sequence number")
     limit: int = Field(100, ge=1, le=1000)
-
-    @field_validator("since", "until")
-    @classmethod
-    def _time(cls, v: str | None) -> str | None:
-        _to_ms(v)  # raises ValueError on a malformed time
-        return v
 
 
 class AuditRecord(BaseModel):
@@ -195,7 +177,7 @@ async def list_audit(request: web.Request) -> web.Response:
     q = query_model(request, AuditQuery)
     actor = q.dept if q.dept is None or "/" in q.dept else f"{acct.node}/{q.dept}"
     rows = await request.app[AUDIT].query(
-        actor=actor, resource=q.resource, since=_to_ms(q.since), until=_to_ms(q.until),
+        actor=actor, resource=q.resource, since=to_ms(q.since), until=to_ms(q.until),
         message_id=q.message_id, after_seq=q.before_seq, limit=q.limit,
     )
     nxt = rows[-1]["seq"] if len(rows) == q.limit else None

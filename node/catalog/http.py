@@ -8,7 +8,7 @@ from aiohttp import web
 
 from node.accounts.http import account
 from node.audit.http import note
-from node.catalog.models import CatalogEntry, EntryContent, EntryCreate, SearchPage, SearchQuery
+from node.catalog.models import CatalogEntry, EntryCreate, EntryQuery, EntryUpdate, SearchPage, SearchQuery
 from node.catalog.service import CatalogService
 from node.context import CONFIG, DB, SIGNING_KEY, add_routes, json_limit
 from node.web import CODE, ApiRoutes, json_response, query_model, read_model
@@ -31,16 +31,17 @@ async def search(request: web.Request) -> web.Response:
 
 
 @routes.get(f"/api/v1/catalog/{CODE}", name="catalog.get", summary="One entry exactly as its origin signed it",
-            response=CatalogEntry, tags=TAGS)
+            query=EntryQuery, response=CatalogEntry, tags=TAGS)
 async def get_entry(request: web.Request) -> web.Response:
     account(request)
     code = request.match_info["code"]
-    entry = await request.app[CATALOG].get(code, include_deleted=request.query.get("deleted") == "true")
+    q = query_model(request, EntryQuery)
+    entry = await request.app[CATALOG].get(code, include_deleted=q.deleted)
     return json_response(entry)
 
 
 @routes.post("/api/v1/catalog", name="catalog.create", summary="Register one of the caller's resources",
-             body=EntryCreate, response=CatalogEntry, roles=("dept",), tags=TAGS)
+             body=EntryCreate, response=CatalogEntry, roles=("dept",), status=201, errors=(409,), tags=TAGS)
 async def create(request: web.Request) -> web.Response:
     acct = account(request, "dept")
     body = await read_model(request, EntryCreate, json_limit(request))
@@ -50,10 +51,10 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.put(f"/api/v1/catalog/{CODE}", name="catalog.update", summary="Change one of the caller's resources",
-            body=EntryContent, response=CatalogEntry, roles=("dept",), tags=TAGS)
+            body=EntryUpdate, response=CatalogEntry, roles=("dept",), tags=TAGS)
 async def update(request: web.Request) -> web.Response:
     acct = account(request, "dept")
-    body = await read_model(request, EntryContent, json_limit(request))
+    body = await read_model(request, EntryUpdate, json_limit(request))
     entry = await request.app[CATALOG].update(acct, request.match_info["code"], body)
     return json_response(entry)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from node.fields import FIELD, FieldName, ResourceCode
 from node.ids import DEPT_CODE, RESOURCE_CODE
 
 ItemType = Literal["C", "N", "Y", "D", "T", "L", "M", "G", "B", "I", "F"]
@@ -19,7 +20,6 @@ UpdateCycle = Literal["realtime", "daily", "weekly", "monthly", "quarterly", "ye
 Check = Literal["gb11643", "gb32100"]
 ControlledOp = Literal["query", "verify", "compare", "subscribe"]
 
-FIELD = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 CLASSIFICATION = re.compile(r"^[0-9]{6}([0-9]{3})?$")
 
 
@@ -31,7 +31,7 @@ class Item(_Strict):
     """A data item (数据项)."""
 
     name: str = Field(min_length=1, max_length=100, description="the item's name, e.g. 公民身份号码")
-    field: str = Field(description="machine name, ^[a-z][a-z0-9_]{0,62}$")
+    field: FieldName = Field(description="machine name, ^[a-z][a-z0-9_]{0,62}$")
     type: ItemType = Field(description="the guide's type code: C N Y D T L M G B I F")
     length: int | None = Field(None, ge=1, le=1_000_000)
     key: bool = Field(False, description="the identifier records are looked up by (exactly one item)")
@@ -39,16 +39,9 @@ class Item(_Strict):
     required: bool = False
     check: Check | None = Field(None, description="verify check digits: gb11643 (ID number) or gb32100 (credit code)")
 
-    @field_validator("field")
-    @classmethod
-    def _field(cls, v: str) -> str:
-        if not FIELD.match(v):
-            raise ValueError("must match ^[a-z][a-z0-9_]{0,62}$")
-        return v
-
 
 class Provider(_Strict):
-    dept: str
+    dept: str = Field(pattern=DEPT_CODE.pattern)
     name: str = Field(min_length=1, max_length=200)
 
 
@@ -85,8 +78,9 @@ class EntryContent(_Strict):
     share: Share
     open: Open = Open()
     update_cycle: UpdateCycle
-    published_at: str | None = Field(None, description="YYYY-MM-DD; defaults to today (China Standard Time)")
-    related: list[str] = Field(default_factory=list, max_length=100)
+    published_at: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$",
+                                     description="YYYY-MM-DD; defaults to today (China Standard Time)")
+    related: list[ResourceCode] = Field(default_factory=list, max_length=100)
     controlled_ops: list[ControlledOp] = Field(
         default_factory=list, max_length=4,
         description="operations that need a grant even on an unconditional resource (管控参数); left out of the "
@@ -103,17 +97,10 @@ class EntryContent(_Strict):
     @classmethod
     def _date(cls, v: str | None) -> str | None:
         if v is not None:
-            date.fromisoformat(v)
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-                raise ValueError("must be YYYY-MM-DD")
-        return v
-
-    @field_validator("related")
-    @classmethod
-    def _related(cls, v: list[str]) -> list[str]:
-        for code in v:
-            if not RESOURCE_CODE.match(code):
-                raise ValueError(f"{code!r} is not a resource code (分类码/顺序码)")
+            try:
+                date.fromisoformat(v)
+            except ValueError:
+                raise ValueError("must be a date YYYY-MM-DD") from None
         return v
 
     # A field validator (not a model validator), so the refusal names `items` rather than the whole body.
@@ -133,31 +120,49 @@ class EntryContent(_Strict):
         return items
 
 
-class EntryCreate(EntryContent):
+class _FilledByTheNode(_Strict):
+    """Fields the node fills in itself. A body may carry them (so that what GET returns can be changed and
+    sent back) when they agree with what the node would fill in; the service refuses a disagreeing value,
+    naming its field (SPEC §10)."""
+
+    type: Literal["catalog_entry"] | None = None
+    kind: Literal["resource"] | None = None
+    provider: Provider | None = Field(None, description="the caller's department, as the node names it")
+
+    def filled(self) -> dict[str, Any]:
+        """The node-filled fields this body carries."""
+        return {k: getattr(self, k) for k in _FilledByTheNode.model_fields if getattr(self, k) is not None}
+
+
+class EntryCreate(EntryContent, _FilledByTheNode):
     """POST body: either the whole `code`, or the `classification` (分类码) and the node numbers it."""
 
-    code: str | None = Field(None, description="分类码/顺序码; the 顺序码 must start with this node's id")
-    classification: str | None = Field(None, description="分类码: 类(1) 项(2) 目(3) [细目(3)]")
-
-    @field_validator("code")
-    @classmethod
-    def _code_form(cls, v: str | None) -> str | None:
-        if v is not None and not RESOURCE_CODE.match(v):
-            raise ValueError("code must be 分类码/顺序码, e.g. 101001/370321000001")
-        return v
-
-    @field_validator("classification")
-    @classmethod
-    def _classification_form(cls, v: str | None) -> str | None:
-        if v is not None and not CLASSIFICATION.match(v):
-            raise ValueError("classification must be 6 or 9 digits (类 项 目 [细目])")
-        return v
+    code: ResourceCode | None = Field(None, description="分类码/顺序码; the 顺序码 must start with this node's id")
+    classification: str | None = Field(None, pattern=CLASSIFICATION.pattern,
+                                       description="分类码: 类(1) 项(2) 目(3) [细目(3)]")
 
     @model_validator(mode="after")
     def _code(self) -> "EntryCreate":
         if (self.code is None) == (self.classification is None):
             raise ValueError("give either code or classification")
         return self
+
+
+class EntryUpdate(EntryContent, _FilledByTheNode):
+    """PUT body: the new content. It may also carry the rest of the entry as GET returned it (code, node, seq,
+    version, deleted, updated_at, signatures), each of which must be the current entry's."""
+
+    code: ResourceCode | None = None
+    node: str | None = None
+    seq: StrictInt | None = None
+    version: StrictInt | None = None
+    deleted: bool | None = None
+    updated_at: StrictInt | None = None
+    signatures: dict[str, dict[str, str]] | None = None
+
+    def filled(self) -> dict[str, Any]:
+        own = ("code", "node", "seq", "version", "deleted", "updated_at", "signatures")
+        return {**super().filled(), **{k: getattr(self, k) for k in own if getattr(self, k) is not None}}
 
 
 class CatalogEntry(BaseModel):
@@ -211,6 +216,10 @@ class SearchQuery(_Strict):
     deleted: bool = Field(False, description="include withdrawn entries (tombstones)")
     page: int = Field(1, ge=1, le=100_000)
     page_size: int = Field(20, ge=1, le=200)
+
+
+class EntryQuery(BaseModel):
+    deleted: bool = Field(False, description="answer a withdrawn entry (tombstone) too")
 
 
 class SearchPage(BaseModel):

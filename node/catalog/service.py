@@ -9,13 +9,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from federation.canonical import encode_canonical_json
 from federation.signing import SigningKey, sign_json
 from node.accounts.service import Account
 from node.catalog import store
-from node.catalog.models import EntryContent, EntryCreate
+from node.catalog.models import EntryContent, EntryCreate, EntryUpdate
 from node.db import next_counter, note_write, write_tx
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
 from node.ids import now_ms, resource_node
@@ -103,6 +104,8 @@ class CatalogService:
             raise Conflict(f"resource {body.code} already exists") from None
 
     async def _create(self, acct: Account, body: EntryCreate) -> dict[str, Any]:
+        _check_filled(body.filled(), {"type": "catalog_entry", "kind": "resource",
+                                      "provider": {"dept": acct.dept, "name": acct.name}})
         async with write_tx(self.engine) as conn:
             if body.code is not None:
                 code = body.code
@@ -120,15 +123,16 @@ class CatalogService:
                     code = f"{body.classification}/{self.node_id}{serial:06d}"
                     if await store.held_seq(conn, code) is None:
                         break
-            content = body.model_dump(exclude={"code", "classification"})
+            content = body.model_dump(exclude={"code", "classification", *body.filled()})
             entry = await self._write(conn, acct, code, content, version=1, deleted=False, new=True)
         await self._changed(code)
         return entry
 
-    async def update(self, acct: Account, code: str, body: EntryContent) -> dict[str, Any]:
+    async def update(self, acct: Account, code: str, body: EntryUpdate) -> dict[str, Any]:
         async with write_tx(self.engine) as conn:
             current = await self._own_entry(conn, acct, code)
-            content = body.model_dump()
+            _check_filled(body.filled(), {k: current[k] for k in body.filled()})
+            content = body.model_dump(include=set(EntryContent.model_fields))
             if content["published_at"] is None:  # a change keeps the resource's publish date
                 content["published_at"] = current["published_at"]
             entry = await self._write(conn, acct, code, content, version=current["version"] + 1,
@@ -243,3 +247,17 @@ class CatalogService:
                 await listener(code)
             except Exception:  # noqa: BLE001 - a listener's failure never undoes a committed change
                 log.exception("catalog change listener failed", extra={"code": code})
+
+
+def _check_filled(given: dict[str, Any], expected: dict[str, Any]) -> None:
+    """SPEC §10: a body may carry the fields the node fills in itself when they agree with what it would fill
+    in; a disagreeing value is refused, naming its field."""
+    details = []
+    for name, value in given.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if value != expected.get(name):
+            details.append({"field": name, "error": f"is filled in by the node; leave it out or send "
+                                                    f"{json.dumps(expected.get(name), ensure_ascii=False)[:200]}"})
+    if details:
+        raise InvalidInput("fields the node fills in itself disagree with what it would fill in", details)

@@ -1,8 +1,7 @@
-"""Streaming readers of pushed and uploaded records: NDJSON, a JSON array, CSV, XLSX.
+"""Streaming readers of pushed and uploaded records: NDJSON, a JSON array, CSV (XLSX: node.data.xlsx).
 
-Each reader takes the body as an async iterator of byte chunks (XLSX: a spooled file, since a zip needs
-the whole file) and yields lists of `(row, value)` a chunk at a time, so a body of any size passes
-through in bounded memory. `value` is the parsed row, or a `Malformed` saying why it could not be parsed.
+Each reader takes the body as an async iterator of byte chunks and yields lists of `(row, value)` a chunk
+at a time, so a body of any size passes through in bounded memory. `value` is the parsed row, or a `Malformed` saying why it could not be parsed.
 
 Row numbers are what a person would look for: the line of an NDJSON body, the 1-based position in a JSON
 array, the spreadsheet row of a CSV or XLSX file (the header is row 1).
@@ -13,10 +12,11 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import IO, Any
+from typing import Any
 
+from federation.nesting import MAX_NESTING, NestingError, check_nesting
 from node.errors import InvalidInput
 
 
@@ -38,6 +38,8 @@ _raw_decode = _decoder.raw_decode
 
 
 def _json_error(exc: Exception) -> Malformed:
+    if isinstance(exc, (NestingError, RecursionError)):
+        return Malformed(f"nested deeper than {MAX_NESTING} levels")
     if isinstance(exc, json.JSONDecodeError):
         return Malformed(f"not valid JSON: {exc.msg} at column {exc.colno}")
     if isinstance(exc, UnicodeDecodeError):
@@ -46,6 +48,11 @@ def _json_error(exc: Exception) -> Malformed:
 
 
 Rows = list[tuple[int, Any]]
+
+
+def _line_too_long(line_no: int, max_line: int) -> InvalidInput:
+    return InvalidInput(f"line {line_no} is longer than {max_line} bytes (limits.max_json_bytes)",
+                        [{"row": line_no, "field": None, "error": "line too long"}])
 
 
 async def ndjson_rows(chunks: AsyncIterator[bytes], max_line: int) -> AsyncIterator[Rows]:
@@ -57,28 +64,35 @@ async def ndjson_rows(chunks: AsyncIterator[bytes], max_line: int) -> AsyncItera
         lines = buf.split(b"\n")
         pending = lines.pop()
         if len(pending) > max_line:
-            raise InvalidInput(f"line {line_no + len(lines) + 1} is longer than {max_line} bytes",
-                               [{"row": line_no + len(lines) + 1, "field": None, "error": "line too long"}])
+            raise _line_too_long(line_no + len(lines) + 1, max_line)
         out: Rows = []
         for line in lines:
             line_no += 1
+            if len(line) > max_line:  # the same refusal whichever chunk the line ended in
+                raise _line_too_long(line_no, max_line)
             if not line.strip():
                 continue
             try:
+                check_nesting(line)
                 out.append((line_no, _loads(line.decode("utf-8"))))
-            except (ValueError, UnicodeDecodeError) as exc:
+            except ValueError as exc:  # NestingError, JSONDecodeError and UnicodeDecodeError are all ValueErrors
                 out.append((line_no, _json_error(exc)))
         if out:
             yield out
     if pending.strip():
         line_no += 1
         try:
+            check_nesting(pending)
             yield [(line_no, _loads(pending.decode("utf-8")))]
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             yield [(line_no, _json_error(exc))]
 
 
 _WS = " \t\r\n"
+
+
+def _too_large(max_element: int) -> Malformed:
+    return Malformed(f"a record is larger than {max_element} bytes (limits.max_json_bytes)")
 
 
 async def json_array_rows(chunks: AsyncIterator[bytes], max_element: int) -> AsyncIterator[Rows]:
@@ -147,18 +161,32 @@ async def json_array_rows(chunks: AsyncIterator[bytes], max_element: int) -> Asy
                 break
             if state in ("first", "next"):
                 try:
+                    # The element's end is known only once it is parsed: json's C scanner raises
+                    # RecursionError (cleanly) near a thousand levels, and the bound is checked on the
+                    # element's text right after a parse that succeeded.
                     value, end = _raw_decode(buf, pos)
+                    check_nesting(buf[pos:end])
+                except (RecursionError, NestingError) as exc:
+                    row += 1
+                    out.append((row, _json_error(exc)))
+                    state = "broken"
+                    break
                 except ValueError as exc:
                     if not eof and len(buf) - pos <= max_element:
                         break  # the element may continue in the next chunk
                     row += 1
-                    out.append((row, _json_error(exc) if len(buf) - pos <= max_element
-                                else Malformed(f"a record is larger than {max_element} bytes")))
+                    out.append((row, _json_error(exc) if len(buf) - pos <= max_element else _too_large(max_element)))
                     state = "broken"
                     break
                 if end >= len(buf) and not eof:
                     break  # a number at the end of the buffer may go on in the next chunk
                 row += 1
+                # The same refusal whichever chunk the element ended in; the limit is in bytes, the buffer
+                # holds characters (at most 4 bytes each in UTF-8), so most elements need no encoding.
+                if end - pos > max_element // 4 and len(buf[pos:end].encode("utf-8", "surrogatepass")) > max_element:
+                    out.append((row, _too_large(max_element)))
+                    state = "broken"
+                    break
                 out.append((row, value))
                 pos = end
                 state = "sep"
@@ -196,11 +224,38 @@ async def csv_rows(chunks: AsyncIterator[bytes], encoding: str | None, max_line:
         first = await it.__anext__()
     except StopAsyncIteration:
         return
+    named = encoding is not None
     encoding = encoding or _sniff(first)
     try:
-        decoder = codecs.getincrementaldecoder("utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding)()
+        b"a".decode(encoding)  # refuses what is not a text encoding (zlib, base64, rot13 …) as LookupError
     except LookupError:
-        raise InvalidInput(f"unknown charset {encoding!r}") from None
+        raise InvalidInput(f"unknown charset {encoding!r}: name a text encoding such as utf-8 or gb18030") from None
+    except ValueError:
+        pass  # a text encoding that cannot decode one "a" (utf-16 …): the file itself will tell
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if utf8 else encoding)()
+    fed = 0  # bytes given to the decoder so far
+    lines_fed = 0  # line ends among them
+
+    def undecodable(exc: UnicodeDecodeError) -> InvalidInput:
+        # exc.object is what the decoder held back from the last chunk followed by the new one.
+        held = len(exc.object) - (fed_now - fed)
+        offset = fed - held + exc.start
+        line = lines_fed + exc.object[:exc.start].count(b"\n") + 1
+        bad = exc.object[exc.start:exc.start + 4].hex(" ")
+        where = {"row": None, "field": None, "line": line, "offset": offset,
+                 "error": f"byte {offset} (line {line}: {bad}) is not {encoding}"}
+        if named:
+            msg = (f"the file is not valid {encoding}, the charset its Content-Type names (byte {offset}, line "
+                   f"{line}); name the charset the file was saved in, or save it as {encoding}")
+        elif utf8:
+            msg = (f"the file is not valid UTF-8 (byte {offset}, line {line}) and names no charset; name its "
+                   "charset, e.g. text/csv; charset=gb18030")
+        else:
+            msg = (f"the file is neither UTF-8 nor GB 18030 (byte {offset}, line {line}) and names no charset; "
+                   "name the charset it was saved in, e.g. text/csv; charset=big5")
+        return InvalidInput(msg, [where])
+
     pending = ""
     row = 0
 
@@ -243,11 +298,14 @@ async def csv_rows(chunks: AsyncIterator[bytes], encoding: str | None, max_line:
             out.append((row + 1, Malformed(f"not valid CSV: {exc}")))
         return out
 
+    fed_now = 0
     async for chunk in rest():
+        fed_now = fed + len(chunk)
         try:
             text = decoder.decode(chunk)
-        except UnicodeDecodeError:
-            raise InvalidInput(f"the file is not valid {encoding}; name its charset, e.g. text/csv; charset=gb18030") from None
+        except UnicodeDecodeError as exc:
+            raise undecodable(exc) from None
+        fed, lines_fed = fed_now, lines_fed + chunk.count(b"\n")
         complete, pending = records(pending + text, False)
         if len(pending) > max_line:
             raise InvalidInput(f"a CSV record is longer than {max_line} characters (an unclosed quote?)")
@@ -257,48 +315,11 @@ async def csv_rows(chunks: AsyncIterator[bytes], encoding: str | None, max_line:
                 yield out
     try:
         pending += decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise InvalidInput(f"the file is not valid {encoding}") from None
+    except UnicodeDecodeError as exc:
+        raise undecodable(exc) from None
     complete, _ = records(pending, True)
     if complete:
         out = parse(complete)
         if out:
             yield out
 
-
-def xlsx_rows(file: IO[bytes], chunk_rows: int = 2000) -> Iterator[Rows]:
-    """The first worksheet of an XLSX file, read in openpyxl's streaming (read-only) mode."""
-    import zipfile
-
-    from openpyxl import load_workbook
-
-    try:
-        wb = load_workbook(file, read_only=True, data_only=True)
-    except zipfile.BadZipFile:
-        raise InvalidInput("not a readable XLSX file (not a zip archive)") from None
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds (KeyError, ValueError …) on a damaged file
-        raise InvalidInput(f"not a readable XLSX file ({type(exc).__name__})") from None
-    try:
-        ws = wb.worksheets[0] if wb.worksheets else None
-        if ws is None:
-            raise InvalidInput("the XLSX file has no worksheet")
-        out: Rows = []
-        rows = enumerate(ws.iter_rows(min_row=1, values_only=True), start=1)  # empty rows come as empty tuples
-        n = 0
-        while True:
-            try:
-                n, values = next(rows)
-            except StopIteration:
-                break
-            except Exception as exc:  # noqa: BLE001 - damaged sheet XML
-                raise InvalidInput(f"the XLSX sheet could not be read after row {n} ({type(exc).__name__})") from None
-            if not values or all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
-                continue
-            out.append((n, list(values)))
-            if len(out) >= chunk_rows:
-                yield out
-                out = []
-        if out:
-            yield out
-    finally:
-        wb.close()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, ClientPayloadError, web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from node.accounts.http import account
@@ -18,7 +17,8 @@ from node.data.formats import csv_rows, json_array_rows, ndjson_rows
 from node.data.models import ChangesPage, ChangesQuery, PushResult, RecordsBody
 from node.data.service import Batch, DataService
 from node.errors import ApiError, Forbidden, InvalidInput, TooLarge
-from node.web import CODE, ApiRoutes, json_response, query_model
+from node.ops.openapi import ROUTED
+from node.web import BODY_BROKEN, CODE, ApiRoutes, body_broken, json_response, query_model
 
 DATA = web.AppKey("data", DataService)
 routes = ApiRoutes()
@@ -50,28 +50,23 @@ async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         yield chunk
 
 
-# What reading a body raises when the client stops sending before its end (nothing is stored then).
-_CUT_SHORT = (HttpProcessingError, ClientPayloadError, ConnectionError, asyncio.IncompleteReadError)
-
-
-def _cut_short() -> InvalidInput:
-    return InvalidInput("the body ended before it was complete; nothing was stored")
-
-
 async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    # The chunks come inflated when the body has a Content-Encoding: the limits count what they unpack to.
     try:
         async for chunk in request.content.iter_chunked(READ_CHUNK):
             yield chunk
-    except _CUT_SHORT:
-        raise _cut_short() from None
+    except BODY_BROKEN:
+        raise body_broken(request) from None
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _part_chunks(request: web.Request, part: BodyPartReader) -> AsyncIterator[bytes]:
+    # read_chunk leaves a part's own Content-Encoding alone (nothing inflates there); the whole body's was
+    # inflated by aiohttp, and the caller counts the inflated bytes.
     while True:
         try:
             chunk = await part.read_chunk(READ_CHUNK)
-        except _CUT_SHORT:
-            raise _cut_short() from None
+        except BODY_BROKEN:
+            raise body_broken(request) from None
         if not chunk:
             return
         yield chunk
@@ -94,7 +89,7 @@ def _check_length(request: web.Request, limit: int) -> None:
 
 @routes.post(f"/api/v1/resources/{CODE}/records", name="data.push",
              summary="The provider pushes records (JSON array or NDJSON; upsert by key; _deleted deletes)",
-             body=RecordsBody, response=PushResult, content_types=NDJSON_TYPES[:1], tags=TAGS)
+             body=RecordsBody, response=PushResult, content_types=NDJSON_TYPES[:1], errors=(403,), tags=TAGS)
 async def push(request: web.Request) -> web.Response:
     entry, data = await _provider_entry(request)
     limit = request.app[CONFIG].limits.max_upload_bytes
@@ -146,7 +141,7 @@ async def _read_file(data: DataService, batch: Batch, kind: str, chunks: AsyncIt
 @routes.post(f"/api/v1/resources/{CODE}/files", name="data.upload",
              summary="The provider uploads CSV or XLSX (columns by item name or field; multipart with one file "
                      "also accepted)",
-             response=PushResult, content_types=(CSV_TYPES[0], XLSX_TYPE, MULTIPART), tags=TAGS)
+             response=PushResult, content_types=(CSV_TYPES[0], XLSX_TYPE, MULTIPART), errors=(403,), tags=TAGS)
 async def upload(request: web.Request) -> web.Response:
     entry, data = await _provider_entry(request)
     limits = request.app[CONFIG].limits
@@ -174,14 +169,14 @@ async def _upload_multipart(request: web.Request, data: DataService, batch: Batc
                             max_line: int) -> None:
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError, KeyError):
-        raise InvalidInput("the multipart body is malformed") from None
+    except (ValueError, AssertionError, KeyError):  # no boundary, or a Content-Type aiohttp cannot split
+        raise InvalidInput("the multipart body is malformed: its Content-Type names no usable boundary") from None
     size_left = limit
     found = 0
 
     async def counted(part: BodyPartReader) -> AsyncIterator[bytes]:
         nonlocal size_left
-        async for chunk in _part_chunks(part):
+        async for chunk in _part_chunks(request, part):
             size_left -= len(chunk)
             if size_left < 0:
                 raise _too_large(limit)
@@ -207,15 +202,19 @@ async def _upload_multipart(request: web.Request, data: DataService, batch: Batc
                                    (CSV_TYPES[0] + " (.csv)", XLSX_TYPE + " (.xlsx)"))
             charset = part.get_charset(None)
             await _read_file(data, batch, kind, counted(part), charset, max_line)
-    except ValueError as exc:  # a malformed multipart stream (aiohttp raises ValueError)
+    except ValueError as exc:  # a malformed multipart stream: aiohttp raises ValueError …
         raise InvalidInput(f"the multipart body is malformed: {exc}") from None
+    except HttpProcessingError as exc:  # … or, for a part's header lines, BadHttpMessage
+        # Its message quotes the raw header bytes the caller sent: say what kind of fault it is, not them.
+        raise InvalidInput("the multipart body is malformed: a part's headers cannot be read "
+                           f"({type(exc).__name__})") from None
     if found == 0:
         raise InvalidInput("the multipart body holds no file")
 
 
 @routes.get(f"/api/v1/resources/{CODE}/changes", name="data.changes",
             summary="Change feed of a resource's records in commit order, deletions included",
-            query=ChangesQuery, response=ChangesPage, tags=TAGS)
+            query=ChangesQuery, response=ChangesPage, errors=ROUTED, tags=TAGS)
 async def changes(request: web.Request) -> web.Response:
     acct = account(request)
     code = request.match_info["code"]

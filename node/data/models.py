@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from node.fields import Cursor
+
 
 class RecordsBody(RootModel[list[dict[str, Any]]]):
     """A batch of records: a JSON array (application/json) or one object a line (application/x-ndjson).
@@ -29,7 +31,7 @@ class PushResult(BaseModel):
 class ChangesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: int = Field(0, ge=0, description="cursor: the `next` of the previous page (0 from the start)")
+    since: Cursor
     limit: int = Field(1000, ge=1, le=10_000)
 
 

@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from node.accounts.service import Account
 from node.config import LimitsConfig
 from node.data import store
-from node.data.formats import Malformed, Rows, xlsx_rows
+from node.data.formats import Malformed, Rows
+from node.data.xlsx import release_memory, xlsx_rows
 from node.data.rows import DELETED, RecordSchema
 from node.db import next_counter, write_tx
 from node.errors import Forbidden, InvalidInput
@@ -262,13 +263,19 @@ class DataService:
         table.finish()
 
     async def read_xlsx(self, batch: Batch, file: IO[bytes]) -> None:
-        """Phase 1 for XLSX: openpyxl reads the spooled file in a worker thread (it is synchronous)."""
+        """Phase 1 for XLSX: openpyxl reads the spooled file in a worker thread (it is synchronous), within
+        `limits.xlsx` (node.data.xlsx)."""
 
         def work() -> None:
-            table = Table(batch.schema, batch)
-            for chunk in xlsx_rows(file):
-                table.add(chunk)
-            table.finish()
+            rows = xlsx_rows(file, self.limits.xlsx)
+            try:
+                table = Table(batch.schema, batch)
+                for chunk in rows:
+                    table.add(chunk)
+                table.finish()
+            finally:
+                rows.close()
+                release_memory()
 
         await asyncio.to_thread(work)
 

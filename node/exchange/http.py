@@ -35,7 +35,7 @@ class Removed(BaseModel):
 @routes.post(f"/api/v1/resources/{CODE}/sources", name="exchange.bind",
              summary="Bind the resource to a table of the providing department's database (前置机库表交换): full "
                      "load once, then increments on schedule",
-             body=SourceCreate, response=SourceView, roles=("dept",), tags=TAGS)
+             body=SourceCreate, response=SourceView, roles=("dept",), status=201, errors=(409,), tags=TAGS)
 async def bind(request: web.Request) -> web.Response:
     acct = account(request)
     code = request.match_info["code"]
@@ -48,7 +48,7 @@ async def bind(request: web.Request) -> web.Response:
 
 @routes.get(f"/api/v1/resources/{CODE}/sources", name="exchange.list",
             summary="The resource's table sources and their state: progress, last sync, rows, last error",
-            response=SourceList, tags=TAGS)
+            response=SourceList, errors=(403,), tags=TAGS)
 async def list_sources(request: web.Request) -> web.Response:
     acct = account(request)
     code = request.match_info["code"]
@@ -57,7 +57,7 @@ async def list_sources(request: web.Request) -> web.Response:
 
 @routes.post(f"/api/v1/resources/{CODE}/sources/{SOURCE}/sync", name="exchange.sync",
              summary="Pull from the source now (also ends a back-off wait)", response=SourceView,
-             roles=("dept", "operator"), tags=TAGS)
+             roles=("dept", "operator"), status=202, errors=(409,), tags=TAGS)
 async def sync(request: web.Request) -> web.Response:
     acct = account(request)
     code = request.match_info["code"]

@@ -13,9 +13,11 @@ from federation.certs import level_of, make_certificate
 from federation.errors import TrustError
 from federation.signing import read_signing_key_file, sign_json, verify_key_b64
 from node.cli import command
+from node import tls
 from node.config import Config, ConfigError, load_config
 from node.db import make_engine, upgrade, write_tx
 from node.errors import ApiError
+from node.fields import printable, unsafe_characters
 from node.federation import store
 from node.federation.service import FederationService, build_trust, expected_parent_warning
 from node.ids import now_ms
@@ -56,7 +58,10 @@ async def join_parent(config: Config, parent_url: str, token: str, expected_anch
     parent_url = parent_url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        refusal = tls.plain_http_refusal(parent_url, config.insecure_http)
+        if refusal is not None:
+            raise ApiError(refusal, code="PEER_UNREACHABLE")
+        async with tls.client_session(config, timeout=timeout) as session:
             parent_doc = await _get_json(session, f"{parent_url}/federation/v1/node")
             parent = parent_doc.get("node")
             if not isinstance(parent, str):
@@ -107,7 +112,11 @@ async def join_parent(config: Config, parent_url: str, token: str, expected_anch
 
 
 async def join(args: argparse.Namespace) -> int:
-    print(await join_parent(load_config(args.dir), args.parent_url, args.token, args.anchor))
+    if unsafe_characters(args.token) or not args.token.strip():
+        raise ConfigError("the join token must be the one line `govnode invite` printed, without control characters")
+    # The summary names what the parent answered: escaped, so a parent cannot forge lines of this output.
+    print("\n".join(printable(line) for line in
+                    (await join_parent(load_config(args.dir), args.parent_url, args.token, args.anchor)).splitlines()))
     return 0
 
 
@@ -118,7 +127,7 @@ async def _admin(config: Config, action: str, body: dict | None) -> dict:
     auth = make_authorization("POST", path, config.node.id, config.node.id, key, content=body)
     data = encode_canonical_json(body) if body is not None else None
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with tls.client_session(config, timeout=aiohttp.ClientTimeout(total=60)) as session:
             async with session.post(f"{config.endpoint}{path}", data=data,
                                     headers={"Authorization": auth, "Content-Type": "application/json"}) as resp:
                 answer = await resp.json(content_type=None)
@@ -133,8 +142,8 @@ async def _admin(config: Config, action: str, body: dict | None) -> dict:
 async def keys_rotate(args: argparse.Namespace) -> int:
     answer = await _admin(load_config(args.dir), "rotate", None)
     cert = answer["certificate"]
-    print(f"new key {', '.join(cert['verify_keys'])}; old keys kept for verification: "
-          f"{', '.join(cert['old_verify_keys']) or 'none'}")
+    print(printable(f"new key {', '.join(cert['verify_keys'])}; old keys kept for verification: "
+                    f"{', '.join(cert['old_verify_keys']) or 'none'}"))
     return 0
 
 

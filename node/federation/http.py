@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,26 +16,31 @@ from node.errors import ApiError, InvalidInput
 from node.federation.replay import Claim
 from node.federation.service import FederationService
 from node.ops.http import HEALTH_SECTIONS, NODE_INFO
-from node.web import REQUEST_ID, json_response, read_body
+from node.web import REQUEST_ID, json_response, parse_json, read_body
 
 FEDERATION = web.AppKey("federation", FederationService)
 MAX_FEDERATION_BODY = 16 * 1024 * 1024
+# A join request is a token and a draft certificate: about 1 kB. Anyone can send one, so the body is
+# capped well below anything that costs to read or parse.
+MAX_JOIN_BODY = 64 * 1024
 routes = web.RouteTableDef()
 
 
 async def _check(request: web.Request, allow_self: bool = False) -> tuple[str, Any, Claim]:
     """Read the body (if any) and check the hop's Authorization; returns (origin, parsed body, the claim
-    of its nonce, not yet durable)."""
+    of its nonce, not yet durable). Anyone can reach these endpoints: the header is checked as far as it
+    can be without the body before the body is read, and the body's size and nesting before it is parsed."""
+    fed = request.app[FEDERATION]
+    fed.precheck_hop(request.headers.get("Authorization"))
     raw = await read_body(request, MAX_FEDERATION_BODY)
     content = canonical = None
     if raw.strip():
+        content = parse_json(raw)
         try:
-            content = json.loads(raw)
             canonical = encode_canonical_json(content)  # checks the value; the signature covers these bytes
-        except ValueError as exc:
-            msg = exc.message if isinstance(exc, CanonicalJSONError) else "the body is not valid JSON"
-            raise InvalidInput(msg) from None
-    origin, claim = request.app[FEDERATION].check_hop(
+        except CanonicalJSONError as exc:
+            raise InvalidInput(exc.message, exc.details) from None
+    origin, claim = fed.check_hop(
         request.method, request.raw_path, request.headers.get("Authorization"), content, allow_self=allow_self,
         content_json=canonical,
     )
@@ -52,7 +56,7 @@ async def _authenticated(request: web.Request, allow_self: bool = False) -> tupl
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
-    if raw is None:
+    if not raw:  # absent or empty: the default (for a cursor, the start of the feed)
         return default
     if not raw.isdigit() or not lo <= int(raw) <= hi:
         raise InvalidInput(f"{name} must be an integer from {lo} to {hi}", [{"field": name}])
@@ -66,11 +70,7 @@ async def node_document(request: web.Request) -> web.Response:
 
 @routes.post("/federation/v1/join")
 async def join(request: web.Request) -> web.Response:
-    raw = await read_body(request, 1024 * 1024)
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidInput("the body is not valid JSON") from None
+    body = parse_json(await read_body(request, MAX_JOIN_BODY))
     if not isinstance(body, dict):
         raise InvalidInput("send {token, certificate}")
     return json_response(await request.app[FEDERATION].handle_join(body))

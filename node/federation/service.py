@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import VerifyKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from federation.auth import parse_authorization, verify_authorization
+from federation import sealed
+from federation.auth import MAX_SKEW_MS, AuthParams, parse_authorization, verify_authorization
 from federation.certs import TrustStore, level_of, make_certificate, make_revocation
 from federation.client import PeerClient, PeerError
 from federation.envelope import hop_count, make_envelope, next_hop, sign_envelope, verify_envelope_origin
@@ -38,9 +40,11 @@ from node.catalog.service import CHANGE_COUNTER, CatalogService
 from node.config import Config
 from node.db import CALL_WRITES, read_counter, write_tx
 from node.errors import STATUS_OF, ApiError
+from node.fields import check_name
 from node.federation import store
 from node.federation.replay import Claim, ReplayGuard
 from node.groupcommit import GroupCommitter
+from node import tls
 from node.ids import new_id, now_ms, resource_node
 from node.schedule import PeriodicJobs
 
@@ -63,6 +67,9 @@ FEEDS = ("registry", "catalog")  # every node's feeds; capabilities add signed f
 REGISTRY_FEED = "registry"
 HOLDER_KEY_STATE = "holder_key"  # the federation-wide key of holder digests (licences), made by the root
 SEEN_WINDOW_MS = 600_000
+# A rotated key's secret half still opens bodies sealed for it this long (SPEC §15): a message can wait in an
+# outbox across the rotation.
+OLD_KEY_DECRYPT_MS = 30 * 24 * 3600 * 1000
 
 # What a message handler gets and returns: the verified envelope -> the reply body.
 MessageHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -157,6 +164,15 @@ def _level_rank(node: str) -> int:
     return ("national", "province", "city", "county").index(level_of(node))
 
 
+class _MadeError(dict):
+    """An error envelope this node made, with its code kept beside it: the body is sealed for the origin,
+    and the audit record of the call that answered it still names the code."""
+
+    def __init__(self, envelope: dict[str, Any], outcome: str) -> None:
+        super().__init__(envelope)
+        self.outcome = outcome
+
+
 def _hop_deadline_s(env: dict[str, Any]) -> float:
     """Seconds this node may wait for the next hop or its handler: the envelope's expiry less a margin for each
     node that signed it so far (the origin waits for the whole expiry)."""
@@ -190,7 +206,9 @@ class FederationService:
         self.pull_interval_s = pull_interval_s
         self.trust: TrustStore | None = None
         self.parent: str | None = None
-        self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s)
+        self.client = PeerClient(self.node_id, lambda: self.key, timeout_s=config.federation.peer_timeout_s,
+                                 ssl_context=tls.client_context(config),
+                                 refuse=lambda url: tls.plain_http_refusal(url, config.insecure_http))
         self.outbox = OutboxSender(_OutboxAdapter(engine, audit.journal), self._deliver)
         self.puller = FeedPuller(self._pull_once)
         self.replay = ReplayGuard(engine, audit.journal, SEEN_WINDOW_MS, ASYNC_TTL_MS + SEEN_WINDOW_MS)
@@ -212,6 +230,7 @@ class FederationService:
         self._registry_pulled: dict[str, float] = {}  # peer -> when its registry feed was last read to its end
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs = PeriodicJobs()
+        self._boxes = sealed.Boxes()
         self._pull_round: asyncio.Task[Any] | None = None  # the scheduled round of pulls under way
 
     # Life cycle ---------------------------------------------------------------------------------
@@ -407,6 +426,10 @@ class FederationService:
         except SignatureError as exc:
             raise ApiError(f"the draft is not signed by the key it lists: {exc.message}",
                            code="SIGNATURE_INVALID") from None
+        try:  # the name is shown in listings and logs: nothing in it may forge output
+            check_name(cert["name"], "the node's name")
+        except ValueError as exc:
+            raise ApiError(str(exc), [{"field": "certificate.name", "error": str(exc)}], code="INVALID_INPUT") from None
         if cert["parent"] != self.node_id:
             raise ApiError(f"the draft names {cert['parent']} as parent, not this node {self.node_id}",
                            code="INVALID_INPUT")
@@ -444,11 +467,11 @@ class FederationService:
         await claim.durable()
         return origin
 
-    def check_hop(self, method: str, uri: str, header: str | None, content: Any,
-                  allow_self: bool = False, *, content_json: bytes | None = None) -> tuple[str, Claim]:
-        """Check a hop's Authorization (SPEC §4); returns the origin and the claim of its nonce, which the
-        caller makes durable before answering. Raises ApiError in the SPEC's terms. `content_json` is the
-        body's canonical JSON when the caller has it (it checked the body with it)."""
+    def precheck_hop(self, header: str | None) -> tuple[AuthParams, VerifyKey, int]:
+        """What a hop's Authorization shows before its body is read (SPEC §4): its form, this node as the
+        destination, an origin trusted here with the key it names, a time within the skew. An endpoint
+        anyone can reach calls this first, so that a request without a plausible header costs nothing
+        however large its body; returns (the parsed header, the origin's key, the time it was checked)."""
         try:
             params = parse_authorization(header)
         except AuthError as exc:
@@ -466,6 +489,17 @@ class FederationService:
         key = keys.get(params.key_id)
         if key is None:
             raise ApiError(f"{params.origin} has no current key {params.key_id}", code="SIGNATURE_INVALID")
+        if abs(now - params.ts) > MAX_SKEW_MS:
+            raise ApiError(f"request time is {now - params.ts} ms from this node's clock (limit {MAX_SKEW_MS})",
+                           {"skew_ms": now - params.ts}, code="CLOCK_SKEW")
+        return params, key, now
+
+    def check_hop(self, method: str, uri: str, header: str | None, content: Any,
+                  allow_self: bool = False, *, content_json: bytes | None = None) -> tuple[str, Claim]:
+        """Check a hop's Authorization (SPEC §4); returns the origin and the claim of its nonce, which the
+        caller makes durable before answering. Raises ApiError in the SPEC's terms. `content_json` is the
+        body's canonical JSON when the caller has it (it checked the body with it)."""
+        params, key, now = self.precheck_hop(header)
         try:
             verify_authorization(params, method, uri, content, key, self.node_id, now, content_json=content_json)
         except AuthError as exc:
@@ -754,6 +788,11 @@ class FederationService:
     async def _async_reply(self, request: dict[str, Any], reply: Any) -> None:
         if not isinstance(reply, dict):
             return
+        try:
+            request, reply = self._opened(request), self._opened(reply)
+        except EnvelopeError as exc:
+            log.warning("the answer to message %s cannot be opened: %s", request.get("id"), exc.message)
+            return
         body = reply.get("body") or {}
         if reply.get("kind") == "reply" and body.get("accepted") and body.get("queued_at"):
             return  # a relay took it; the destination's answer comes as its own message
@@ -809,10 +848,12 @@ class FederationService:
         hop = self.node_id if destination == self.node_id else self.route(destination)
         outcome = "ok"
 
-        body = env.get("body") if isinstance(env.get("body"), dict) else {}
-        details = {"kind": env["kind"], "from": hop_origin, "to": hop, "origin": env["origin"], "destination": destination}
-        if isinstance(body.get("op"), str):  # a service.call's op: the statistics tell calls from feed pulls by it
-            details["op"] = body["op"][:32]
+        # A relay sees only the sealed body (SPEC §15): its record holds id, kind, ends, size and outcome. The
+        # destination fills in the resource and op once it has opened the body.
+        body: dict[str, Any] = {}
+        sealed_body = env.get("body") if isinstance(env.get("body"), dict) else {}
+        details = {"kind": env["kind"], "from": hop_origin, "to": hop, "origin": env["origin"], "destination": destination,
+                   "size": len(sealed_body.get("ct") or "") if isinstance(sealed_body.get("ct"), str) else None}
 
         def audit_fields(result: str) -> dict[str, Any]:
             return dict(
@@ -836,13 +877,21 @@ class FederationService:
             elif hop == self.node_id:
                 if durable is not None:
                     await durable  # act only on a durable claim
-                call = Call(audit_fields("ok"))  # what it stores carries its audit intent
-                token = CALL_WRITES.set(call)
                 try:
-                    answer = await self._dispatch(env)
-                finally:
-                    call.open = False
-                    CALL_WRITES.reset(token)
+                    opened = self._opened(env)
+                except EnvelopeError as exc:
+                    answer = self._error_answer(env, _api_error(exc))
+                else:
+                    body = opened["body"]
+                    if isinstance(body.get("op"), str):  # a service.call's op: statistics tell calls from pulls by it
+                        details["op"] = body["op"][:32]
+                    call = Call(audit_fields("ok"))  # what it stores carries its audit intent
+                    token = CALL_WRITES.set(call)
+                    try:
+                        answer = await self._dispatch(opened, opened=True)
+                    finally:
+                        call.open = False
+                        CALL_WRITES.reset(token)
             elif hop is None or hop == hop_origin:
                 answer = self._error_answer(env, ApiError(f"no route to node {destination}",
                                                           {"hop": self.node_id}, code="NODE_UNKNOWN"))
@@ -854,8 +903,8 @@ class FederationService:
                 # The relay's record commits with this hop's claims while the next hop works.
                 record = self.audit.enqueue(**audit_fields("ok"))
                 answer = await self._forward(hop, env, message)
-            if answer["kind"] == "error":
-                outcome = answer["body"].get("error", {}).get("code", "error")
+            if answer["kind"] == "error":  # sealed: the code is known where the error was made
+                outcome = getattr(answer, "outcome", "error")
         finally:
             if durable is None:  # a read done here: its claims and its record, one commit
                 durable = asyncio.ensure_future(_all_of(*(c.durable() for c in claims)))
@@ -867,7 +916,13 @@ class FederationService:
             await _all_of(durable, record)  # no answer leaves before this hop's claims are durable
         return answer
 
-    async def _dispatch(self, env: dict[str, Any]) -> dict[str, Any]:
+    async def _dispatch(self, env: dict[str, Any], *, opened: bool = False) -> dict[str, Any]:
+        """Serve an envelope addressed to this node; the handler gets it with its body opened."""
+        if not opened:
+            try:
+                env = self._opened(env)
+            except EnvelopeError as exc:
+                return self._error_answer(env, _api_error(exc))
         handler = self.handlers.get(env["kind"])
         if handler is None:
             return self._error_answer(env, ApiError(f"kind {env['kind']} is not served here", code="KIND_UNSUPPORTED"))
@@ -921,14 +976,84 @@ class FederationService:
 
     def _answer(self, env: dict[str, Any], kind: str, body: dict[str, Any]) -> dict[str, Any]:
         ttl = max(1000, env["expires_at"] - now_ms())
-        return self._signed(make_envelope(kind, self.node_id, env["origin"], body, ttl_ms=ttl, in_reply_to=env["id"]))
+        return self._envelope(kind, env["origin"], body, ttl_ms=ttl, in_reply_to=env["id"])
+
+    def _envelope(self, kind: str, destination: str, body: dict[str, Any], *, ttl_ms: int,
+                  in_reply_to: str | None = None) -> dict[str, Any]:
+        """A signed envelope from this node whose body only `destination` (and this node) can read."""
+        sealed_body = self._seal_for(destination, body)
+        return self._signed(make_envelope(kind, self.node_id, destination, sealed_body, ttl_ms=ttl_ms,
+                                          in_reply_to=in_reply_to))
+
+    # Sealed bodies (SPEC §15) -----------------------------------------------------------------------
+
+    def _seal_for(self, destination: str, body: dict[str, Any]) -> dict[str, Any]:
+        trust = self.require_joined()
+        cert = trust.certificate(destination)
+        if cert is None or not cert.get("verify_keys"):
+            raise ApiError(f"node {destination} is in no known subtree", {"node": destination}, code="NODE_UNKNOWN")
+        key_id, b64 = max(cert["verify_keys"].items())  # a certificate lists the node's one current key
+        peer_key = VerifyKey(decode_b64(b64))
+        box = self._boxes.box(self.key, destination, key_id, peer_key)
+        return sealed.seal(body, box, to=destination, to_key=key_id, from_key=self.key.key_id)
+
+    def _opened(self, env: dict[str, Any]) -> dict[str, Any]:
+        """`env` with its body opened: one sealed for this node, or one this node sealed and sent.
+        EnvelopeError(UNDECRYPTABLE) for a body sealed for another node, altered, or not sealed."""
+        body = env.get("body")
+        if not isinstance(body, dict):
+            raise EnvelopeError("UNDECRYPTABLE", "the body is not sealed")
+        to, to_key, from_key = sealed.sealed_fields(body)
+        if to != env.get("destination"):
+            raise EnvelopeError("UNDECRYPTABLE", "the body is sealed for another node than the envelope's destination")
+        trust = self.require_joined()
+        at = env.get("sent_at") if isinstance(env.get("sent_at"), int) else None
+        if to == self.node_id:
+            mine, peer, peer_key_id = self._secret_key(to_key), env["origin"], from_key
+        elif env.get("origin") == self.node_id:
+            mine, peer, peer_key_id = self._secret_key(from_key), to, to_key
+        else:
+            raise EnvelopeError("UNDECRYPTABLE", f"the body is sealed for node {to}, not for {self.node_id}")
+        try:
+            peer_key = trust.verify_keys_for(peer, at_ms=at, now_ms=now_ms()).get(peer_key_id)
+        except TrustError:
+            peer_key = None
+        if mine is None or peer_key is None:
+            raise EnvelopeError("UNDECRYPTABLE", "the body is sealed with a key this node does not hold")
+        plain = sealed.unseal(body, self._boxes.box(mine, peer, peer_key_id, peer_key))
+        # The signatures cover the sealed body, which stays beside the plain one (`unsigned` is outside
+        # what is signed, SPEC §2), so whoever holds the opened envelope can still check them.
+        return {**env, "body": plain, "unsigned": {**(env.get("unsigned") or {}), "sealed_body": body}}
+
+    def _secret_key(self, key_id: str) -> SigningKey | None:
+        """This node's key `key_id`: the current one, or a rotated one kept for decryption (SPEC §15)."""
+        if key_id == self.key.key_id:
+            return self.key
+        return self._old_keys().get(key_id)
+
+    def _old_keys(self) -> dict[str, SigningKey]:
+        """Rotated keys whose secret half the home still holds, for 30 days after they expired."""
+        cert = self.trust.certificate(self.node_id) if self.trust else None
+        expired = {k: v.get("expired_at", 0) for k, v in ((cert or {}).get("old_verify_keys") or {}).items()}
+        cutoff = now_ms() - OLD_KEY_DECRYPT_MS
+        path = Path(self.config.key_path)
+        keys: dict[str, SigningKey] = {}
+        for key_id, expired_at in expired.items():
+            if expired_at < cutoff:
+                continue
+            backup = path.with_name(f"{path.name}.{key_id.replace(':', '-')}.old")
+            try:
+                keys[key_id] = read_signing_key_file(backup)
+            except (OSError, ValueError):
+                continue
+        return keys
 
     def _signed(self, env: dict[str, Any]) -> dict[str, Any]:
         """Sign an envelope this node just made (`make_envelope` checked it is canonical JSON)."""
         return sign_envelope(env, self.node_id, self.key, message=signed_bytes(env, checked=True))
 
     def _error_answer(self, env: dict[str, Any], err: ApiError) -> dict[str, Any]:
-        return self._answer(env, "error", err.body(None))
+        return _MadeError(self._answer(env, "error", err.body(None)), err.code)
 
     async def _enqueue_message(self, peer: str, env: dict[str, Any]) -> None:
         async with write_tx(self.engine) as conn:
@@ -943,8 +1068,8 @@ class FederationService:
         An error answer is raised as ApiError (its code and details, e.g. the hop that failed).
         """
         self.require_joined()
-        env = self._signed(make_envelope(kind, self.node_id, destination, body, ttl_ms=ttl_ms))
         hop = self.route(destination)
+        env = self._envelope(kind, destination, body, ttl_ms=ttl_ms)
         if hop is None:
             raise ApiError(f"node {destination} is in no known subtree", {"node": destination}, code="NODE_UNKNOWN")
         if hop == self.node_id:
@@ -973,7 +1098,10 @@ class FederationService:
             verify_signed_json(answer, signer, trust.verify_keys_for(signer, now_ms=now_ms()))
         except (SignatureError, TrustError) as exc:
             raise ApiError(f"the answer's signature does not verify: {exc.message}", code="SIGNATURE_INVALID") from None
-        body = answer.get("body") or {}
+        try:
+            body = self._opened(answer)["body"]
+        except EnvelopeError as exc:
+            raise _api_error(exc) from None
         if answer.get("kind") == "error":
             raise ApiError.from_body(body)
         return body
@@ -981,8 +1109,8 @@ class FederationService:
     async def send_async(self, kind: str, destination: str, body: dict[str, Any]) -> str:
         """Queue a message for `destination` in the durable outbox; returns its id."""
         self.require_joined()
-        env = self._signed(make_envelope(kind, self.node_id, destination, body, ttl_ms=ASYNC_TTL_MS))
         hop = self.route(destination)
+        env = self._envelope(kind, destination, body, ttl_ms=ASYNC_TTL_MS)
         if hop is None:
             raise ApiError(f"node {destination} is in no known subtree", code="NODE_UNKNOWN")
         if hop == self.node_id:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -18,14 +17,16 @@ from node.licences.identifier import IDENTIFIER
 from node.licences.models import (Fetched, HolderLicences, HolderQuery, LicenceDoc, LicenceIssue, LicenceVersion,
                                   Revocation, VerifyResult)
 from node.licences.page import render
+from node.ops.openapi import ROUTED
 from node.licences.service import LicenceService
 from node.sharing.http import SHARING
-from node.web import ApiRoutes, json_response, query_model, read_body, read_model
+from node.web import ApiRoutes, json_response, parse_json, query_model, read_body, read_model
 
 LICENCES = web.AppKey("licences", LicenceService)
 routes = ApiRoutes()
 TAGS = ("licences",)
-IDENT = "{identifier:[^/]+}"
+# Not `verify`, so that /api/v1/licences/verify is only the POST route (an OPTIONS or GET there is told so).
+IDENT = "{identifier:(?!verify$)[^/]+}"
 
 
 class IdentifierOnly(BaseModel):
@@ -55,7 +56,7 @@ def _identifier(request: web.Request) -> str:
 
 @routes.post("/api/v1/licences", name="licences.issue",
              summary="Issue a licence (the caller is the issuing department); signed by this node, kept here",
-             body=LicenceIssue, response=LicenceDoc, roles=("dept",), tags=TAGS)
+             body=LicenceIssue, response=LicenceDoc, roles=("dept",), status=201, errors=(404, 409), tags=TAGS)
 async def issue(request: web.Request) -> web.Response:
     acct = account(request, "dept")
     body = await read_model(request, LicenceIssue, json_limit(request))
@@ -76,14 +77,10 @@ async def find(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/licences/verify", name="licences.verify",
              summary="Verify a licence: check character, issuer's signature and chain, validity, issuer's status",
-             body=VerifyBody, response=VerifyResult, tags=TAGS)
+             body=VerifyBody, response=VerifyResult, errors=ROUTED, tags=TAGS)
 async def verify(request: web.Request) -> web.Response:
     account(request)
-    raw = await read_body(request, json_limit(request))
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidInput("the body is not valid JSON") from None
+    body = parse_json(await read_body(request, json_limit(request)))
     if not isinstance(body, dict):
         raise InvalidInput('send a licence object, or {"identifier": "..."}')
     result = await request.app[LICENCES].verify(body)
@@ -94,7 +91,7 @@ async def verify(request: web.Request) -> web.Response:
 
 @routes.get(f"/api/v1/licences/{IDENT}.html", name="licences.page",
             summary="The printable licence (HTML): face, issuer, validity, and a QR code of the identifier",
-            tags=TAGS)
+            answers="text/html", errors=(400, 503) + ROUTED, tags=TAGS)
 async def page(request: web.Request) -> web.Response:
     acct = account(request)
     identifier = _identifier(request)
@@ -107,7 +104,7 @@ async def page(request: web.Request) -> web.Response:
 
 @routes.get(f"/api/v1/licences/{IDENT}", name="licences.get",
             summary="One licence, from its issuer: the signed licence to those who may see its face, else its "
-                    "index entry and status", response=Fetched, tags=TAGS)
+                    "index entry and status", response=Fetched, errors=(400, 503) + ROUTED, tags=TAGS)
 async def get_licence(request: web.Request) -> web.Response:
     acct = account(request)
     identifier = _identifier(request)
@@ -117,7 +114,7 @@ async def get_licence(request: web.Request) -> web.Response:
 
 @routes.post(f"/api/v1/licences/{IDENT}/revoke", name="licences.revoke",
              summary="Revoke a licence (its issuing department), with the reason", body=Revocation,
-             response=RevokeResult, roles=("dept",), tags=TAGS)
+             response=RevokeResult, roles=("dept",), errors=(409,), tags=TAGS)
 async def revoke(request: web.Request) -> web.Response:
     acct = account(request, "dept")
     identifier = _identifier(request)
@@ -128,7 +125,8 @@ async def revoke(request: web.Request) -> web.Response:
 
 @routes.post(f"/api/v1/licences/{IDENT}/versions", name="licences.version",
              summary="A new version (加注 or 变更) of a current licence: same serial, version + 1; the old one is "
-                     "superseded", body=LicenceVersion, response=LicenceDoc, roles=("dept",), tags=TAGS)
+                     "superseded", body=LicenceVersion, response=LicenceDoc, roles=("dept",), status=201, errors=(409,),
+             tags=TAGS)
 async def new_version(request: web.Request) -> web.Response:
     acct = account(request, "dept")
     identifier = _identifier(request)

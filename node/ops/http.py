@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 
 from node import __version__
 from node.ops.metrics import CONTENT_TYPE, METRICS
@@ -26,7 +27,20 @@ OPENAPI_DOCS = web.AppKey("openapi_docs", list)
 HealthSection = Callable[[], Awaitable[Any]]
 
 
-@routes.get("/healthz", name="ops.health", summary="Liveness, database reachability and peer status", tags=("ops",))
+class Health(BaseModel):
+    """Liveness: 200 when the database answers, 503 (same body) when it does not."""
+
+    model_config = ConfigDict(extra="allow")  # capabilities add sections (e.g. the federation's peers)
+
+    status: Literal["ok", "degraded"]
+    version: str
+    node: str
+    name: str
+    database: Literal["ok", "unreachable"]
+
+
+@routes.get("/healthz", name="ops.health", summary="Liveness, database reachability and peer status",
+            response=Health, also=(503,), tags=("ops",))
 async def healthz(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"status": "ok", "version": __version__, **request.app[NODE_INFO]}
     try:
@@ -41,7 +55,7 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response(body, status=200 if body["status"] == "ok" else 503)
 
 
-@routes.get("/metrics", name="ops.metrics", summary="Prometheus metrics", tags=("ops",))
+@routes.get("/metrics", name="ops.metrics", summary="Prometheus metrics", answers="text/plain", tags=("ops",))
 async def metrics(request: web.Request) -> web.Response:
     data = request.app[METRICS].exposition()
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE})

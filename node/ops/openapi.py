@@ -1,30 +1,86 @@
-"""OpenAPI 3.1 generated from the route table and its pydantic models (the single definition of payloads)."""
+"""OpenAPI 3.1 generated from the route table and its pydantic models (the single definition of payloads).
+
+The document describes the node as it behaves: every status an operation answers (no catch-all `default`),
+errors in the SPEC §9 shape, the content types each body may have, and path parameters as a client must send
+them. It is checked against the running node by a schemathesis run in the test suite."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from node import __version__
+from node.errors import STATUS_OF
 from node.web import RouteDoc
 
 ERROR_SCHEMA = {
     "type": "object",
+    "description": "SPEC §9: every error on the API has this shape",
     "required": ["error"],
+    "additionalProperties": False,
     "properties": {
         "error": {
             "type": "object",
             "required": ["code", "message", "request_id"],
+            "additionalProperties": False,
             "properties": {
-                "code": {"type": "string"},
+                "code": {"enum": sorted(STATUS_OF)},
                 "message": {"type": "string"},
-                "request_id": {"type": ["string", "null"]},
-                "details": {},
+                "request_id": {"type": "string", "description": "also in the X-Request-Id header"},
+                "details": {"description": "INVALID_INPUT: a list naming each bad field or row; "
+                                           "PEER_UNREACHABLE / PEER_TIMEOUT: the hop that failed"},
             },
         }
     },
+}
+
+# What each error status means here (the codes of SPEC §9 that travel with it).
+ERRORS: dict[int, str] = {
+    400: "INVALID_INPUT (details name each bad field or row) or UNDECRYPTABLE",
+    401: "UNAUTHENTICATED: no bearer token, or not a valid one (or a peer's SIGNATURE_INVALID, CLOCK_SKEW, REPLAY)",
+    403: "FORBIDDEN (the caller's role or department may not do this), GRANT_REQUIRED, FIELD_NOT_GRANTED, "
+         "SHARE_FORBIDDEN, REVOKED, NOT_NEIGHBOUR",
+    404: "NOT_FOUND, or NODE_UNKNOWN (no node of the federation holds it)",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT with the current state",
+    413: "TOO_LARGE: the body is over the node's limit",
+    415: "UNSUPPORTED_MEDIA_TYPE: the body's content type is not one of those listed",
+    422: "KIND_UNSUPPORTED: the node holding it does not serve this kind of call",
+    429: "RATE_LIMITED",
+    502: "PEER_UNREACHABLE (details name the hop that failed)",
+    503: "UNAVAILABLE: the node cannot make the call durable right now (database busy or down), or has not "
+         "joined a federation yet; try again later",
+    504: "PEER_TIMEOUT (details name the hop that failed)",
+}
+
+# A call routed through the federation answers with the providing node's error when it refuses.
+ROUTED = (400, 403, 404, 409, 422, 429, 502, 504)
+
+# Path parameters whose aiohttp regex is not what a client should be told.
+PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "code": {
+        "description": "resource code 分类码/顺序码, e.g. 101001/370321000001; the slash may be sent as it is or "
+                       "percent-encoded (101001%2F370321000001)",
+        "schema": {"type": "string", "pattern": "^[0-9]{6,9}/[0-9]{7,18}$"},
+    },
+}
+
+WRITING = frozenset({"post", "put", "delete", "patch"})
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "Carries the request out at most once per caller and key (kept 24 h): a retry with the same key "
+                   "gets the first answer again, marked `Idempotent-Replayed: true`. A key names one request (method, "
+                   "path and query); used for another it is refused with 409. A refused request does not use up "
+                   "its key.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+}
+
+UPLOADS: dict[str, dict[str, Any]] = {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "string", "format": "binary", "description": "one CSV (.csv) or XLSX (.xlsx) file"}}}},
 }
 
 
@@ -42,16 +98,9 @@ def build_openapi(docs: list[RouteDoc], title: str = "govnode department API") -
     schemas["Error"] = ERROR_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
     for d in docs:
-        op: dict[str, Any] = {
-            "operationId": d.name,
-            "summary": d.summary,
-            "tags": list(d.tags),
-            "responses": {
-                "default": {"description": "an error (SPEC §9)",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-            },
-        }
-        if d.path.startswith("/api/"):
+        op: dict[str, Any] = {"operationId": d.name, "summary": d.summary, "tags": list(d.tags)}
+        authenticated = d.path.startswith("/api/") and d.path != "/api/v1/openapi.json"
+        if authenticated:
             op["security"] = [{"bearer": []}]
         if d.roles:
             op["description"] = "Roles: " + ", ".join(d.roles)
@@ -60,21 +109,30 @@ def build_openapi(docs: list[RouteDoc], title: str = "govnode department API") -
             qs = d.query.model_json_schema()
             for name, prop in qs.get("properties", {}).items():
                 params.append({"name": name, "in": "query", "required": name in qs.get("required", []),
-                               "schema": prop})
+                               "schema": _query_schema(prop)})
+        if authenticated and d.method in WRITING:
+            params.append(IDEMPOTENCY_KEY)
         if params:
             op["parameters"] = params
+        content: dict[str, Any] = {}
         if d.body is not None:
-            content = {"application/json": {"schema": keyed[(d.body, "validation")]}}
-            for ct in d.content_types:
-                content[ct] = {"schema": {"type": "string", "format": "binary"}}
-            op["requestBody"] = {"required": True, "content": content}
-        elif d.content_types:
-            op["requestBody"] = {"required": True, "content": {
-                ct: {"schema": {"type": "string", "format": "binary"}} for ct in d.content_types}}
+            content["application/json"] = {"schema": keyed[(d.body, "validation")]}
+        for ct in d.content_types:
+            content[ct] = UPLOADS.get(ct, {"schema": {"type": "string", "format": "binary"}})
+        if content:
+            op["requestBody"] = {"required": not d.body_optional, "content": content}
         ok: dict[str, Any] = {"description": "success"}
         if d.response is not None:
-            ok["content"] = {"application/json": {"schema": keyed[(d.response, "validation")]}}
-        op["responses"]["200"] = ok
+            ok["content"] = {d.answers: {"schema": keyed[(d.response, "validation")]}}
+        else:
+            ok["content"] = {d.answers: {"schema": {"type": "object" if d.answers == "application/json" else "string"}}}
+        responses: dict[str, Any] = {str(d.status): ok}
+        for status in d.also:
+            responses[str(status)] = {**ok, "description": "answered with the same body"}
+        for status in sorted(_error_statuses(d, authenticated, bool(content))):
+            responses[str(status)] = {"description": ERRORS[status], "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        op["responses"] = responses
         paths.setdefault(_oas_path(d.path), {})[d.method] = op
     return {
         "openapi": "3.1.0",
@@ -85,6 +143,43 @@ def build_openapi(docs: list[RouteDoc], title: str = "govnode department API") -
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _error_statuses(d: RouteDoc, authenticated: bool, has_body: bool) -> set[int]:
+    """The error statuses an operation answers: those that follow from its shape, plus the route's own."""
+    out = set(d.errors)
+    if authenticated:
+        out |= {401, 503}  # 503: the audit record of the call could not be made durable
+    if d.roles:
+        out.add(403)
+    if authenticated and d.method in WRITING:
+        out |= {400, 409}  # a malformed Idempotency-Key; one used for another request, or still in flight
+    if _variables(d.path):
+        out.add(404)
+    if d.query is not None or has_body:
+        out.add(400)
+    if has_body:
+        out.add(413)
+    if d.content_types:
+        out.add(415)
+    out.discard(d.status)
+    return out
+
+
+def _query_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is present or absent, never null: drop the null branch pydantic adds for Optional."""
+    prop = copy.deepcopy(prop)
+    branches = prop.get("anyOf")
+    if branches:
+        rest = [b for b in branches if b != {"type": "null"}]
+        if len(rest) == 1:
+            del prop["anyOf"]
+            prop = {**rest[0], **prop}
+        else:
+            prop["anyOf"] = rest
+    if prop.get("default", 0) is None:
+        del prop["default"]
+    return prop
 
 
 def _variables(path: str) -> list[tuple[int, int, str, str | None]]:
@@ -108,10 +203,12 @@ def _variables(path: str) -> list[tuple[int, int, str, str | None]]:
 def _path_params(path: str) -> list[dict[str, Any]]:
     params = []
     for _, _, name, regex in _variables(path):
-        schema: dict[str, Any] = {"type": "string"}
-        if regex:
-            schema["pattern"] = f"^{regex}$"
-        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+        param: dict[str, Any] = {"name": name, "in": "path", "required": True}
+        if name in PATH_PARAMS:
+            param.update(copy.deepcopy(PATH_PARAMS[name]))
+        else:
+            param["schema"] = {"type": "string", **({"pattern": f"^{regex}$"} if regex else {})}
+        params.append(param)
     return params
 
 

@@ -16,7 +16,7 @@ from node.federation.http import FEDERATION
 from node.ops.http import STATS_SECTIONS
 from node.quality.checks import CheckService
 from node.quality.models import (Check, CheckCreate, CheckList, Feedback, FeedbackAction, FeedbackCreate,
-                                 FeedbackPage, FeedbackQuery)
+                                 FeedbackPage, FeedbackQuery, FeedbackRejection)
 from node.quality.service import FeedbackService
 from node.sharing.http import SHARING
 from node.subscriptions.http import SUBSCRIPTIONS
@@ -32,7 +32,7 @@ ID = r"{id:[0-9A-HJKMNP-TV-Z]{26}}"
 @routes.post("/api/v1/feedback", name="feedback.submit",
              summary="Report a suspected data error; it is routed to the node holding the resource and answered by "
                      "its providing department within 10 working days",
-             body=FeedbackCreate, response=Feedback, roles=("dept",), tags=TAGS)
+             body=FeedbackCreate, response=Feedback, roles=("dept",), status=201, errors=(404,), tags=TAGS)
 async def submit(request: web.Request) -> web.Response:
     acct = account(request, "dept")
     body = await read_model(request, FeedbackCreate, json_limit(request))
@@ -64,8 +64,11 @@ async def get_feedback(request: web.Request) -> web.Response:
 
 async def _act(request: web.Request, action: str) -> web.Response:
     acct = account(request)
-    raw = await read_body(request, json_limit(request))
-    reason = parse_model(FeedbackAction, raw).reason if raw.strip() else ""
+    if action == "reject":  # a rejection needs its reason: the body is required
+        reason = (await read_model(request, FeedbackRejection, json_limit(request))).reason
+    else:
+        raw = await read_body(request, json_limit(request))
+        reason = parse_model(FeedbackAction, raw).reason if raw.strip() else ""
     doc = await request.app[FEEDBACK].act(acct, request.match_info["id"], action, reason)
     note(request, resource=doc["resource"], feedback=doc["id"], action=action)
     return json_response(doc)
@@ -73,28 +76,28 @@ async def _act(request: web.Request, action: str) -> web.Response:
 
 @routes.post(f"/api/v1/feedback/{ID}/confirm", name="feedback.confirm",
              summary="The providing department confirms the error (a correction follows); body optional: {reason}",
-             body=FeedbackAction, response=Feedback, roles=("dept",), tags=TAGS)
+             body=FeedbackAction, response=Feedback, roles=("dept",), body_optional=True, errors=(409,), tags=TAGS)
 async def confirm(request: web.Request) -> web.Response:
     return await _act(request, "confirm")
 
 
 @routes.post(f"/api/v1/feedback/{ID}/correct", name="feedback.correct",
              summary="The providing department has corrected the record; body optional: {reason}",
-             body=FeedbackAction, response=Feedback, roles=("dept",), tags=TAGS)
+             body=FeedbackAction, response=Feedback, roles=("dept",), body_optional=True, errors=(409,), tags=TAGS)
 async def correct(request: web.Request) -> web.Response:
     return await _act(request, "correct")
 
 
 @routes.post(f"/api/v1/feedback/{ID}/reject", name="feedback.reject",
              summary="The providing department rejects the feedback (the value is right), with its reason",
-             body=FeedbackAction, response=Feedback, roles=("dept",), tags=TAGS)
+             body=FeedbackRejection, response=Feedback, roles=("dept",), errors=(409,), tags=TAGS)
 async def reject(request: web.Request) -> web.Response:
     return await _act(request, "reject")
 
 
 @routes.post("/api/v1/checks", name="checks.create",
              summary="Declare a multi-source check (多元校核) of two resources by their key and run it",
-             body=CheckCreate, response=Check, roles=("operator",), tags=TAGS)
+             body=CheckCreate, response=Check, roles=("operator",), status=201, errors=(404,), tags=TAGS)
 async def create_check(request: web.Request) -> web.Response:
     acct = account(request, "operator")
     body = await read_model(request, CheckCreate, json_limit(request))
@@ -118,7 +121,7 @@ async def get_check(request: web.Request) -> web.Response:
 
 
 @routes.post(f"/api/v1/checks/{ID}/run", name="checks.run", summary="Run a check again", response=Check,
-             roles=("operator",), tags=TAGS)
+             roles=("operator",), status=202, errors=(409,), tags=TAGS)
 async def run_check(request: web.Request) -> web.Response:
     acct = account(request, "operator")
     return json_response(await request.app[CHECKS].run(acct, request.match_info["id"]), status=202)

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
-from node.catalog.models import FIELD
-from node.ids import DEPT_CODE, RESOURCE_CODE
+from node.fields import FieldName, NonBlank, ResourceCode
+from node.ids import DEPT_CODE
 
 FeedbackStatus = Literal["open", "confirmed", "corrected", "rejected"]
 OPEN_FEEDBACK = ("open", "confirmed")  # the provider still owes the reporter a correction or a reason
@@ -18,44 +18,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _resource(v: str) -> str:
-    if not RESOURCE_CODE.match(v):
-        raise ValueError("must be a resource code 分类码/顺序码")
-    return v
-
-
 class FeedbackCreate(_Strict):
     """A suspected data error (数据纠错): which record, which items, what is wrong. Filed at the reporter's own node,
     routed to the node holding the resource, answered by its providing department."""
 
-    resource: str
+    resource: ResourceCode
     key: StrictStr | StrictInt | None = Field(None, description="the key of the record found wrong")
-    fields: list[str] = Field(min_length=1, max_length=100, description="the items whose values look wrong")
-    description: str = Field(min_length=1, max_length=2000, description="what is wrong, and how it was found")
+    fields: list[FieldName] = Field(min_length=1, max_length=100, description="the items whose values look wrong")
+    description: NonBlank = Field(max_length=2000, description="what is wrong, and how it was found")
     expected: dict[str, StrictStr | StrictInt | bool | None] | None = Field(
         None, description="the values the reporter believes right, per item (optional)")
-
-    @field_validator("resource")
-    @classmethod
-    def _res(cls, v: str) -> str:
-        return _resource(v)
 
     @field_validator("fields")
     @classmethod
     def _fields(cls, v: list[str]) -> list[str]:
-        for f in v:
-            if not FIELD.match(f):
-                raise ValueError(f"{f!r} is not a field name")
         if len(set(v)) != len(v):
             raise ValueError("fields must not repeat")
         return v
-
-    @field_validator("description")
-    @classmethod
-    def _text(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v.strip()
 
     @model_validator(mode="after")
     def _expected(self) -> "FeedbackCreate":
@@ -65,10 +44,16 @@ class FeedbackCreate(_Strict):
 
 
 class FeedbackAction(_Strict):
-    """The providing department's answer: confirm (the value is wrong, a correction follows), corrected (the
-    record was corrected), or reject (the value is right) with its reason."""
+    """The providing department's answer: confirm (the value is wrong, a correction follows) or corrected (the
+    record was corrected), with an optional note."""
 
     reason: str = Field("", max_length=2000)
+
+
+class FeedbackRejection(_Strict):
+    """The providing department rejects the feedback: the value is right, and the reason says why."""
+
+    reason: NonBlank = Field(max_length=2000)
 
 
 class FeedbackQuery(_Strict):
@@ -132,15 +117,8 @@ class SubmittedFeedback(_Strict):
 # Multi-source checks ------------------------------------------------------------------------------------
 
 class FieldPair(_Strict):
-    left: str
-    right: str
-
-    @field_validator("left", "right")
-    @classmethod
-    def _field(cls, v: str) -> str:
-        if not FIELD.match(v):
-            raise ValueError(f"{v!r} is not a field name")
-        return v
+    left: FieldName
+    right: FieldName
 
 
 class CheckCreate(_Strict):
@@ -154,32 +132,13 @@ class CheckCreate(_Strict):
     Calls are made for `dept` (a department of this node, whose grants apply; default the operator)."""
 
     name: str = Field(min_length=1, max_length=200)
-    left: str
-    right: str
-    fields: list[FieldPair | str] = Field(min_length=1, max_length=50)
-    dept: str | None = Field(None, description="the department of this node the calls are made for")
+    left: ResourceCode
+    right: ResourceCode
+    fields: list[FieldPair | FieldName] = Field(min_length=1, max_length=50)
+    dept: str | None = Field(None, pattern=DEPT_CODE.pattern,
+                             description="the department of this node the calls are made for")
     batch_size: int = Field(500, ge=1, le=5000)
     samples: int = Field(5, ge=0, le=100, description="disagreeing keys shown per item (masked)")
-
-    @field_validator("left", "right")
-    @classmethod
-    def _res(cls, v: str) -> str:
-        return _resource(v)
-
-    @field_validator("fields")
-    @classmethod
-    def _pairs(cls, v: list[FieldPair | str]) -> list[FieldPair | str]:
-        for f in v:
-            if isinstance(f, str) and not FIELD.match(f):
-                raise ValueError(f"{f!r} is not a field name")
-        return v
-
-    @field_validator("dept")
-    @classmethod
-    def _dept(cls, v: str | None) -> str | None:
-        if v is not None and not DEPT_CODE.match(v):
-            raise ValueError("must be a department code of this node")
-        return v
 
     @model_validator(mode="after")
     def _distinct(self) -> "CheckCreate":

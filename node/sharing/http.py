@@ -16,6 +16,7 @@ from node.data.http import DATA
 from node.sharing.models import (CompareParams, CompareResult, QueryParams, QueryResult, Requester, VerifyParams,
                                  VerifyResult)
 from node.federation.http import FEDERATION
+from node.ops.openapi import ROUTED
 from node.sharing import remote
 from node.sharing.service import SharingService
 from node.web import CODE, ApiRoutes, json_response, read_model
@@ -37,21 +38,21 @@ async def _call(request: web.Request, op: str, model: type[BaseModel], limit: in
 
 @routes.post(f"/api/v1/resources/{CODE}/query", name="sharing.query",
              summary="Records by key or by field values; sensitive items masked unless granted",
-             body=QueryParams, response=QueryResult, tags=TAGS)
+             body=QueryParams, response=QueryResult, errors=ROUTED, tags=TAGS)
 async def query(request: web.Request) -> web.Response:
     return await _call(request, "query", QueryParams, json_limit(request))
 
 
 @routes.post(f"/api/v1/resources/{CODE}/verify", name="sharing.verify",
              summary="Does the record with this key hold these values? (match flags only)",
-             body=VerifyParams, response=VerifyResult, tags=TAGS)
+             body=VerifyParams, response=VerifyResult, errors=ROUTED, tags=TAGS)
 async def verify(request: web.Request) -> web.Response:
     return await _call(request, "verify", VerifyParams, json_limit(request))
 
 
 @routes.post(f"/api/v1/resources/{CODE}/compare", name="sharing.compare",
              summary="Batch comparison: per submitted key, found and per-field match (set-based)",
-             body=CompareParams, response=CompareResult, tags=TAGS)
+             body=CompareParams, response=CompareResult, errors=ROUTED, tags=TAGS)
 async def compare(request: web.Request) -> web.Response:
     limits = request.app[CONFIG].limits
     # A comparison carries many rows: allow ~256 bytes a row up to limits.compare_max_keys.

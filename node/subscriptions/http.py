@@ -15,6 +15,7 @@ from node.data.http import DATA
 from node.exchange.http import SEALER
 from node.federation.http import FEDERATION
 from node.ops.metrics import METRICS
+from node.ops.openapi import ROUTED
 from node.sharing.http import SHARING
 from node.subscriptions.models import SubscriptionCreate, SubscriptionList, SubscriptionView
 from node.subscriptions.service import SubscriptionService
@@ -29,7 +30,8 @@ ID = r"{id:[0-9A-HJKMNP-TV-Z]{26}}"
 @routes.post("/api/v1/subscriptions", name="subscriptions.create",
              summary="Subscribe the caller's department to a resource's changes: a local replica fed through the "
                      "federation (数据回流) or a signed webhook; needs a grant that includes subscribe",
-             body=SubscriptionCreate, response=SubscriptionView, roles=("dept",), tags=TAGS)
+             body=SubscriptionCreate, response=SubscriptionView, roles=("dept",), status=201, errors=ROUTED,
+             tags=TAGS)
 async def create(request: web.Request) -> web.Response:
     acct = account(request, "dept")
     body = await read_model(request, SubscriptionCreate, json_limit(request))

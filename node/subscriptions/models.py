@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from node.ids import RESOURCE_CODE
+from node.fields import ResourceCode
 
 MAX_WAIT_MS = 15_000
 
@@ -24,23 +24,10 @@ class SubscriptionCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    resource: str
+    resource: ResourceCode
     mode: Literal["replica", "webhook"]
-    url: str | None = Field(None, max_length=2000, description="the webhook's http(s) URL (webhook mode)")
-
-    @field_validator("resource")
-    @classmethod
-    def _resource(cls, v: str) -> str:
-        if not RESOURCE_CODE.match(v):
-            raise ValueError("must be a resource code 分类码/顺序码")
-        return v
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and (not v.startswith(("http://", "https://")) or any(c.isspace() for c in v)):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
+    url: str | None = Field(None, max_length=2000, pattern=r"^https?://\S+$",
+                            description="the webhook's http(s) URL (webhook mode)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SubscriptionCreate":

@@ -42,6 +42,7 @@ import aiohttp
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from node import tls
 from node.accounts.service import Account
 from node.catalog.service import CatalogService
 from node.data import store as data_store
@@ -65,6 +66,7 @@ log = logging.getLogger("govnode.subscriptions")
 POLL_WAIT_MS = 10_000       # a subscriber's long poll
 PAGE = 1000
 WEBHOOK_TIMEOUT_S = 10.0
+WEBHOOK_ANSWER_BYTES = 64 * 1024
 MAX_BACKOFF_S = 30.0
 SUSPENDED_RETRY_S = 60.0
 # Refusals by the grant rules: the subscription is suspended (retried slowly, a new grant may come).
@@ -148,7 +150,7 @@ class SubscriptionService:
         self.sharing.router = self._route
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
+        self._session = tls.client_session(self.federation.config, timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
         async with self.engine.connect() as conn:
             rows = await store.active(conn)
         for row in rows:
@@ -303,6 +305,9 @@ class SubscriptionService:
     async def create(self, acct: Account, body: SubscriptionCreate) -> dict[str, Any]:
         if acct.role != "dept":
             raise Forbidden("a department subscribes (its grant is what allows it)")
+        refusal = tls.plain_http_refusal(body.url, self.federation.config.insecure_http) if body.url else None
+        if refusal is not None:
+            raise InvalidInput(refusal, [{"field": "url", "error": "plain HTTP off loopback"}])
         entry = await self.catalog.get(body.resource)
         requester = Requester(node=acct.node, dept=acct.dept)
         own = entry["node"] == self.node_id and entry["provider"]["dept"] == acct.dept
@@ -501,7 +506,9 @@ class SubscriptionService:
                        "X-GovNode-Signature": f"t={ts},v1={signature(secret, ts, body)}"}
             try:
                 async with self._session.post(sub.url, data=body, headers=headers) as resp:
-                    await resp.read()
+                    # Only the status matters: the subscriber's answer is read no further than this, since aiohttp
+                    # inflates a gzip answer as it is read and it could unpack to anything.
+                    await resp.content.read(WEBHOOK_ANSWER_BYTES)
                     ok = 200 <= resp.status < 300
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
