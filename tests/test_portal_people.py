@@ -267,6 +267,15 @@ async def test_forms_without_the_sessions_token_are_refused_and_audited(county_s
         ("portal.password.post", "zhangsan", "missing"), ("portal.password.post", "zhangsan", "wrong"),
         ("portal.logout", "zhangsan", "missing"), ("portal.login.post", None, "wrong")]
 
+    # Every form of the portal, sent anything but a form (here 10,000 levels of JSON), is that same refusal.
+    posts = {r.resource.canonical for r in node.app.router.routes()
+             if r.method == "POST" and r.resource.canonical.startswith("/portal/")}
+    assert {"/portal/login", "/portal/password", "/portal/logout"} <= posts
+    for path in sorted(posts):
+        response = await page.page.request.post(node.url + path, data=b"[" * 10_000 + b"]" * 10_000,
+                                                headers={"Content-Type": "application/json"}, max_redirects=0)
+        assert response.status == 403 and "表单校验码" in await response.text(), path
+
 
 # Sessions ------------------------------------------------------------------------------------------------
 
