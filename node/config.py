@@ -81,6 +81,10 @@ class DatabaseConfig(_Strict):
     url: str = Field(description="SQLAlchemy URL: sqlite+aiosqlite:///… (default) or postgresql+asyncpg://…")
     schema_: str | None = Field(default=None, alias="schema", description="PostgreSQL schema (search_path)")
     pool_size: int = Field(default=10, ge=1, le=200)
+    # Bounds of every wait for PostgreSQL (README, Configuration, says why these defaults).
+    connect_timeout_s: float = Field(default=5.0, ge=0.1, le=300, description="longest wait to open a connection")
+    statement_timeout_s: float = Field(default=10.0, ge=0.1, le=3600,
+                                       description="longest wait for a statement's answer or a pooled connection")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -7,6 +7,8 @@ The tables themselves are declared in each capability's `store` module on `metad
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import traceback
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -78,10 +80,47 @@ def make_engine(db: DatabaseConfig, synchronous: str = "FULL") -> AsyncEngine:
                                      pool_timeout=60)
         _sqlite_connection_setup(engine.sync_engine, synchronous)
         return engine
-    connect_args = {}
+    # Every wait for PostgreSQL is bounded on the client, where a stalled server (or a lost route) cannot
+    # hold it: asyncpg's `timeout` bounds opening a connection (its default is 60 s), its `command_timeout`
+    # every statement, commit, rollback and close (no default: measured behind a proxy that accepts and
+    # never answers, a statement waited as long as the stall lasted, and `dispose()` for ever), and
+    # `pool_timeout` the wait for a pooled connection. TCP keepalive would not do: the stalled peer's kernel
+    # still acknowledges, so the connection looks alive.
+    connect_args: dict[str, Any] = {"timeout": db.connect_timeout_s, "command_timeout": db.statement_timeout_s}
     if db.schema_:
         connect_args["server_settings"] = {"search_path": db.schema_}
-    return create_async_engine(db.url, pool_size=db.pool_size, max_overflow=db.pool_size, connect_args=connect_args)
+    engine = create_async_engine(db.url, pool_size=db.pool_size, max_overflow=db.pool_size,
+                                 pool_timeout=db.statement_timeout_s, connect_args=connect_args)
+    _drop_dead_connections(engine.sync_engine)
+    _pg_connect_args[engine.sync_engine] = connect_args
+    return engine
+
+
+# The connection arguments of the PostgreSQL engines made here, so that migrations can open a connection
+# of their own without the statement bound (`upgrade`).
+_pg_connect_args: "weakref.WeakKeyDictionary[sa.Engine, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _drop_dead_connections(sync_engine: sa.Engine) -> None:
+    """A pooled PostgreSQL connection that the server closed, or that timed out, is replaced, not reused."""
+
+    @event.listens_for(sync_engine, "checkout")
+    def _closed(dbapi_conn, _record, _proxy):  # noqa: ANN001
+        # asyncpg knows without a round trip that the server closed a connection (a restart, a cut): draw
+        # another instead of failing the call. `pool_pre_ping` would find it too, at three round trips per
+        # checkout (BEGIN, an empty statement, ROLLBACK), and in a stall its ping waits like any statement.
+        if dbapi_conn.driver_connection.is_closed():
+            raise sa.exc.DisconnectionError("the server closed this connection")
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _timed_out(ctx):  # noqa: ANN001
+        # After a command timeout asyncpg waits for the server to confirm the cancel, which a stalled server
+        # never does, and SQLAlchemy then spent 2 s trying to close the connection politely (a 3 s bound
+        # answered after 5.0 s). Abort it at once; the pool opens a fresh one.
+        if isinstance(ctx.original_exception, TimeoutError) and ctx.connection is not None and not ctx.is_pre_ping:
+            if not ctx.connection.invalidated:
+                ctx.connection.connection.driver_connection.terminate()
+            ctx.is_disconnect = True
 
 
 def sqlite_writer_twin(engine: AsyncEngine) -> sa.Engine | None:
@@ -122,10 +161,19 @@ async def upgrade(engine: AsyncEngine, schema: str | None = None) -> None:
 
 
 async def _upgrade_now(engine: AsyncEngine, schema: str | None) -> None:
-    async with engine.begin() as conn:
-        if schema and conn.dialect.name == "postgresql":
-            await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.run_sync(_upgrade)
+    # Migrations on PostgreSQL run on a connection of their own without the statement bound: rebuilding an
+    # index of a big table may take minutes, and nothing is served until they are done.
+    args = _pg_connect_args.get(engine.sync_engine)
+    migrator = engine if args is None else create_async_engine(
+        engine.url, poolclass=sa.NullPool, connect_args={**args, "command_timeout": None})
+    try:
+        async with migrator.begin() as conn:
+            if schema and conn.dialect.name == "postgresql":
+                await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.run_sync(_upgrade)
+    finally:
+        if migrator is not engine:
+            await migrator.dispose()
 
 
 # SQLite has one writer per file. Left to SQLite, writers of the same node wait for each other in its busy
@@ -216,7 +264,11 @@ async def write_tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
                     if call is not None:
                         await conn.run_sync(call.end)
             finally:
-                conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
+                # A connection dropped on the way (a statement timed out, the server went away) has nothing to
+                # clear, and asking it would reconnect outside SQLAlchemy's greenlet, raising MissingGreenlet in
+                # place of the error that says the database is unavailable.
+                if not conn.invalidated:
+                    conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
     if call is not None:
         call.committed()
 
@@ -283,3 +335,52 @@ def insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list[
         return
     conn.execute(on_conflict_statement(conn.dialect.name, table, "ignore", lambda ins: ins.on_conflict_do_nothing()),
                  rows)
+
+
+# SQLite's result codes (the primary code, the low byte) that say the file cannot be used now: busy or
+# locked (by another process, after the busy timeout), cannot be opened, I/O error, disk full.
+_SQLITE_UNAVAILABLE = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
+                       sqlite3.SQLITE_FULL}
+# PostgreSQL's error classes that say the server cannot serve now: 08 connection exception, 53 insufficient
+# resources (too many connections, disk full), 57 operator intervention (shutting down, starting up, a
+# statement cancelled), 58 system error (I/O).
+_PG_UNAVAILABLE = ("08", "53", "57", "58")
+_DRIVERS = ("sqlalchemy", "asyncpg", "aiosqlite")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says that the database could not be reached or did not answer within its bounds (a
+    connect, a statement, a pooled connection, SQLite's lock), rather than that something is wrong with what
+    was asked of it."""
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
+    sqlstate = getattr(exc, "sqlstate", None)  # asyncpg's errors, also as SQLAlchemy's adapter wraps them
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _PG_UNAVAILABLE
+    if isinstance(exc, (TimeoutError, OSError)):
+        # asyncpg lets these through unwrapped (a connect or command timeout, a refused or reset connection);
+        # the same types from anything else (a file, a peer) are not the database's.
+        return any(frame.f_globals.get("__name__", "").startswith(_DRIVERS)
+                   for frame, _ in traceback.walk_tb(exc.__traceback__))
+    return False
+
+
+def probe_timeout(engine: AsyncEngine) -> float:
+    """How long a check that the database answers may take at most: one connect and one statement on
+    PostgreSQL, SQLite's busy timeout on SQLite."""
+    args = _pg_connect_args.get(engine.sync_engine)
+    return WRITE_QUEUE_TIMEOUT_S if args is None else args["timeout"] + args["command_timeout"]
+
+
+def unavailable_error(exc: BaseException) -> ApiError | None:
+    """The answer to a call that failed because the database is unavailable (503 UNAVAILABLE, saying no more:
+    no statement, no trace), or None when `exc` is something else."""
+    if not database_unavailable(exc):
+        return None
+    return ApiError("the database is unreachable or did not answer in time; try again later", code="UNAVAILABLE")

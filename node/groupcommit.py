@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from node.db import queued_write, sqlite_writer_twin, write_tx
+from node.db import database_unavailable, queued_write, sqlite_writer_twin, write_tx
 from node.errors import ApiError
 
 log = logging.getLogger("govnode.groupcommit")
@@ -152,12 +152,20 @@ class GroupCommitter:
             else:
                 async with write_tx(self.engine) as conn:
                     await conn.run_sync(self._apply, batch)
-        except Exception:  # noqa: BLE001 - every waiter learns that its item is not durable
-            log.exception("%s: a batch of %d could not be committed", self.name, len(batch))
+        except Exception as exc:  # noqa: BLE001 - every waiter learns that its item is not durable
+            # A batch waits no longer than the database's bounds (a busy SQLite file, a stalled PostgreSQL);
+            # the connection it failed on is dropped (`_commit_in_thread`, or the pool's invalidation).
+            down = database_unavailable(exc)
+            if down:  # a cut or a stall: one line a batch, not a trace
+                log.warning("%s: a batch of %d could not be committed: the database is unavailable (%s)",
+                            self.name, len(batch), type(exc).__name__)
+            else:
+                log.exception("%s: a batch of %d could not be committed", self.name, len(batch))
             self.stats.failures += 1
+            why = "; the database is unreachable or did not answer in time" if down else ""
             for _, _, fut, _ in batch:
                 if not fut.done():
-                    fut.set_exception(ApiError(f"the {self.name} record could not be stored", code="UNAVAILABLE"))
+                    fut.set_exception(ApiError(f"the {self.name} record could not be stored{why}", code="UNAVAILABLE"))
             return
         done = time.perf_counter()
         stats = self.stats

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from node.db import database_unavailable
+
+log = logging.getLogger("govnode.schedule")
 
 # A job never overlaps itself, and beats missed while the node was busy collapse into one run. A beat more
 # than APScheduler's grace time (1 s) late is skipped with a warning: on an overloaded node that sheds
@@ -56,6 +61,13 @@ class PeriodicJobs:
             # next start; without this, APScheduler logs every such run as a job that "raised an exception".
             if not self._stopping:
                 raise
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            # The database is down or stalled (every wait for it is bounded, so the run ended): the next beat
+            # tries again. One line, not APScheduler's trace for every beat of every job.
+            log.warning("%s: the database is unavailable (%s); trying again on schedule",
+                        getattr(job, "__qualname__", "a periodic job"), type(exc).__name__)
 
     def stop(self) -> None:
         if self._scheduler is not None:

@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from federation.nesting import NestingError, check_nesting
+from node.db import unavailable_error
 from node.errors import ApiError, InvalidInput, TooLarge
 from node.ids import new_id
 
@@ -299,9 +300,14 @@ def make_error_middleware(observers: list[Observer], pages: dict[str, ErrorPage]
             resp, outcome = answer(err, rid), err.code
             if "Allow" in exc.headers:  # a 405 says which methods the path takes
                 resp.headers["Allow"] = exc.headers["Allow"]
-        except Exception:  # noqa: BLE001 - the one place an unexpected failure becomes an answer
-            log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
-            err = ApiError("internal error; quote the request id to the operator", code="INTERNAL")
+        except Exception as exc:  # noqa: BLE001 - the one place an unexpected failure becomes an answer
+            err = unavailable_error(exc)  # the database is down or stalled: 503, not a failure of this node's
+            if err is None:
+                log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
+                err = ApiError("internal error; quote the request id to the operator", code="INTERNAL")
+            else:
+                log.warning("database unavailable: %s", type(exc).__name__,
+                            extra={"request_id": rid, "path": request.path})
             resp, outcome = answer(err, rid), err.code
         elapsed = time.perf_counter() - started
         for observe in observers:

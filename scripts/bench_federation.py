@@ -1,7 +1,7 @@
 """Benchmark (not a test): verify from a county at the province (two relays: county → city → province)
 against verify at the province directly, with the same load generator in the same run.
 
-    python scripts/bench_federation.py [--records 10000] [--seconds 8] [--rounds 3] [--concurrency 32]
+    python scripts/bench_federation.py [--records 10000] [--seconds 8] [--rounds 3] [--concurrency 32] [--no-https]
 
 Target (issue 3): cross-level p50 ≤ 3 × direct p50, judged on the latency run (one request at a
 time: the path's own cost; direct and routed alternate for --rounds rounds and the median of the rounds'
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import (LoadResult, NodeProcess, add_dept, cpu_seconds, env_info, free_port,  # noqa: E402
-                      journal_totals, load, merged, start_three_levels, wait_healthy)
+                      journal_totals, load, merged, ssl_context, start_three_levels, wait_healthy)
 
 from federation.envelope import make_envelope, sign_envelope  # noqa: E402
 from federation.signing import generate_signing_key, signed_bytes  # noqa: E402
@@ -171,11 +171,92 @@ def _journal_line(label: str, commits: dict[str, list[tuple[float, float]]]) -> 
         for name, runs in commits.items())
 
 
-def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json") -> dict:
+def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json",
+         cafile: str | None = None) -> dict:
     req = urllib.request.Request(url, data=body, method=method,
                                  headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
-    with urllib.request.urlopen(req, timeout=120) as resp:
+    with urllib.request.urlopen(req, timeout=120, context=ssl_context(cafile)) as resp:
         return json.loads(resp.read())
+
+
+def prepare(province: NodeProcess, county: NodeProcess, records: int) -> tuple[str, list[dict], str, str]:
+    """The province's population resource with `records` people, visible in the county's catalog;
+    returns (code, people, province token, county token)."""
+    rng = random.Random(7)
+    ca = province.cafile
+    ptok = add_dept(province, make_gb32100("11370000MB", 1), "山东省公安厅")
+    ctok = add_dept(county, make_gb32100("11370321MB", 1), "桓台县公安局")
+    entry = http("POST", province.url + "/api/v1/catalog", ptok, json.dumps(ENTRY).encode(), cafile=ca)
+    code = entry["code"]
+    people = []
+    for i in range(records):
+        birth = f"{rng.randint(1950, 2005)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+        people.append({"id_number": make_gb11643("370321", birth, i % 1000), "name": f"居民{i}"})
+    people = list({p["id_number"]: p for p in people}.values())
+    ndjson = "\n".join(json.dumps(p, ensure_ascii=False) for p in people).encode()
+    http("POST", f"{province.url}/api/v1/resources/{code}/records", ptok, ndjson, "application/x-ndjson", cafile=ca)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until the county's catalog holds the entry
+        try:
+            http("GET", f"{county.url}/api/v1/catalog/{code}", ctok, None, cafile=ca)
+            break
+        except urllib.error.HTTPError:
+            time.sleep(0.2)
+    return code, people, ptok, ctok
+
+
+def box_ms(samples: int = 2000) -> tuple[float, float]:
+    """Median cost of sealing and of opening a verify call's body (SPEC §15) with a pair's box key, as the
+    nodes keep it: what end-to-end encryption adds to a routed call is two of each."""
+    from federation import sealed
+
+    a, b = generate_signing_key(), generate_signing_key()
+    box = sealed.Boxes().box(a, "370000", b.key_id, b.verify_key)
+    body = {"resource": "101001/3700000000001", "op": "verify", "requester": {"node": "370321", "dept": "X"},
+            "params": {"key": make_gb11643("370321", "19900101", 1), "fields": {"name": "居民1"}}, "grant": None}
+    seals, opens = [], []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        s = sealed.seal(body, box, to="370000", to_key=b.key_id, from_key=a.key_id)
+        t1 = time.perf_counter()
+        sealed.unseal(s, box)
+        t2 = time.perf_counter()
+        seals.append(t1 - t0)
+        opens.append(t2 - t1)
+    return statistics.median(seals) * 1000, statistics.median(opens) * 1000
+
+
+def https_run(base: Path, nodes: list[NodeProcess], plain: tuple[str, str, list[dict]], records: int,
+              seconds: float, rounds: int) -> None:
+    """Routed verify over HTTPS on every hop (department → county → city → province, certificates from a CA
+    made here) against the same routed verify over plain HTTP, one request at a time, alternating rounds.
+    Both carry sealed bodies (SPEC §15 has no unsealed mode); the cost of sealing is measured beside them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support import LocalCA
+
+    ca = LocalCA(base / "pki")
+    province, _city, county = start_three_levels(base / "tls", nodes, ca)
+    code, people, _ptok, ctok = prepare(province, county, records)
+    bodies = [{"key": p["id_number"], "fields": {"name": p["name"]}} for p in people[:2000]]
+    plain_url, plain_token, plain_bodies = plain
+    runs: dict[str, list[LoadResult]] = {"plain": [], "https": []}
+    for _ in range(rounds):
+        runs["plain"].append(load(plain_url, {"Authorization": f"Bearer {plain_token}"}, plain_bodies, 1, seconds))
+        runs["https"].append(load(f"{county.url}/api/v1/resources/{code}/verify", {"Authorization": f"Bearer {ctok}"},
+                                  bodies, 1, seconds, cafile=str(ca.bundle)))
+    plain_r, tls_r = merged(runs["plain"]), merged(runs["https"])
+    ratio = statistics.median(runs["https"][i].pct(50) / runs["plain"][i].pct(50) for i in range(rounds))
+    seal_ms, open_ms = box_ms()
+    sealing = 2 * seal_ms + 2 * open_ms
+    print(f"-- HTTPS: concurrency 1, {rounds} round(s) of {seconds:g} s, routed verify on two trees")
+    print(plain_r.line("routed, plain HTTP (sealed bodies)"))
+    print(tls_r.line("routed, HTTPS on every hop"))
+    print(f"   HTTPS p50 / plain p50 = {ratio:.2f} (median of the rounds; target ≤ 1.20: "
+          f"{'met' if ratio <= 1.2 else 'MISSED'})")
+    print(f"   one seal {seal_ms:.3f} ms, one open {open_ms:.3f} ms (PyNaCl, measured now); a routed call seals "
+          f"and opens twice each: {sealing:.3f} ms. Against a plain path without sealing "
+          f"({plain_r.pct(50) - sealing:.2f} ms), HTTPS and sealing together: p50 ratio "
+          f"{tls_r.pct(50) / (plain_r.pct(50) - sealing):.2f}")
 
 
 def main() -> int:
@@ -185,32 +266,15 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32, help="concurrency of the throughput run")
     ap.add_argument("--latency-concurrency", type=int, default=1, help="concurrency of the latency run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating direct/routed rounds of the latency run")
+    ap.add_argument("--no-https", action="store_true", help="leave out the HTTPS run (issue 18)")
     args = ap.parse_args()
-    rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="govnode-bench-fed-") as tmp:
         base = Path(tmp)
         nodes: list[NodeProcess] = []
         bare: list[subprocess.Popen] = []
         try:
             province, city, county = start_three_levels(base, nodes)
-            ptok = add_dept(province, make_gb32100("11370000MB", 1), "山东省公安厅")
-            ctok = add_dept(county, make_gb32100("11370321MB", 1), "桓台县公安局")
-            entry = http("POST", province.url + "/api/v1/catalog", ptok, json.dumps(ENTRY).encode())
-            code = entry["code"]
-            people = []
-            for i in range(args.records):
-                birth = f"{rng.randint(1950, 2005)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
-                people.append({"id_number": make_gb11643("370321", birth, i % 1000), "name": f"居民{i}"})
-            people = list({p["id_number"]: p for p in people}.values())
-            ndjson = "\n".join(json.dumps(p, ensure_ascii=False) for p in people).encode()
-            http("POST", f"{province.url}/api/v1/resources/{code}/records", ptok, ndjson, "application/x-ndjson")
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # wait until the county's catalog holds the entry
-                try:
-                    http("GET", f"{county.url}/api/v1/catalog/{code}", ctok, None)
-                    break
-                except urllib.error.HTTPError:
-                    time.sleep(0.2)
+            code, people, ptok, ctok = prepare(province, county, args.records)
             bodies = [{"key": p["id_number"], "fields": {"name": p["name"]}} for p in people[:2000]]
             print(f"govnode federation benchmark: {len(people)} records at the province; {env_info()}; "
                   f"{args.seconds:g} s per run")
@@ -280,6 +344,8 @@ def main() -> int:
                     print(f"   signatures a routed call makes: {ROUTED_SIGNS} × sign {sign_ms:.3f} ms + {ROUTED_VERIFIES} × "
                           f"verify {verify_ms:.3f} ms = {crypto:.2f} ms (PyNaCl, measured now); floor with commits and "
                           f"signatures: p50 ratio {(bare_relayed.pct(50) + waited['routed'] + crypto) / (bare_direct.pct(50) + waited['direct']):.2f}")
+            if not args.no_https:
+                https_run(base, nodes, (cross_url, ctok, bodies), args.records, args.seconds, args.rounds)
         finally:
             for proc in bare:
                 proc.terminate()

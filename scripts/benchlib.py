@@ -50,10 +50,11 @@ class NodeProcess:
     home: Path
     port: int
     proc: subprocess.Popen | None = None
+    cafile: str | None = None  # set for a node serving HTTPS: the CA bundle its certificate chains to
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.cafile else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -66,7 +67,7 @@ class NodeProcess:
         log = open(self.home / "node.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--dir", str(self.home)], cwd=REPO,
                                      stdout=log, stderr=log)
-        wait_healthy(self.url, timeout_s, self.proc)
+        wait_healthy(self.url, timeout_s, self.proc, self.cafile)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -79,7 +80,14 @@ class NodeProcess:
         self.proc = None
 
 
-def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+def ssl_context(cafile: str | None) -> Any:
+    """A client TLS context trusting `cafile` (None: plain HTTP, no context)."""
+    import ssl
+
+    return ssl.create_default_context(cafile=cafile) if cafile else None
+
+
+def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None, cafile: str | None = None) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout_s
@@ -87,7 +95,7 @@ def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the node at {url} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
+            with urllib.request.urlopen(url + "/healthz", timeout=2, context=ssl_context(cafile)) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -96,26 +104,38 @@ def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
     raise RuntimeError(f"{url} did not become healthy within {timeout_s} s")
 
 
-def init_node(home: Path, code: str, name: str, parent: NodeProcess | None = None) -> NodeProcess:
+def init_node(home: Path, code: str, name: str, parent: NodeProcess | None = None, ca: Any = None) -> NodeProcess:
+    """A node home; with `ca` (tests/support.py's LocalCA) the node serves HTTPS with a certificate it issues."""
     port = free_port()
     args = ["init", "--dir", str(home), "--node", code, "--name", name, "--listen", f"127.0.0.1:{port}"]
     if parent is not None:
         args += ["--parent-url", parent.url]
     govnode(*args)
     node = NodeProcess(home, port)
+    if ca is not None:
+        import yaml
+
+        cert, key = ca.issue(code)
+        cfg = home / "config.yaml"
+        doc = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+        doc["tls"] = {"cert": str(cert), "key": str(key), "ca": str(ca.bundle)}
+        doc.pop("endpoint", None)  # the default follows tls: https
+        cfg.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+        node.cafile = str(ca.bundle)
     if parent is not None:
         token = last_line(govnode("invite", code, "--dir", str(parent.home)))
         govnode("join", parent.url, token, "--dir", str(home))
     return node
 
 
-def start_three_levels(base: Path, nodes: list[NodeProcess]) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
-    """山东省 → 淄博市 → 桓台县 as running `govnode run` processes, joined through real invites. Each is
-    appended to `nodes` as soon as it runs, so the caller's cleanup stops whatever was started."""
+def start_three_levels(base: Path, nodes: list[NodeProcess], ca: Any = None) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
+    """山东省 → 淄博市 → 桓台县 as running `govnode run` processes, joined through real invites (over HTTPS
+    with certificates from `ca` when given). Each is appended to `nodes` as soon as it runs, so the caller's
+    cleanup stops whatever was started."""
     started: list[NodeProcess] = []
     parent = None
     for code, name in (("370000", "山东省"), ("370300", "淄博市"), ("370321", "桓台县")):
-        node = init_node(base / code, code, name, parent)
+        node = init_node(base / code, code, name, parent, ca)
         node.start()
         nodes.append(node)
         started.append(node)
@@ -153,12 +173,12 @@ class LoadResult:
 
 
 async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, seconds: float,
-                warmup_s: float) -> dict[str, Any]:
+                warmup_s: float, cafile: str | None = None) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     count = 0
     sent = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=ssl_context(cafile) or True)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()
         measure_from = start + warmup_s
@@ -196,12 +216,13 @@ def _load_process(q: mp.Queue, *args: Any) -> None:
 
 
 def load(url: str, headers: dict[str, str], bodies: list[Any], concurrency: int = 32, seconds: float = 8.0,
-         warmup_s: float = 1.0) -> LoadResult:
-    """POST the bodies round-robin at `url` from a separate process for `seconds` (after a warm-up)."""
+         warmup_s: float = 1.0, cafile: str | None = None) -> LoadResult:
+    """POST the bodies round-robin at `url` from a separate process for `seconds` (after a warm-up); an https
+    `url` is checked against `cafile`."""
     raw = [b if isinstance(b, bytes) else json.dumps(b, ensure_ascii=False).encode() for b in bodies]
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
-    p = ctx.Process(target=_load_process, args=(q, url, headers, raw, concurrency, seconds, warmup_s))
+    p = ctx.Process(target=_load_process, args=(q, url, headers, raw, concurrency, seconds, warmup_s, cafile))
     p.start()
     result = q.get(timeout=seconds + warmup_s + 120)
     p.join(timeout=30)

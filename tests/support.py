@@ -366,12 +366,13 @@ def error_code(body: Any) -> str | None:
 
 
 async def add_child(nodes: dict[str, Any], base: Path, code: str, name: str, parent: str, *,
-                    backend: str = "sqlite", federation: dict | None = None) -> RunningNode:
+                    backend: str = "sqlite", federation: dict | None = None, port: int | None = None,
+                    extra: dict | None = None) -> RunningNode:
     """Invite, join and start one more node under a running parent; adds it to `nodes`."""
     home = base / code
     parent_url = nodes[parent].url
-    config = init_home(home, code, name, parent_url=parent_url, backend=backend,
-                       extra=federation or FAST_FEDERATION)
+    config = init_home(home, code, name, port=port, parent_url=parent_url, backend=backend,
+                       extra={**(federation or FAST_FEDERATION), **(extra or {})})
     rc, out, err = await run_cli_full_async(["invite", code, "--dir", str(nodes[parent].config.home)])
     assert rc == 0, err
     token = out.strip().splitlines()[-1]
@@ -584,3 +585,19 @@ class LocalCA:
         key_path.write_bytes(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()))
         key_path.chmod(0o600)
         return cert_path, key_path
+
+
+@contextlib.asynccontextmanager
+async def police_node(home: Path, backend: str = "sqlite", extra: dict | None = None):
+    """One county node (370321 桓台县) with settings of the test's own (`extra`) and its police department
+    (`tokens["police"]`); stopped, and its PostgreSQL schema dropped, afterwards."""
+    config = init_home(home, "370321", "桓台县", backend=backend, extra=extra)
+    token = await add_dept_async(config.home, POLICE, "桓台县公安局")  # off the loop: it may serve a proxy
+    running = await start_node(config)
+    running.tokens["police"] = token
+    try:
+        yield running
+    finally:
+        await running.stop()
+        if config.database.schema_:
+            await drop_pg_schema(config.database.schema_)

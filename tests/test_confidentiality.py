@@ -12,7 +12,7 @@ import pytest
 from federation.envelope import make_envelope, sign_envelope
 from federation.signing import decode_b64, encode_b64
 from node.federation.http import FEDERATION
-from node.ids import now_ms
+from node.ids import make_gb11643, now_ms
 from support import (
     fed_call, open_body, raw_sql, seal_body, signing_key_of, start_federation, stop_all, wait_for,
 )
@@ -113,3 +113,83 @@ async def test_a_message_queued_across_the_destinations_key_rotation_is_delivere
                    what="the province's new certificate at the county")
     fresh = county_fed._envelope("application.submit", "370000", {"tag": "after"}, ttl_ms=60_000)
     assert fresh["body"]["to_key"] in cert["verify_keys"]
+
+
+NAME, ADDRESS = "张三丰", "淄博市桓台县索镇中心街8号"
+
+
+def _leaks(blob: bytes, secrets: list[str]) -> list[str]:
+    """Which of `secrets` appear in `blob`, as UTF-8 or as JSON \\u escapes."""
+    found = []
+    for s in secrets:
+        escaped = json.dumps(s).strip('"').encode()
+        if s.encode() in blob or escaped in blob or escaped.lower() in blob:
+            found.append(s)
+    return found
+
+
+async def test_what_crosses_the_city_holds_no_personal_data(tmp_path, caplog):
+    """A routed query, an application and a feedback report between a county and the province pass the
+    city through a proxy that records every byte: no citizen's name, ID number or address is in it, nor in
+    the city's database or in any log line; the province still answers and the county still reads it."""
+    from support import CIVIL, POLICE, add_child, add_dept_async, free_port
+    from tcpproxy import TcpProxy
+
+    caplog.set_level("INFO")  # the level nodes log at (DEBUG lets aiosqlite print statements and values)
+    city_port = free_port()
+    nodes = await start_federation(tmp_path, tree=[("370000", "山东省", None)])
+    try:
+        async with TcpProxy(city_port) as wire:
+            # The city is reached at the proxy's address: its certificate names it as its endpoint.
+            await add_child(nodes, tmp_path, "370300", "淄博市", "370000", port=city_port,
+                            extra={"endpoint": f"http://127.0.0.1:{wire.port}"})
+            await add_child(nodes, tmp_path, "370321", "桓台县", "370300")
+            province, city, county = nodes["370000"], nodes["370300"], nodes["370321"]
+            province.tokens["police"] = await add_dept_async(province.config.home, POLICE, "山东省公安厅")
+            county.tokens["civil"] = await add_dept_async(county.config.home, CIVIL, "桓台县民政局")
+            id_number = make_gb11643("370321", "19800101", 7)
+            status, entry = await province.call("POST", "/api/v1/catalog", "police", json_body={
+                "classification": "101001", "name": "山东省户籍人口", "category": "base", "format": "database",
+                "items": [{"name": "公民身份号码", "field": "id_number", "type": "C", "length": 18, "key": True},
+                          {"name": "姓名", "field": "name", "type": "C", "length": 50},
+                          {"name": "住址", "field": "address", "type": "C", "length": 200}],
+                "share": {"type": "unconditional"}, "update_cycle": "daily"})
+            assert status == 201, entry
+            code = entry["code"]
+            status, res = await province.call("POST", f"/api/v1/resources/{code}/records", "police",
+                                              json_body=[{"id_number": id_number, "name": NAME, "address": ADDRESS}])
+            assert status == 200, res
+
+            async def county_sees_entry() -> bool:
+                return (await county.call("GET", f"/api/v1/catalog/{code}", "civil"))[0] == 200
+
+            await wait_for(county_sees_entry, what="the entry at the county")
+            status, answer = await county.call("POST", f"/api/v1/resources/{code}/query", "civil",
+                                               json_body={"key": id_number})
+            assert status == 200, answer
+            assert answer["via"] == ["370300", "370000"]
+            assert json.dumps(answer, ensure_ascii=False).count(NAME) == 1 and ADDRESS in json.dumps(answer, ensure_ascii=False)
+            status, application = await county.call("POST", "/api/v1/applications", "civil", json_body={
+                "resource": code, "ops": ["query"], "fields": ["name", "address"],
+                "purpose": f"核实{NAME}（{id_number}）的住址{ADDRESS}", "basis": "社会救助暂行办法"})
+            assert status in (201, 202), application
+            status, report = await county.call("POST", "/api/v1/feedback", "civil", json_body={
+                "resource": code, "key": id_number, "fields": ["address"],
+                "description": f"{NAME}已迁出{ADDRESS}", "expected": {"address": "淄博市张店区"}})
+            assert status in (201, 202), report
+
+            async def delivered() -> bool:  # both arrived at the province: they crossed the city
+                s1, a = await county.call("GET", f"/api/v1/applications/{application['id']}", "civil")
+                s2, f = await county.call("GET", f"/api/v1/feedback/{report['id']}", "civil")
+                return s1 == 200 and s2 == 200 and a["status"] != "pending" and f.get("status") != "pending"
+
+            await wait_for(delivered, what="the application and the report at the province")
+            assert len(wire.recorded) > 5000  # the calls did cross the wire
+            secrets = [NAME, id_number, ADDRESS]
+            assert _leaks(bytes(wire.recorded), secrets) == []
+            city_db = b"".join(p.read_bytes() for p in city.config.home.glob("govnode.db*"))
+            assert _leaks(city_db, secrets) == []
+            for record in caplog.records:
+                assert _leaks(record.getMessage().encode(), secrets) == [], record.getMessage()
+    finally:
+        await stop_all(nodes)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.audit.http import AUDIT
-from support import POLICE, ThreadedNode, add_dept, drop_pg_schema, init_home, raw_sql, start_node
+from support import ThreadedNode, police_node, raw_sql
 from test_foundation_catalog import content_body, entry_body
 
 CATALOG = "/api/v1/catalog"
@@ -118,17 +118,8 @@ async def test_unknown_fields(node):
 @pytest.fixture
 async def small_node(tmp_path, backend):
     """A node that accepts JSON bodies of at most 2048 bytes."""
-    config = init_home(tmp_path / "small", "370321", "桓台县", backend=backend,
-                       extra={"limits": {"max_json_bytes": 2048}})
-    token = add_dept(config.home, POLICE, "桓台县公安局")
-    running = await start_node(config)
-    running.tokens["police"] = token
-    try:
+    async with police_node(tmp_path / "small", backend, {"limits": {"max_json_bytes": 2048}}) as running:
         yield running
-    finally:
-        await running.stop()
-        if config.database.schema_:
-            await drop_pg_schema(config.database.schema_)
 
 
 async def test_oversize_bodies(small_node):

@@ -190,3 +190,50 @@ async def test_sigkill_never_leaves_a_write_without_its_record(tmp_path, backend
         proc.kill()
         if config.database.schema_:
             await drop_pg_schema(config.database.schema_)
+
+
+async def test_a_database_cut_neither_duplicates_a_keyed_write_nor_leaves_it_unrecorded(tmp_path):
+    """Departments register entries, each under its own Idempotency-Key, while the node's PostgreSQL is cut
+    (refused or black-holed) at random moments; each client retries its key until it gets an answer. In the
+    end every key made exactly one entry, and every entry has its audit record."""
+    from sqlalchemy.engine import make_url
+
+    from support import PG_URL, pg_schema, police_node
+    from tcpproxy import TcpProxy
+
+    pg = make_url(PG_URL)
+    rng = random.Random(21)
+    async with TcpProxy(pg.port or 5432, pg.host or "127.0.0.1") as proxy:
+        url = pg.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        database = {"url": url, "schema": pg_schema(), "connect_timeout_s": 1.0, "statement_timeout_s": 2.0}
+        async with police_node(tmp_path / "node", "postgresql", {"database": database}) as node:
+            codes: dict[str, str] = {}
+            refused = 0
+            for i in range(10):
+                key, body = f"entry-{i}", _entry(f"断网登记{i}")
+                first = asyncio.create_task(node.call("POST", "/api/v1/catalog", "police", json_body=body,
+                                                      headers={"Idempotency-Key": key}))
+                await asyncio.sleep(rng.uniform(0.0, 0.03))
+                proxy.mode = rng.choice(("refuse", "blackhole"))
+                status, answer = await first
+                await asyncio.sleep(rng.uniform(0.1, 0.5))
+                proxy.mode = "forward"
+                for _ in range(60):  # the client retries its key until the node answers it
+                    if status == 201:
+                        break
+                    assert status in (503, 409), answer
+                    refused += 1
+                    await asyncio.sleep(0.25)
+                    status, answer = await node.call("POST", "/api/v1/catalog", "police", json_body=body,
+                                                     headers={"Idempotency-Key": key})
+                assert status == 201, answer
+                codes[key] = answer["code"]
+            assert refused > 0  # the cuts did refuse calls: the retries above were exercised
+            names = [n for (n,) in await raw_sql(node.config, "SELECT name FROM catalog_entries WHERE node = '370321'")]
+            assert sorted(names) == sorted(f"断网登记{i}" for i in range(10)), names
+            assert len(set(codes.values())) == 10
+            await node.app[AUDIT].recover(grace_ms=0)  # what a sweep or a restart would do
+            created = {r for (r,) in await raw_sql(
+                node.config, "SELECT resource FROM audit_log WHERE action = 'catalog.create'")}
+            assert set(codes.values()) <= created
+            assert await node.app[AUDIT].verify() is None

@@ -20,8 +20,8 @@ from federation.nesting import MAX_NESTING, NestingError, check_nesting
 from node.federation.http import MAX_FEDERATION_BODY, MAX_JOIN_BODY
 from node.licences.identifier import make as make_identifier
 from node.ops.http import OPENAPI_DOCS
-from support import (POLICE, TREE, add_dept, drop_pg_schema, error_code, fed_call, init_home, raw_sql,
-                     signing_key_of, start_node, start_tree, stop_all)
+from support import (POLICE, TREE, error_code, fed_call, raw_sql, police_node, signing_key_of, start_tree,
+                     stop_all)
 from test_data import all_changes, create_resource, ids
 from test_foundation_badinput import assert_error
 
@@ -74,14 +74,8 @@ def spec_error(status: int, body: bytes, expected_status: int, code: str) -> dic
 @pytest.fixture
 async def county(tmp_path):
     """One node on SQLite, for what does not depend on the store."""
-    config = init_home(tmp_path / "county", "370321", "桓台县")
-    token = add_dept(config.home, POLICE, "桓台县公安局")
-    running = await start_node(config)
-    running.tokens["police"] = token
-    try:
+    async with police_node(tmp_path / "county") as running:
         yield running
-    finally:
-        await running.stop()
 
 
 # The nesting bound itself ---------------------------------------------------------------------------
@@ -327,17 +321,9 @@ async def test_a_body_that_does_not_decode_is_invalid_input(county, caplog):
 @pytest.fixture
 async def limited(tmp_path, backend):
     """A node whose record pushes may be 64 KiB and whose other JSON bodies (and single records) 4 KiB."""
-    config = init_home(tmp_path / "limited", "370321", "桓台县", backend=backend,
-                       extra={"limits": {"max_json_bytes": 4096, "max_upload_bytes": 64 * 1024}})
-    token = add_dept(config.home, POLICE, "桓台县公安局")
-    running = await start_node(config)
-    running.tokens["police"] = token
-    try:
+    extra = {"limits": {"max_json_bytes": 4096, "max_upload_bytes": 64 * 1024}}
+    async with police_node(tmp_path / "limited", backend, extra) as running:
         yield running
-    finally:
-        await running.stop()
-        if config.database.schema_:
-            await drop_pg_schema(config.database.schema_)
 
 
 def _push_bodies(n: int) -> dict[str, bytes]:

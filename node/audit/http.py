@@ -102,31 +102,33 @@ async def audit_observer(request: web.Request, resp: web.StreamResponse, outcome
     call = request.get(CALL)
     route = request.match_info.route.name if request.match_info.route else None
     wrote = call is not None and call.wrote
+    fields = dict(
+        request_id=request[REQUEST_ID],
+        message_id=info.get("message_id"),
+        actor=acct.principal if acct else "anonymous",
+        user=acct.user if acct else None,
+        role=acct.role if acct else "none",
+        action=route or "unknown",
+        method=request.method,
+        path=request.path,
+        resource=info.get("resource") or request.match_info.get("code"),
+        keys_digest=keys_digest(info.get("keys")),
+        outcome=outcome,
+        status=resp.status,
+        latency_ms=round(elapsed * 1000),
+        details=info.get("details"),
+        call_key=call.key if wrote else None,
+        answer=_kept_answer(call, resp) if wrote else None,
+    )
     try:
-        await request.app[AUDIT].record(
-            request_id=request[REQUEST_ID],
-            message_id=info.get("message_id"),
-            actor=acct.principal if acct else "anonymous",
-            user=acct.user if acct else None,
-            role=acct.role if acct else "none",
-            action=route or "unknown",
-            method=request.method,
-            path=request.path,
-            resource=info.get("resource") or request.match_info.get("code"),
-            keys_digest=keys_digest(info.get("keys")),
-            outcome=outcome,
-            status=resp.status,
-            latency_ms=round(elapsed * 1000),
-            details=info.get("details"),
-            call_key=call.key if wrote else None,
-            answer=_kept_answer(call, resp) if wrote else None,
-        )
+        await request.app[AUDIT].record(**fields)
     except ApiError as err:
         if not wrote:
             raise  # the record is the call's only trail: no answer without it
-        # The write committed with its audit intent, which becomes its record at the next sweep or start;
-        # answering 503 now would tell the caller that a stored write failed, and a retry would repeat it.
-        log.warning("the record of call %s waits in its audit intent: %s", request[REQUEST_ID], err)
+        # The write committed with its audit intent, which becomes its record in any case; answering 503 now
+        # would tell the caller that a stored write failed, and a retry would repeat it.
+        log.warning("the record of call %s waits for the database: %s", request[REQUEST_ID], err)
+        request.app[AUDIT].record_later(**fields)
 
 
 MAX_INT64 = 2**63 - 1

@@ -147,6 +147,7 @@ class AuditLog:
         # The node's journal: audit records and other durable-before-answer claims share its commits.
         self.journal = GroupCommitter(engine, "journal", batch_ms)
         self._jobs = PeriodicJobs()
+        self._later: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.journal.start()
@@ -159,7 +160,33 @@ class AuditLog:
 
     async def close(self) -> None:
         self._jobs.stop()
+        for task in list(self._later):
+            task.cancel()
+        await asyncio.gather(*self._later, return_exceptions=True)
         await self.journal.close()
+
+    def record_later(self, **fields: Any) -> None:
+        """Store the record of a call whose write committed but whose record could not be (the database went
+        away between the two): tried again every few seconds while the process lives, so that the answer
+        kept for its Idempotency-Key is stored too and a retry gets it. Should the process stop first, the
+        call's audit intent still becomes its record; only the kept answer is lost then."""
+        async def retry() -> None:
+            deadline = asyncio.get_running_loop().time() + INTENT_GRACE_MS / 2000
+            delay = 1.0
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self.record(**fields)
+                    return
+                except ApiError:
+                    if asyncio.get_running_loop().time() + delay > deadline:
+                        log.warning("the record of call %s is left to its audit intent", fields.get("request_id"))
+                        return
+                    delay = min(delay * 2, 8.0)
+
+        task = asyncio.create_task(retry())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     async def _sweep(self) -> None:
         try:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from node.fields import FIELD, FieldName, ResourceCode
+from node.fields import FieldName, ResourceCode
 from node.ids import DEPT_CODE, RESOURCE_CODE
 
 ItemType = Literal["C", "N", "Y", "D", "T", "L", "M", "G", "B", "I", "F"]

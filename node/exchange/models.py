@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
-from node.catalog.models import FIELD
+from node.fields import FIELD
 
 # A table or column name of the source database: quoted when used, so anything printable is safe; checked
 # against the source's own catalog before it is read.

@@ -38,7 +38,7 @@ from node.catalog import store as catalog_store
 from node.catalog.models import CatalogEntry
 from node.catalog.service import CHANGE_COUNTER, CatalogService
 from node.config import Config
-from node.db import CALL_WRITES, read_counter, write_tx
+from node.db import CALL_WRITES, database_unavailable, read_counter, write_tx
 from node.errors import STATUS_OF, ApiError
 from node.fields import check_name
 from node.federation import store
@@ -1249,14 +1249,19 @@ class FederationService:
     async def health(self) -> dict[str, Any]:
         if not self.joined:
             return {"joined": False}
-        async with self.engine.connect() as conn:
-            depths = await store.outbox_depths(conn)
+        try:
+            async with self.engine.connect() as conn:
+                depths: dict[str, int] | None = await store.outbox_depths(conn)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            depths = None  # /healthz says the database is unreachable; the peers' state is still worth showing
         peers = {}
         for p in self.neighbours():
             st = self.peer_status.get(p, {})
             peers[p] = {"role": "parent" if p == self.parent else "child", "reachable": st.get("reachable"),
                         "last_ok": st.get("last_ok"), "last_error": st.get("last_error"),
-                        "outbox": depths.get(p, 0)}
+                        "outbox": depths.get(p, 0) if depths is not None else None}
         return {"joined": True, "parent": self.parent, "peers": peers}
 
     def node_document(self) -> dict[str, Any]:
