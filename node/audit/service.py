@@ -171,18 +171,18 @@ class AuditLog:
         kept for its Idempotency-Key is stored too and a retry gets it. Should the process stop first, the
         call's audit intent still becomes its record; only the kept answer is lost then."""
         async def retry() -> None:
+            # Once a second: a client retrying its key waits on this, and each try is bounded by the
+            # database's own timeouts; it gives up well before the sweep takes the call's intent.
             deadline = asyncio.get_running_loop().time() + INTENT_GRACE_MS / 2000
-            delay = 1.0
             while True:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(1.0)
                 try:
                     await self.record(**fields)
                     return
                 except ApiError:
-                    if asyncio.get_running_loop().time() + delay > deadline:
+                    if asyncio.get_running_loop().time() + 1.0 > deadline:
                         log.warning("the record of call %s is left to its audit intent", fields.get("request_id"))
                         return
-                    delay = min(delay * 2, 8.0)
 
         task = asyncio.create_task(retry())
         self._later.add(task)
