@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from node.accounts import store
 from node.accounts.service import ROLES, Account
 from node.db import write_tx
-from node.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from node.errors import ApiError, Conflict, InvalidInput, NotFound, Unauthenticated
 from node.fields import check_name
 from node.ids import now_ms
 
@@ -48,6 +48,8 @@ _hasher = PasswordHasher()
 # Each hash takes 64 MiB and 0.17 s of a core (measured on the 2-core test machine): two at a time keep a
 # burst of sign-ins from taking the node's memory and every core.
 HASHES_AT_ONCE = 2
+# How many may wait for one: 32 is about 3 s of hashing, longer than a person waits for a sign-in page.
+HASHES_WAITING = 32
 
 
 def digest(raw: str) -> str:
@@ -120,12 +122,21 @@ class PeopleService:
         self.engine = engine
         self.node_id = node_id
         self._hashing = asyncio.Semaphore(HASHES_AT_ONCE)
+        self._waiting = 0
         self._dummy_hash: str | None = None
 
     async def _in_thread(self, fn, *args):  # noqa: ANN001, ANN202
-        """Run a hash or a verification in a worker thread, so the node keeps answering meanwhile."""
-        async with self._hashing:
-            return await asyncio.to_thread(fn, *args)
+        """Run a hash or a verification in a worker thread, so the node keeps answering meanwhile. Past
+        HASHES_WAITING callers in line the answer is 429: at 0.17 s a hash, a longer queue only keeps
+        everyone waiting (and is what a flood of anonymous sign-ins would build)."""
+        if self._waiting >= HASHES_WAITING:
+            raise ApiError("too many sign-ins at once; try again in a moment", code="RATE_LIMITED")
+        self._waiting += 1
+        try:
+            async with self._hashing:
+                return await asyncio.to_thread(fn, *args)
+        finally:
+            self._waiting -= 1
 
     def _account(self, row) -> Account:  # noqa: ANN001
         return Account(self.node_id, row.dept_code, row.dept_name, row.role, user=row.username)
@@ -212,17 +223,28 @@ class PeopleService:
         acct = self._account(row)
         now = now_ms()
         if (row.locked_until or 0) > now:
-            raise SignInRefused(f"多次登录失败，账户已锁定，请于 {_clock(row.locked_until)} 后再试",
-                                acct, refused="locked", locked_until=row.locked_until)
+            raise self._locked(acct, row.locked_until)
+        # The attempt counts as a failure before its password is checked (and is forgiven if it is right), so
+        # guesses sent in parallel cannot all pass the lock while their hashes wait for a thread.
+        locked_until = None
+        async with write_tx(self.engine) as conn:
+            current = await store.get_user(conn, username)
+            if current is not None and (current.locked_until or 0) > now:  # locked by a guess sent beside it
+                locked_until = current.locked_until
+            else:
+                failures = await store.count_failure(conn, username)
+                if failures > MAX_FAILURES:  # more guesses at once than the lock allows: lock, check none
+                    locked_until = now + LOCK_MS
+                    await store.update_user(conn, username, failures=0, locked_until=locked_until)
+        if locked_until is not None:
+            raise self._locked(acct, locked_until)
         if not await self._in_thread(_verify, row.password_hash, password):
             if row.disabled_at is not None or row.dept_disabled_at is not None:
                 raise SignInRefused("用户名或密码不正确", acct, refused="disabled")
-            async with write_tx(self.engine) as conn:
-                failures = await store.count_failure(conn, username)
-                if failures >= MAX_FAILURES:
-                    locked_until = now + LOCK_MS
-                    await store.update_user(conn, username, failures=0, locked_until=locked_until)
             if failures >= MAX_FAILURES:
+                locked_until = now + LOCK_MS
+                async with write_tx(self.engine) as conn:
+                    await store.update_user(conn, username, failures=0, locked_until=locked_until)
                 raise SignInRefused(f"连续 {failures} 次登录失败，账户已锁定，请于 {_clock(locked_until)} 后再试",
                                     acct, refused="wrong password", failures=failures, locked_until=locked_until)
             raise SignInRefused("用户名或密码不正确", acct, refused="wrong password", failures=failures)
@@ -233,10 +255,22 @@ class PeopleService:
             values["password_hash"] = await self._in_thread(_hasher.hash, password)
         raw = secrets.token_urlsafe(32)
         async with write_tx(self.engine) as conn:
-            await store.delete_expired_sessions(conn, now - IDLE_MS, now - ABSOLUTE_MS)
-            await store.insert_session(conn, digest(raw), username, now)
-            await store.update_user(conn, username, **values)
+            current = await store.get_user(conn, username)
+            if current is not None and (current.locked_until or 0) > now:  # locked by a parallel guess meanwhile
+                locked = current.locked_until
+            else:
+                locked = None
+                await store.delete_expired_sessions(conn, now - IDLE_MS, now - ABSOLUTE_MS)
+                await store.insert_session(conn, digest(raw), username, now)
+                await store.update_user(conn, username, **values)
+        if locked is not None:
+            raise self._locked(acct, locked)
         return raw, acct, bool(row.must_change)
+
+    @staticmethod
+    def _locked(acct: Account, until: int) -> SignInRefused:
+        return SignInRefused(f"多次登录失败，账户已锁定，请于 {_clock(until)} 后再试", acct, refused="locked",
+                             locked_until=until)
 
     async def session(self, raw: str | None) -> Person | None:
         """The person of a live session, or None (unknown, ended, idle too long, too old, or disabled)."""
@@ -265,6 +299,14 @@ class PeopleService:
         if row is None:
             raise NotFound("no such user")
         if not person.must_change and not await self._in_thread(_verify, row.password_hash, current or ""):
+            # Counted like a wrong sign-in: whoever holds an open session may not guess the password freely.
+            async with write_tx(self.engine) as conn:
+                failures = await store.count_failure(conn, person.username)
+                if failures >= MAX_FAILURES:
+                    await store.update_user(conn, person.username, failures=0, locked_until=now_ms() + LOCK_MS)
+                    await store.delete_sessions_of(conn, person.username)
+            if failures >= MAX_FAILURES:
+                raise Unauthenticated("多次输入错误的当前密码，账户已锁定并退出登录")
             raise InvalidInput("当前密码不正确", [{"field": "current", "error": "当前密码不正确"}])
         if new != confirm:
             raise InvalidInput("两次输入的新密码不一致", [{"field": "confirm", "error": "与新密码不一致"}])
