@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from federation.signing import read_signing_key_file
-from node.accounts.http import ACCOUNTS, auth_middleware
+from node.accounts.http import ACCOUNTS, PEOPLE, auth_middleware
+from node.accounts.people import PeopleService
 from node.accounts.service import AccountService
 from node.audit import http as audit_http
 from node.audit.http import AUDIT, audit_observer, call_middleware
@@ -23,11 +24,13 @@ from node.ops import http as ops_http
 from node.sharing import http as sharing_http
 from node.ops.http import ENGINE, HEALTH_SECTIONS, NODE_INFO, OPENAPI_DOCS
 from node.ops.metrics import METRICS, Metrics, metrics_observer
+from node.portal.pages import error_page
 from node.web import ServerLog, make_error_middleware
 
 def init_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[make_error_middleware([audit_observer, metrics_observer]), auth_middleware, call_middleware],
+        middlewares=[make_error_middleware([audit_observer, metrics_observer], {"/portal/": error_page}), auth_middleware,
+                     call_middleware],
         client_max_size=config.limits.max_json_bytes,
         handler_args={"logger": ServerLog()},
     )
@@ -62,8 +65,9 @@ def _capabilities() -> list:
     from node.exchange.http import setup as exchange
     from node.subscriptions.http import setup as subscriptions
     from node.quality.http import setup as quality
+    from node.portal.http import setup as portal
 
-    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality]
+    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, portal]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -76,6 +80,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         app[CLUSTER] = cluster = Cluster(engine, config.node.id, config.database.schema_)
         app[ACCOUNTS] = accounts = AccountService(engine, config.node.id)
         cluster.on("accounts", accounts.forget)
+        app[PEOPLE] = PeopleService(engine, config.node.id)
         yield
     finally:
         await engine.dispose()

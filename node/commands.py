@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from federation.signing import SigningKey, generate_signing_key, read_signing_key_file, verify_key_b64, write_signing_key_file
-from node.accounts.service import AccountService
+from node.accounts.service import ROLES, AccountService
 from node.audit.service import AuditLog
 from node.cli import command
 from node.config import CONFIG_FILE, Config, ConfigError, load_config, write_config
@@ -46,7 +46,6 @@ def create_home(home: Path, node: str, name: str, listen: str, parent_url: str |
     return config, key
 
 
-@command("init")
 def init(args: argparse.Namespace) -> int:
     config, key = create_home(Path(args.dir), args.node, args.name, args.listen, args.parent_url,
                               args.endpoint, args.database)
@@ -64,7 +63,6 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.dir)
 
 
-@command("run")
 def run(args: argparse.Namespace) -> int:
     from node.app import init_app
 
@@ -121,7 +119,6 @@ async def _accounts(config: Config) -> tuple[AccountService, object]:
     return AccountService(engine, config.node.id), engine
 
 
-@command("dept add")
 async def dept_add(args: argparse.Namespace) -> int:
     accounts, engine = await _accounts(_config(args))
     try:
@@ -133,7 +130,6 @@ async def dept_add(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("dept token")
 async def dept_token(args: argparse.Namespace) -> int:
     accounts, engine = await _accounts(_config(args))
     try:
@@ -145,7 +141,6 @@ async def dept_token(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("dept revoke")
 async def dept_revoke(args: argparse.Namespace) -> int:
     accounts, engine = await _accounts(_config(args))
     try:
@@ -156,7 +151,6 @@ async def dept_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("dept list")
 async def dept_list(args: argparse.Namespace) -> int:
     accounts, engine = await _accounts(_config(args))
     try:
@@ -168,7 +162,6 @@ async def dept_list(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("audit verify")
 async def audit_verify(args: argparse.Namespace) -> int:
     config = _config(args)
     engine = await open_database(config)
@@ -187,3 +180,31 @@ async def audit_verify(args: argparse.Namespace) -> int:
         print(f"{waiting} stored write(s) wait for their record in the chain (the node adds them when it starts "
               "or within a minute)")
     return 0
+
+
+def register(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:
+    p = command(sub, "init", init, parents=[home], help="create a node home: config and signing key")
+    p.add_argument("--node", required=True, help="6-digit GB/T 2260 code of the level this node serves")
+    p.add_argument("--name", required=True, help="the node's name, e.g. 桓台县")
+    p.add_argument("--parent-url", help="the parent node's URL (omit for the root)")
+    p.add_argument("--listen", default="127.0.0.1:8300", help="HOST:PORT to serve on")
+    p.add_argument("--endpoint", help="URL other nodes reach this node at (default from --listen)")
+    p.add_argument("--database", help="SQLAlchemy URL (default: SQLite file in the home)")
+
+    p = command(sub, "run", run, parents=[home], help="serve until SIGINT/SIGTERM")
+    p.add_argument("--workers", type=int, default=1, help="processes serving the node on one port (PostgreSQL only)")
+
+    dept = sub.add_parser("dept", help="department accounts").add_subparsers(dest="dept_command", required=True)
+    p = command(dept, "add", dept_add, parents=[home], help="make a department account and print its token")
+    p.add_argument("code")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", default="dept", choices=ROLES)
+    p = command(dept, "token", dept_token, parents=[home], help="print a new token for an existing department")
+    p.add_argument("code")
+    p = command(dept, "revoke", dept_revoke, parents=[home], help="revoke every token of a department")
+    p.add_argument("code")
+    command(dept, "list", dept_list, parents=[home], help="list departments")
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
+    command(audit, "verify", audit_verify, parents=[home],
+            help="check the audit hash chain; exit 1 at the first broken record")

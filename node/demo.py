@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from node.accounts.people import PeopleService
 from node.accounts.service import AccountService
 from node.cli import command
 from node.config import ConfigError, load_config
@@ -48,6 +49,14 @@ class Dept:
 
 
 @dataclass
+class Person:
+    username: str
+    name: str
+    dept: Dept
+    password: str = ""
+
+
+@dataclass
 class DemoNode:
     node: str
     name: str
@@ -55,11 +64,16 @@ class DemoNode:
     port: int
     home: Path
     depts: list[Dept] = field(default_factory=list)
+    people: list[Person] = field(default_factory=list)
     runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def portal(self) -> str:
+        return f"{self.url}/portal/"
 
 
 def _departments(node: str) -> list[Dept]:
@@ -83,6 +97,13 @@ def _departments(node: str) -> list[Dept]:
         Dept("OPERATOR", f"{region}大数据中心（平台运营）", "operator"),
         Dept("AUDITOR", f"{region}审计局", "auditor"),
     ]
+
+
+def _people(depts: list[Dept]) -> list[Person]:
+    """A clerk of the department that provides the node's sample resource, an operator and an auditor."""
+    by_role = {d.role: d for d in reversed(depts)}
+    return [Person("clerk", "王芳", depts[0]), Person("operator", "李强", by_role["operator"]),
+            Person("auditor", "赵敏", by_role["auditor"])]
 
 
 def _person(rng: random.Random, region: str, i: int) -> dict[str, Any]:
@@ -246,6 +267,10 @@ async def build(base: Path, base_port: int, out: Any = print) -> tuple[list[Demo
             n.depts = _departments(n.node)
             for d in n.depts:
                 d.token = await accounts.add_department(d.code, d.name, d.role)
+            people = PeopleService(engine, n.node)
+            n.people = _people(n.depts)
+            for p in n.people:
+                p.password = await people.add(p.username, p.dept.code, display_name=p.name)
             if parent is not None:
                 token = await FederationService.create_invite(make_engine(load_config(parent.home).database), n.node)
                 out(await join_parent(config, parent.url, token))
@@ -284,7 +309,14 @@ async def _wait_converged(session: aiohttp.ClientSession, nodes: list[DemoNode],
 
 
 def _banner(nodes: list[DemoNode], province_entry: str, people_sample: dict[str, Any]) -> str:
-    lines = ["", "govnode demo federation is running (Ctrl-C stops every node):", ""]
+    lines = ["", "govnode demo federation is running (Ctrl-C stops every node).", "",
+             "Open a node's portal (政务数据共享门户) in a browser and sign in with a login below; each person sets",
+             f"a new password at the first sign-in. Start as the 桓台县 clerk at {nodes[2].portal}", ""]
+    for n in nodes:
+        lines.append(f"  {n.portal:<32} {n.name}")
+        for p in n.people:
+            lines.append(f"      user {p.username:<9} password {p.password}   {p.name}, {p.dept.name} ({p.dept.role})")
+    lines += ["", "The department API (SPEC §10), with each department's token:", ""]
     for n in nodes:
         lines.append(f"  {n.node} {n.name:<4} {n.url}   home {n.home}")
         for d in n.depts:
@@ -333,9 +365,14 @@ async def run_demo(base: Path, base_port: int) -> int:
     return 0
 
 
-@command("demo")
 def demo(args: argparse.Namespace) -> int:
     from node.logs import setup_logging
 
     setup_logging("WARNING")
     return asyncio.run(run_demo(Path(args.dir), args.base_port))
+
+
+def register(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:
+    p = command(sub, "demo", demo, help="a whole sample federation on loopback (province, city, two counties)")
+    p.add_argument("--dir", default="./govnode-demo", help="where the demo nodes keep their homes")
+    p.add_argument("--base-port", type=int, default=8300, help="the province listens here, the others next")

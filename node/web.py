@@ -264,13 +264,23 @@ class ServerLog(logging.LoggerAdapter):
 # What the outer middleware hands to whoever observes every answer (audit, metrics): the request, its
 # answer, the outcome (`ok` or the error code) and the seconds it took.
 Observer = Callable[[web.Request, web.StreamResponse, str, float], Awaitable[None]]
+# How the pages under a path prefix show an error to a person (the portal's HTML) instead of the JSON shape.
+ErrorPage = Callable[[web.Request, ApiError, str], web.StreamResponse]
 
 
-def make_error_middleware(observers: list[Observer]) -> Any:
-    """Outermost middleware: request ids, the one error shape, and the observers (audit before answer)."""
+def make_error_middleware(observers: list[Observer], pages: dict[str, ErrorPage] | None = None) -> Any:
+    """Outermost middleware: request ids, the one error shape, and the observers (audit before answer).
+    Under a path prefix of `pages`, an error is shown as that prefix's page: same status, code and audit."""
+
+    def answer_for(request: web.Request) -> Callable[[ApiError, str], web.StreamResponse]:
+        for prefix, page in (pages or {}).items():
+            if request.path.startswith(prefix):
+                return lambda err, rid: page(request, err, rid)
+        return error_response
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        answer = answer_for(request)
         rid = request.headers.get("X-Request-Id") or new_id()
         if len(rid) > 64 or not rid.isprintable():
             rid = new_id()
@@ -280,14 +290,14 @@ def make_error_middleware(observers: list[Observer]) -> Any:
             resp = await handler(request)
             outcome = "ok"
         except ApiError as err:
-            resp, outcome = error_response(err, rid), err.code
+            resp, outcome = answer(err, rid), err.code
             if isinstance(err, BodyBroken):
                 resp.force_close()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             err = _http_exception_error(exc)
-            resp, outcome = error_response(err, rid), err.code
+            resp, outcome = answer(err, rid), err.code
             if "Allow" in exc.headers:  # a 405 says which methods the path takes
                 resp.headers["Allow"] = exc.headers["Allow"]
         except Exception as exc:  # noqa: BLE001 - the one place an unexpected failure becomes an answer
@@ -298,13 +308,13 @@ def make_error_middleware(observers: list[Observer]) -> Any:
             else:
                 log.warning("database unavailable: %s", type(exc).__name__,
                             extra={"request_id": rid, "path": request.path})
-            resp, outcome = error_response(err, rid), err.code
+            resp, outcome = answer(err, rid), err.code
         elapsed = time.perf_counter() - started
         for observe in observers:
             try:
                 await observe(request, resp, outcome, elapsed)
             except ApiError as err:  # e.g. the audit record could not be made durable
-                resp = error_response(err, rid)
+                resp = answer(err, rid)
                 break
         resp.headers["X-Request-Id"] = rid
         return resp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import pytest_asyncio
 
 from support import CIVIL, POLICE, drop_pg_schema, init_home, start_node
 
@@ -36,3 +37,41 @@ async def node(tmp_path, backend):
         await running.stop()
         if config.database.schema_:
             await drop_pg_schema(config.database.schema_)
+
+
+# The portal's browser tests (tests/portal_support.py). A module using these runs its tests in one event
+# loop per module (pytestmark = pytest.mark.asyncio(loop_scope="module")), so Chromium starts once a module.
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser():
+    from portal_support import launched
+
+    async with launched() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory):
+    """Where a module's screenshots go (a temporary folder pytest names after the module)."""
+    return tmp_path_factory.mktemp("portal-screens")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def portal_page(browser, screenshots):
+    """Opens portal tabs: `await portal_page(node.url)`, each in a browser context of its own (its own
+    cookies), at 1366×768. At the end, a script error or failed request on any page they showed fails the test."""
+    from portal_support import LAPTOP, Portal
+
+    opened: list = []
+
+    async def open_page(base_url: str, **context_options):
+        context = await browser.new_context(viewport=LAPTOP, locale="zh-CN", **context_options)
+        portal = Portal(context, await context.new_page(), base_url, screenshots)
+        opened.append(portal)
+        return portal
+
+    yield open_page
+    for portal in opened:
+        await portal.context.close()
+    for portal in opened:
+        portal.assert_clean()

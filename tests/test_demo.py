@@ -1,9 +1,11 @@
 """`govnode demo` (issue 3, SPEC §14) run as the README runs it: one process that builds the four-node
-federation, prints every node, token and some calls to paste; the printed calls answer as the banner says;
+federation, prints every node's portal with its logins, every token and some calls to paste; a printed
+login signs in and the printed calls answer as the banner says;
 Ctrl-C stops every node with exit 0; and the demo starts again at once on the same ports."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import queue
 import random
@@ -13,6 +15,8 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,26 @@ def curl(command: str) -> Any:
         return json.loads(resp.read())
 
 
+def sign_in(portal: str, username: str, password: str) -> str:
+    """Sign in to a portal as its sign-in form does; where the portal sends the person next."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+                                         NoRedirect())
+    with opener.open(portal + "login", timeout=30) as resp:
+        token = re.search(r'name="csrf" value="([^"]+)"', resp.read().decode()).group(1)
+    form = urllib.parse.urlencode({"csrf": token, "username": username, "password": password}).encode()
+    try:
+        opener.open(portal + "login", data=form, timeout=30)
+    except urllib.error.HTTPError as answer:
+        assert answer.code == 303, answer.code
+        return answer.headers["Location"]
+    raise AssertionError("signing in did not redirect")
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
 def test_demo_runs_answers_its_printed_calls_stops_cleanly_and_restarts(tmp_path):
     home, base = tmp_path / "demo", free_base_port()
     demo = Demo(home, base)
@@ -109,6 +133,12 @@ def test_demo_runs_answers_its_printed_calls_stops_cleanly_and_restarts(tmp_path
         (record,) = answer["records"]
         assert answer["via"] == ["370300", "370000"] and "*" in record["id_number"], answer
         status = curl(health)
+        # Each node's portal, with a login for a clerk, an operator and an auditor; the 桓台县 clerk's works.
+        portals = re.findall(r"^  (http://127\.0\.0\.1:(\d+)/portal/) ", text, re.M)
+        assert [int(port) for _, port in portals] == [base, base + 1, base + 2, base + 3], text
+        logins = re.findall(r"^      user (\w+)\s+password (\S+) ", text, re.M)
+        assert [u for u, _ in logins] == ["clerk", "operator", "auditor"] * 4, text
+        assert sign_in(portals[2][0], *logins[6]) == "/portal/password"  # the first sign-in sets a new password
         assert status["status"] == "ok" and set(status["federation"]["peers"]) == {"370000", "370321", "370303"}
         code, text = demo.interrupt()
         assert code == 0 and "all demo nodes stopped" in text, text

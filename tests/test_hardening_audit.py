@@ -218,7 +218,7 @@ async def test_a_database_cut_neither_duplicates_a_keyed_write_nor_leaves_it_unr
                 status, answer = await first
                 await asyncio.sleep(rng.uniform(0.1, 0.5))
                 proxy.mode = "forward"
-                for _ in range(60):  # the client retries its key until the node answers it
+                for _ in range(120):  # the client retries its key until the node answers it (30 s at most)
                     if status == 201:
                         break
                     assert status in (503, 409), answer

@@ -28,6 +28,9 @@ class Account:
     dept: str
     name: str
     role: str
+    # A person of the department (their username at this node) when one calls through the portal; the
+    # department still acts, so `principal` stays the department's and every rule applies unchanged.
+    user: str | None = None
 
     @property
     def principal(self) -> str:

@@ -1,4 +1,5 @@
-"""Departments and their API tokens (tokens are stored only as SHA-256 digests)."""
+"""Departments and their API tokens (tokens are stored only as SHA-256 digests); people (portal accounts,
+passwords stored only as Argon2 hashes) and their sessions (stored only as SHA-256 digests of the cookie)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,98 @@ async def account_for_digest(conn: AsyncConnection, digest: str) -> sa.Row | Non
 
 async def list_departments(conn: AsyncConnection) -> list[sa.Row]:
     return list((await conn.execute(sa.select(departments).order_by(departments.c.code))).all())
+
+
+# People: portal accounts of a department of this node.
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("username", sa.String(32), primary_key=True),
+    sa.Column("dept_code", sa.String(32), sa.ForeignKey("departments.code"), nullable=False, index=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("display_name", sa.String(50), nullable=True),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("must_change", sa.Boolean, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("locked_until", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("last_login_at", sa.BigInteger, nullable=True),
+    sa.Column("disabled_at", sa.BigInteger, nullable=True),
+)
+
+# Portal sessions. The cookie holds a random id; only its digest is kept, so the table cannot be replayed.
+portal_sessions = sa.Table(
+    "portal_sessions",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("username", sa.String(32), sa.ForeignKey("users.username"), nullable=False, index=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("seen_at", sa.BigInteger, nullable=False, index=True),
+)
+
+
+async def get_user(conn: AsyncConnection, username: str) -> sa.Row | None:
+    q = (sa.select(users, departments.c.name.label("dept_name"), departments.c.disabled_at.label("dept_disabled_at"))
+         .select_from(users.join(departments, users.c.dept_code == departments.c.code))
+         .where(users.c.username == username))
+    return (await conn.execute(q)).first()
+
+
+async def insert_user(conn: AsyncConnection, **row: object) -> None:
+    await conn.execute(sa.insert(users).values(**row))
+
+
+async def update_user(conn: AsyncConnection, username: str, **values: object) -> None:
+    await conn.execute(sa.update(users).where(users.c.username == username).values(**values))
+
+
+async def count_failure(conn: AsyncConnection, username: str) -> int:
+    """Add one failed sign-in and return the count; the update locks the row, so two processes count both."""
+    await conn.execute(sa.update(users).where(users.c.username == username).values(failures=users.c.failures + 1))
+    return int((await conn.execute(sa.select(users.c.failures).where(users.c.username == username))).scalar_one())
+
+
+async def list_users(conn: AsyncConnection) -> list[sa.Row]:
+    q = (sa.select(users, departments.c.name.label("dept_name"))
+         .select_from(users.join(departments, users.c.dept_code == departments.c.code))
+         .order_by(users.c.dept_code, users.c.username))
+    return list((await conn.execute(q)).all())
+
+
+async def insert_session(conn: AsyncConnection, digest: str, username: str, at: int) -> None:
+    await conn.execute(sa.insert(portal_sessions).values(digest=digest, username=username, created_at=at, seen_at=at))
+
+
+async def session_person(conn: AsyncConnection, digest: str, seen_after: int, created_after: int) -> sa.Row | None:
+    """The person of a live session: not idle too long, not too old, neither they nor their department disabled."""
+    q = (
+        sa.select(portal_sessions.c.seen_at, portal_sessions.c.created_at, users.c.username, users.c.role,
+                  users.c.display_name, users.c.must_change, departments.c.code.label("dept_code"),
+                  departments.c.name.label("dept_name"))
+        .select_from(portal_sessions.join(users, portal_sessions.c.username == users.c.username)
+                     .join(departments, users.c.dept_code == departments.c.code))
+        .where(portal_sessions.c.digest == digest, portal_sessions.c.seen_at > seen_after,
+               portal_sessions.c.created_at > created_after, users.c.disabled_at.is_(None),
+               departments.c.disabled_at.is_(None))
+    )
+    return (await conn.execute(q)).first()
+
+
+async def touch_session(conn: AsyncConnection, digest: str, at: int) -> None:
+    await conn.execute(sa.update(portal_sessions).where(portal_sessions.c.digest == digest).values(seen_at=at))
+
+
+async def delete_session(conn: AsyncConnection, digest: str) -> None:
+    await conn.execute(sa.delete(portal_sessions).where(portal_sessions.c.digest == digest))
+
+
+async def delete_sessions_of(conn: AsyncConnection, username: str, keep: str | None = None) -> None:
+    q = sa.delete(portal_sessions).where(portal_sessions.c.username == username)
+    if keep is not None:
+        q = q.where(portal_sessions.c.digest != keep)
+    await conn.execute(q)
+
+
+async def delete_expired_sessions(conn: AsyncConnection, seen_before: int, created_before: int) -> None:
+    await conn.execute(sa.delete(portal_sessions).where(
+        sa.or_(portal_sessions.c.seen_at <= seen_before, portal_sessions.c.created_at <= created_before)))

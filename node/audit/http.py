@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from node.accounts.http import ACCOUNT, account
+from node.accounts.service import Account
 from node.audit.service import MAX_KEPT_ANSWER, AuditLog, Call, IdempotencyClaim, keys_digest
 from node.db import CALL_WRITES
 from node.errors import ApiError
@@ -28,9 +29,12 @@ routes = ApiRoutes()
 
 
 def note(request: web.Request, *, resource: str | None = None, keys: list[Any] | None = None,
-         message_id: str | None = None, **details: Any) -> None:
-    """Tell the audit record of this call what it touched."""
+         message_id: str | None = None, caller: Account | None = None, **details: Any) -> None:
+    """Tell the audit record of this call what it touched; `caller` names whom a refused sign-in claimed
+    to be (the request has no account of its own), so the record names that person."""
     info = request.setdefault(AUDIT_INFO, {})
+    if caller is not None:
+        info["caller"] = caller
     if resource is not None:
         info["resource"] = resource
     if keys is not None:
@@ -42,7 +46,11 @@ def note(request: web.Request, *, resource: str | None = None, keys: list[Any] |
 
 
 def _audited(request: web.Request) -> bool:
-    return request.path.startswith("/api/") and request.path != "/api/v1/openapi.json"
+    if request.path.startswith("/api/"):
+        return request.path != "/api/v1/openapi.json"
+    # The portal: every page a signed-in person opens and every form anyone sends (sign-ins included);
+    # not the sign-in page shown to whoever asks, nor static files.
+    return request.path.startswith("/portal/") and (ACCOUNT in request or request.method != "GET")
 
 
 @web.middleware
@@ -53,7 +61,7 @@ async def call_middleware(request: web.Request, handler):  # noqa: ANN001, ANN20
         return await handler(request)
     acct = request[ACCOUNT]
     route = request.match_info.route.name if request.match_info.route else None
-    call = Call({"request_id": request[REQUEST_ID], "actor": acct.principal, "role": acct.role,
+    call = Call({"request_id": request[REQUEST_ID], "actor": acct.principal, "user": acct.user, "role": acct.role,
                  "action": route or "unknown", "method": request.method, "path": request.path,
                  "resource": request.match_info.get("code")})
     key = request.headers.get("Idempotency-Key")
@@ -90,7 +98,7 @@ async def audit_observer(request: web.Request, resp: web.StreamResponse, outcome
     if not _audited(request):
         return
     info = request.get(AUDIT_INFO, {})
-    acct = request.get(ACCOUNT)
+    acct = request.get(ACCOUNT) or info.get("caller")
     call = request.get(CALL)
     route = request.match_info.route.name if request.match_info.route else None
     wrote = call is not None and call.wrote
@@ -98,6 +106,7 @@ async def audit_observer(request: web.Request, resp: web.StreamResponse, outcome
         request_id=request[REQUEST_ID],
         message_id=info.get("message_id"),
         actor=acct.principal if acct else "anonymous",
+        user=acct.user if acct else None,
         role=acct.role if acct else "none",
         action=route or "unknown",
         method=request.method,
@@ -143,6 +152,7 @@ class AuditRecord(BaseModel):
     request_id: str
     message_id: str | None
     actor: str
+    user: str | None = Field(None, description="the person who acted (portal), with `actor` their department")
     role: str
     action: str
     method: str

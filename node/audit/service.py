@@ -39,7 +39,9 @@ COUNTER = "audit"
 
 
 def record_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    body = json.dumps([row.get(f) for f in store.HASHED_FIELDS], ensure_ascii=False, separators=(",", ":"))
+    values = [row.get(f) for f in store.HASHED_FIELDS]
+    values += [row[f] for f in store.HASHED_IF_SET if row.get(f) is not None]
+    body = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
@@ -180,18 +182,18 @@ class AuditLog:
         kept for its Idempotency-Key is stored too and a retry gets it. Should the process stop first, the
         call's audit intent still becomes its record; only the kept answer is lost then."""
         async def retry() -> None:
+            # Once a second: a client retrying its key waits on this, and each try is bounded by the
+            # database's own timeouts; it gives up well before the sweep takes the call's intent.
             deadline = asyncio.get_running_loop().time() + INTENT_GRACE_MS / 2000
-            delay = 1.0
             while True:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(1.0)
                 try:
                     await self.record(**fields)
                     return
                 except ApiError:
-                    if asyncio.get_running_loop().time() + delay > deadline:
+                    if asyncio.get_running_loop().time() + 1.0 > deadline:
                         log.warning("the record of call %s is left to its audit intent", fields.get("request_id"))
                         return
-                    delay = min(delay * 2, 8.0)
 
         task = asyncio.create_task(retry())
         self._later.add(task)
@@ -354,6 +356,7 @@ def _normalise(rec: dict[str, Any], seq: int) -> dict[str, Any]:
         "request_id": str(rec.get("request_id") or ""),
         "message_id": rec.get("message_id"),
         "actor": str(rec.get("actor") or "anonymous")[:80],
+        "user": str(rec["user"])[:32] if rec.get("user") else None,
         "role": str(rec.get("role") or "none")[:16],
         "action": str(rec.get("action") or "")[:64],
         "method": str(rec.get("method") or "")[:8],

@@ -27,6 +27,7 @@ audit_log = sa.Table(
     sa.Column("details", sa.Text, nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("user", sa.String(32), nullable=True),  # the person, when a person acted (portal)
 )
 
 # The fields a record's hash covers, in a fixed order (prev_hash is chained in separately).
@@ -34,6 +35,8 @@ HASHED_FIELDS = (
     "seq", "at", "request_id", "message_id", "actor", "role", "action", "method", "path",
     "resource", "keys_digest", "outcome", "status", "latency_ms", "details",
 )
+# Hashed after those only when set, so the records made before people existed still verify.
+HASHED_IF_SET = ("user",)
 
 
 # The journal's statements, built once (building costs more than running them).

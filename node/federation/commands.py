@@ -30,7 +30,6 @@ async def _engine(config: Config, home_held: bool = False):  # noqa: ANN202
     return await open_database(config, home_held)
 
 
-@command("invite")
 async def invite(args: argparse.Namespace) -> int:
     config = load_config(args.dir)
     if not (len(args.code) == 6 and args.code.isdigit()):
@@ -124,7 +123,6 @@ async def _store_joined(config: Config, anchor: dict, parent: str, answer: dict,
         await engine.dispose()
 
 
-@command("join")
 async def join(args: argparse.Namespace) -> int:
     if unsafe_characters(args.token) or not args.token.strip():
         raise ConfigError("the join token must be the one line `govnode invite` printed, without control characters")
@@ -153,7 +151,6 @@ async def _admin(config: Config, action: str, body: dict | None) -> dict:
                        code="PEER_UNREACHABLE") from None
 
 
-@command("keys rotate")
 async def keys_rotate(args: argparse.Namespace) -> int:
     answer = await _admin(load_config(args.dir), "rotate", None)
     cert = answer["certificate"]
@@ -162,22 +159,21 @@ async def keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("revoke")
 async def revoke(args: argparse.Namespace) -> int:
     answer = await _admin(load_config(args.dir), "revoke", {"node": args.code})
     print(json.dumps({"revoked": answer["revoked"], "keys": [r["key_id"] for r in answer["revocations"]]}))
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("invite", parents=[home], help="one-time join token for a child node")
+def register(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:
+    p = command(sub, "invite", invite, parents=[home], help="one-time join token for a child node")
     p.add_argument("code", help="the child's node code")
     p.add_argument("--ttl-hours", type=float, default=24.0)
-    p = sub.add_parser("join", parents=[home], help="obtain this node's certificate from its parent")
+    p = command(sub, "join", join, parents=[home], help="obtain this node's certificate from its parent")
     p.add_argument("parent_url")
     p.add_argument("token")
     p.add_argument("--anchor", help="the expected trust anchor ('NODE KEY' or just KEY) to pin")
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
-    keys.add_parser("rotate", parents=[home], help="rotate this node's signing key (node must be running)")
-    p = sub.add_parser("revoke", parents=[home], help="revoke a node of this node's subtree (node must be running)")
+    command(keys, "rotate", keys_rotate, parents=[home], help="rotate this node's signing key (node must be running)")
+    p = command(sub, "revoke", revoke, parents=[home], help="revoke a node of this node's subtree (node must be running)")
     p.add_argument("code")
