@@ -80,12 +80,6 @@ async def announce(conn: AsyncConnection, topic: str, payload: str = "") -> None
         await conn.execute(_NOTIFY, {"msg": json.dumps([_worker_of.get(conn.sync_engine, ""), topic, payload])})
 
 
-def announce_sync(conn: sa.Connection, topic: str, payload: str = "") -> None:
-    """`announce` on a plain connection (a journal writer)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(_NOTIFY, {"msg": json.dumps([_worker_of.get(conn.engine, ""), topic, payload])})
-
-
 @asynccontextmanager
 async def node_lock(engine: AsyncEngine, name: str) -> AsyncIterator[None]:
     """Hold the node's lock `name` while the body runs, across its workers (PostgreSQL: an advisory lock
