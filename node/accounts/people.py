@@ -15,12 +15,13 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from node.workdays import CST
 from node.accounts import store
 from node.accounts.service import ROLES, Account
 from node.db import write_tx
@@ -42,7 +43,6 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 128
 # Initial passwords: 12 characters without look-alikes (0/O, 1/l/I), about 69 bits, read out or typed by hand.
 _INITIAL_ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKMNPQRSTUVWXYZ23456789"
-CST = timezone(timedelta(hours=8))
 
 _hasher = PasswordHasher()
 # Each hash takes 64 MiB and 0.17 s of a core (measured on the 2-core test machine): two at a time keep a

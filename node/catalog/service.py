@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from federation.canonical import encode_canonical_json
 from federation.signing import SigningKey, sign_json
+from node.workdays import CST
 from node.accounts.service import Account
 from node.catalog import store
 from node.catalog.models import EntryContent, EntryCreate, EntryUpdate
@@ -23,7 +24,6 @@ from node.ids import now_ms, resource_node
 
 log = logging.getLogger("govnode.catalog")
 
-CST = timezone(timedelta(hours=8))
 SEQ_COUNTER = "catalog_seq"        # this node's seq over its own entries (travels in the entry)
 CHANGE_COUNTER = "catalog_change"  # local commit order of every entry held (the feed cursor)
 SERIAL_COUNTER = "resource_serial"

@@ -28,7 +28,8 @@ routes = PortalRoutes()
 
 def _next(value: Any) -> str:
     """Where to go after signing in: only a path of this portal (never another site, never `//host`)."""
-    if isinstance(value, str) and value.startswith("/portal/") and "//" not in value and "\\" not in value:
+    if (isinstance(value, str) and value.startswith("/portal/") and "//" not in value and "\\" not in value
+            and value.isprintable()):  # a CR or LF would break the Location header after the session was made
         return value
     return "/portal/"
 
