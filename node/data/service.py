@@ -321,6 +321,15 @@ class DataService:
         async with self.engine.connect() as conn:
             return await store.get(conn, code, key)
 
+    async def summaries(self, codes: list[str]) -> dict[str, dict[str, Any]]:
+        """Each resource's live records and when its records last changed (epoch ms; None before the first)."""
+        if not codes:
+            return {}
+        async with self.engine.connect() as conn:
+            held = await store.summaries(conn, codes)
+        return {c: {"records": held[c][0], "updated_at": held[c][1]} if c in held else {"records": 0, "updated_at": None}
+                for c in codes}
+
     async def find(self, code: str, where: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             return await store.find(conn, code, where, limit)

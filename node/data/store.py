@@ -277,3 +277,11 @@ async def count(conn: AsyncConnection, code: str) -> int:
     q = sa.select(sa.func.count()).select_from(records).where(records.c.resource_code == code,
                                                              records.c.deleted.is_(False))
     return int((await conn.execute(q)).scalar_one())
+
+
+async def summaries(conn: AsyncConnection, codes: list[str]) -> dict[str, tuple[int, int]]:
+    """Per resource with records: (live records, when a record of it was last written, epoch ms)."""
+    live = sa.func.sum(sa.case((records.c.deleted.is_(False), 1), else_=0))
+    q = (sa.select(records.c.resource_code, live, sa.func.max(records.c.updated_at))
+         .where(records.c.resource_code.in_(codes)).group_by(records.c.resource_code))
+    return {code: (int(n or 0), int(at)) for code, n, at in (await conn.execute(q)).all()}
