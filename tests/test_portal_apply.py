@@ -1,17 +1,21 @@
-"""The portal's 申请 pages (issue 15), in a real Chromium on the four-node tree (山东省 → 淄博市 → 桓台县,
-张店区): a county clerk applies for the province's conditional population resource, the province's operator
-reviews it and the providing department approves it (narrowed) in their portals, and the clerk's page shows
-the grant; another department's clerk is refused the application (audited). Every page: no script error,
-every control labelled."""
+"""The portal's 申请 and 我的资源 pages (issue 15), in a real Chromium on the four-node tree (山东省 → 淄博市 →
+桓台县, 张店区): a county clerk applies for the province's conditional population resource, the province's
+operator reviews it and the providing department approves it (narrowed) in their portals, and the clerk's
+page shows the grant; another department's clerk is refused the application (audited); a department
+registers a resource with the items editor, changes it, uploads a file with bad rows (refused rows shown,
+nothing stored) and a good one, and withdraws it. Every page: no script error, every control labelled."""
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import date, timedelta
 
+import openpyxl
 import pytest
 import pytest_asyncio
 
-from node.ids import make_gb32100, now_ms
+from node.ids import make_gb11643, make_gb32100, now_ms
 from node.workdays import cst_date, end_of_day_ms
 from portal_support import add_person_async
 from support import CIVIL, add_dept_async, start_federation, stop_all, wait_for
@@ -197,3 +201,131 @@ async def test_a_county_clerk_applies_the_province_reviews_and_approves(tree, po
     assert [r["user"] for r in await audit(province, "auditor", "portal.review") if r["outcome"] == "ok"] == ["wangwu"]
     decided = [r for r in await audit(province, "auditor", "portal.decide") if r["outcome"] == "ok"]
     assert [(r["user"], r["actor"]) for r in decided] == [("zhaoliu", f"370000/{PROVINCE_POLICE}")]
+
+
+# 我的资源: register, change, upload, withdraw ------------------------------------------------------------------
+
+def _csv(rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue().encode("utf-8")
+
+
+def _xlsx(rows: list[list[object]]) -> bytes:
+    book = openpyxl.Workbook()
+    for row in rows:
+        book.active.append(row)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+async def test_a_department_registers_changes_fills_and_withdraws_a_resource(tree, portal_page, tmp_path):
+    nodes, _ = tree
+    county = nodes["370321"]
+    clerk = await signed_in(portal_page, tree, "zhangsan")
+    await navigate(clerk, "我的资源")
+    await clerk.page.get_by_role("link", name="登记新资源").click()
+    await clerk.page.wait_for_load_state()
+    assert clerk.path == "/portal/resources/new"
+    await labelled(clerk)
+    rows = clerk.page.locator("fieldset.item-row")
+    assert await rows.count() == 5
+
+    async def fill_row(i: int, name: str, field: str, type_: str, length: str = "") -> None:
+        row = rows.nth(i)
+        await row.get_by_label("名称", exact=True).fill(name)
+        await row.get_by_label("字段名", exact=True).fill(field)
+        await row.get_by_label("类型", exact=True).select_option(type_)
+        await row.get_by_label("长度", exact=True).fill(length)
+
+    await clerk.fill("资源名称", "桓台县最低生活保障对象")
+    await clerk.fill("分类码", "101002")
+    await clerk.page.get_by_label("共享类型", exact=True).select_option("conditional")
+    await clerk.fill("共享条件", "用于社会救助和民生保障业务")
+    await fill_row(0, "公民身份号码", "id_number", "C", "18")
+    await rows.nth(0).get_by_label("敏感").check()
+    await fill_row(1, "姓名", "name", "C", "50")
+    await fill_row(2, "保障金额", "amount", "N", "10")
+    await fill_row(3, "家庭人口", "household", "I")
+    await fill_row(4, "备注", "Remark", "M")
+    # 再加一行 brings the same form back with one row more, what was typed kept (no script involved).
+    await clerk.press("再加一行")
+    assert await rows.count() == 6
+    assert await rows.nth(2).get_by_label("字段名", exact=True).input_value() == "amount"
+    assert await rows.nth(0).get_by_label("主键").is_checked() and await rows.nth(0).get_by_label("敏感").is_checked()
+    await fill_row(5, "发放日期", "paid_on", "D")
+    await clerk.screenshot("resource-edit")
+    # A field name the catalog refuses is marked on its row; nothing is registered.
+    response = await clerk.press("保存")
+    assert response.status == 400 and "填写的内容有误" in await clerk.alert()
+    assert "小写英文字母开头" in await rows.nth(4).inner_text()
+    await rows.nth(4).get_by_label("删除").check()
+    await clerk.press("保存")
+    assert clerk.path.endswith("/records") and "资源已登记" in await clerk.text()
+    code = clerk.path.removeprefix("/portal/resources/").removesuffix("/records")
+    status, entry = await county.call("GET", f"/api/v1/catalog/{code}", "civil")
+    assert status == 200 and entry["provider"]["dept"] == CIVIL and entry["share"]["type"] == "conditional"
+    assert [(i["field"], i.get("key", False), i.get("sensitive", False)) for i in entry["items"]] == [
+        ("id_number", True, True), ("name", False, False), ("amount", False, False), ("household", False, False),
+        ("paid_on", False, False)]
+
+    # Changing it: the form holds what is registered, and two empty rows for more items.
+    await clerk.page.get_by_role("link", name="修改资源信息").click()
+    await clerk.page.wait_for_load_state()
+    assert await clerk.page.get_by_label("资源名称").input_value() == "桓台县最低生活保障对象"
+    assert await rows.count() == 7
+    await fill_row(5, "所在乡镇", "town", "C", "50")
+    await clerk.press("保存")
+    assert "资源信息已保存（第 2 版）" in await clerk.text()
+    status, entry = await county.call("GET", f"/api/v1/catalog/{code}", "civil")
+    assert [i["field"] for i in entry["items"]][-1] == "town" and entry["version"] == 2
+
+    # A file with bad rows: the refused rows in a table, nothing stored.
+    people = [make_gb11643("370321", "19800101", i) for i in range(4)]
+    header = ["公民身份号码", "姓名", "保障金额", "家庭人口", "发放日期", "所在乡镇"]
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(_csv([header, [people[0], "张三", "620.50", "3", "2026-11-05", "索镇"],
+                          [people[1], "李四", "六百", "2", "2026-11-05", "果里镇"],
+                          [people[2], "王五", "580", "1", "2026-13-05", "田庄镇"]]))
+    await clerk.page.get_by_label("数据文件").set_input_files(str(bad))
+    response = await clerk.press("上传")
+    assert response.status == 400 and "其中 2 行有误，全部未入库" in await clerk.alert()
+    table = clerk.page.locator("table.refused tbody tr")
+    assert [await table.nth(i).inner_text() for i in range(await table.count())] == [
+        "3\t保障金额\t须为数字", "4\t发放日期\t不是有效日期"]
+    assert (await clerk.page.get_by_label("数据概况").inner_text()).startswith("0")
+    await clerk.screenshot("resource-upload-refused")
+
+    good = tmp_path / "good.xlsx"
+    good.write_bytes(_xlsx([header, [people[0], "张三", 620.5, 3, "2026-11-05", "索镇"],
+                            [people[1], "李四", 600, 2, "2026-11-05", "果里镇"],
+                            [people[3], "赵六", 580, 1, "2026-11-05", "田庄镇"]]))
+    await clerk.page.get_by_label("数据文件").set_input_files(str(good))
+    await clerk.press("上传")
+    assert "文件已入库：共 3 行，新增或更新 3 条" in await clerk.text()
+    assert (await clerk.page.get_by_label("数据概况").inner_text()).startswith("3")
+    await labelled(clerk)
+    await clerk.screenshot("resource-records")
+    template = await clerk.page.request.get(county.url + f"/portal/resources/{code}/template.csv")
+    assert (await template.body()).decode("utf-8-sig").strip() == ",".join(header)
+
+    # Another department's clerk may not change it, upload to it or withdraw it.
+    other = await signed_in(portal_page, tree, "lisi")
+    for path in ("edit", "records", "withdraw"):
+        response = await other.goto(f"/portal/resources/{code}/{path}")
+        assert response.status == 403 and "只有提供部门" in await other.text(), path
+
+    # 我的资源: the count and the last update; then withdrawing it, after a page that asks.
+    await navigate(clerk, "我的资源")
+    row = clerk.page.locator("tr", has_text="桓台县最低生活保障对象")
+    cells = row.locator("td")
+    assert await cells.nth(3).inner_text() == "3" and await cells.nth(4).inner_text() != "尚无数据"
+    await clerk.screenshot("resources")
+    await row.get_by_role("link", name="撤销").click()
+    await clerk.page.wait_for_load_state()
+    assert "现有的 3 条记录不再对外提供" in await clerk.text()
+    await clerk.press("确认撤销")
+    assert clerk.path == "/portal/resources" and "已撤销资源“桓台县最低生活保障对象”" in await clerk.text()
+    assert await clerk.page.locator("tr", has_text="桓台县最低生活保障对象").count() == 0
+    assert (await county.call("GET", f"/api/v1/catalog/{code}", "civil"))[0] == 404

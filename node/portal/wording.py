@@ -93,3 +93,57 @@ def parse_form(model: type[BaseModel], data: Any, control: Callable[[tuple[Any, 
             message = _pydantic_message(error)
             details.append({"field": control(tuple(error["loc"]), message), "error": message})
         raise InvalidInput("填写的内容有误，请按提示修改后重新提交。", details) from None
+
+
+# The reasons node.data gives for a refused row or header (node.data.rows, node.data.service, formats).
+_row_reason = _sub([
+    (r"required", "必填项为空"),
+    (r"the key is required", "主键为空"),
+    (r"longer than (\d+) characters", "超过 {0} 个字符"),
+    (r"longer than (\d+) bytes once decoded", "超过 {0} 字节"),
+    (r"more than (\d+) digits", "超过 {0} 位数字"),
+    (r"must be a decimal number(?: or a decimal string)?|must be a finite decimal|must be a (?:finite )?number",
+     "须为数字"),
+    (r"must be an integer", "须为整数"),
+    (r"outside ±\(2\^53−1\)", "数值超出范围"),
+    (r"must be a date YYYY-MM-DD", "须为日期（年-月-日）"),
+    (r"must be a date without a time", "须为日期，不含时间"),
+    (r"is not a real date", "不是有效日期"),
+    (r"must be an ISO 8601 date and time", "须为日期时间（如 2026-12-31T09:00:00）"),
+    (r"must be true/false, 1/0 or 是/否|must be true or false", "须为“是”或“否”"),
+    (r"must be (?:a base64 string|text|a string)|is not standard base64", "内容格式不正确"),
+    (r"is not a valid 公民身份号码 .*", "公民身份号码校验位不正确"),
+    (r"is not a valid 统一社会信用代码 .*", "统一社会信用代码校验位不正确"),
+    (r"must not contain NUL characters", "含有不可见的控制字符"),
+    (r"a key is at most (\d+) characters", "主键超过 {0} 个字符"),
+    (r"a deletion needs the key", "删除记录须给出主键"),
+    (r"unknown field: not an item of this resource|unknown column: not the name or field of an item of this resource",
+     "不是本资源的数据项"),
+    (r"the same item as column '(.*)'", "与“{0}”列是同一数据项"),
+    (r"no column for the key item \((.*) / .*\)", "缺少主键列“{0}”"),
+    (r"a value in a column without a header", "有内容的列没有列名"),
+    (r"(\d+) more errors not listed", "另有 {0} 处错误未列出"),
+    (r"not valid CSV: .*", "不是有效的 CSV 行"),
+])
+
+
+def row_reason(reason: str) -> str:
+    return _row_reason(reason) or reason
+
+
+_upload_message = _sub([
+    (r"(\d+) of (\d+) rows are invalid; nothing was stored.*", "文件共 {1} 行数据，其中 {0} 行有误，全部未入库。请改正下列问题后重新上传。"),
+    (r"the header row does not match the resource's items; nothing was stored",
+     "表头与本资源的数据项不符，全部未入库。第一行应为数据项的名称或字段名。"),
+    (r"the file is empty.*|the uploaded file is empty", "文件为空：第一行应为数据项的名称或字段名。"),
+    (r"the multipart body holds no file", "请选择要上传的文件。"),
+    (r"the upload is larger than (\d+) bytes.*", "文件超过 {0} 字节的上限，请分成几个文件上传。"),
+    (r"content type .* is not accepted here.*", "只能上传 CSV 或 XLSX 文件。"),
+    (r"not a readable XLSX file.*|the XLSX sheet could not be read.*", "无法读取该 XLSX 文件，请用 Excel 或 WPS 另存为 XLSX 后重试。"),
+    (r"the XLSX file has no worksheet", "该 XLSX 文件没有工作表。"),
+    (r".*the XLSX file.*", "该 XLSX 文件超出可处理的大小，请分成几个文件上传。"),
+])
+
+
+def upload_message(message: str) -> str:
+    return _upload_message(message) or message
