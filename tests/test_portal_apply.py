@@ -15,6 +15,7 @@ import openpyxl
 import pytest
 import pytest_asyncio
 
+from node.applications.http import APPLICATIONS
 from node.ids import make_gb11643, make_gb32100, now_ms
 from node.workdays import cst_date, end_of_day_ms
 from portal_support import add_person_async
@@ -116,6 +117,7 @@ async def test_a_county_clerk_applies_the_province_reviews_and_approves(tree, po
     assert "不能为空" in await clerk.page.locator(".field", has_text="用途").inner_text()
 
     wanted = (cst_date(now_ms()) + timedelta(days=180)).isoformat()
+    await clerk.goto(f"/portal/applications/new?resource={code}")
     for label in ("姓名（name）", "手机号码（phone）", "住址（address）", "核验", "查询"):
         await clerk.page.get_by_label(label).check()
     await clerk.fill("用途", "最低生活保障资格审核")
@@ -155,12 +157,22 @@ async def test_a_county_clerk_applies_the_province_reviews_and_approves(tree, po
     await operator.page.wait_for_load_state()
     assert operator.path == f"/portal/applications/{app_id}"
     assert "桓台县" in await operator.page.locator(".facts").first.inner_text()
+    # Left for three weeks, its review is overdue: flagged on the page, with the due date in its history.
+    service = province.app[APPLICATIONS]
+    service.clock = lambda: now_ms() + 21 * 86_400_000
+    assert await service.check_deadlines() == [app_id]
+    service.clock = now_ms
+    await operator.goto(f"/portal/applications/{app_id}")
+    assert "已逾期" in await operator.page.locator(".page-head").inner_text()
+    overdue = operator.page.locator("tr", has_text="超过办理期限")
+    assert f"平台审核应于 {doc['review_due']} 前办结" in await overdue.inner_text()
     await labelled(operator)
     response = await operator.press("不予通过")  # a rejection needs its reason
     assert response.status == 400 and "不能为空" in await operator.page.locator(".field", has_text="不予通过的理由").inner_text()
     await operator.fill("审核意见（选填）", "符合共享条件，转提供部门决定")
     await operator.press("通过审核")
     assert "已通过平台审核" in await operator.text() and "待提供部门决定" in await operator.text()
+    assert "已逾期" not in await operator.page.locator(".page-head").inner_text()  # the review clears the flag
     status, held = await province.call("GET", f"/api/v1/applications/{app_id}", "operator")
     assert held["status"] == "accepted" and held["decision_due"] in await operator.text()
     assert held["wanted_until"] == wanted  # the period applied for crossed the tree with the application
@@ -193,6 +205,8 @@ async def test_a_county_clerk_applies_the_province_reviews_and_approves(tree, po
     for event in ("提交申请", "平台收到申请", "平台审核通过", "符合共享条件，转提供部门决定", "提供部门批准"):
         assert event in history, event
     await clerk.screenshot("application-approved")
+    await clerk.page.set_viewport_size({"width": 1920, "height": 1080})
+    await clerk.screenshot("application-approved-1920")
     status, doc = await county.call("GET", f"/api/v1/applications/{app_id}", "civil")
     assert doc["grant"]["fields"] == ["name", "phone"] and doc["grant"]["ops"] == ["query", "verify"]
     assert doc["grant"]["valid_until"] == end_of_day_ms(date.fromisoformat(wanted))

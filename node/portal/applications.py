@@ -255,7 +255,10 @@ def _history(request: web.Request, doc: dict[str, Any], dept_names: dict[tuple[s
     accepted = False
     for h in doc["history"]:
         node, _, who = str(h["by"]).partition("/")
-        actor = f"{node_name(request, node)}平台" if who == PLATFORM else dept_names.get((node, who), h["by"])
+        if who == PLATFORM:
+            actor = f"{node_name(request, node)}平台"
+        else:  # a department of another node that is neither party (its operator): its node and its code
+            actor = dept_names.get((node, who)) or f"{node_name(request, node)}（{who}）"
         event = h["event"]
         if event == "rejected":
             what = "提供部门不予批准" if accepted else "审核未通过"
