@@ -148,6 +148,11 @@ async def test_record_count_and_last_write_per_resource(node):
     assert held[filled]["records"] == 2 and before <= held[filled]["updated_at"] <= now_ms()
     assert held[empty] == {"records": 0, "updated_at": None}
     assert await node.app[DATA].summaries([]) == {}
+    # A count is kept until the resource's next write, then made again.
+    assert await node.app[DATA].summaries([filled]) == {filled: held[filled]}
+    assert (await push(node, filled, [{"id_number": k[0], "name": "张三"}]))[0] == 200
+    again = (await node.app[DATA].summaries([filled]))[filled]
+    assert again["records"] == 3 and again["updated_at"] >= held[filled]["updated_at"]
 
 
 async def test_change_feed_order_paging_and_tombstones(node):

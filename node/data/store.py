@@ -279,9 +279,9 @@ async def count(conn: AsyncConnection, code: str) -> int:
     return int((await conn.execute(q)).scalar_one())
 
 
-async def summaries(conn: AsyncConnection, codes: list[str]) -> dict[str, tuple[int, int]]:
-    """Per resource with records: (live records, when a record of it was last written, epoch ms)."""
-    live = sa.func.sum(sa.case((records.c.deleted.is_(False), 1), else_=0))
-    q = (sa.select(records.c.resource_code, live, sa.func.max(records.c.updated_at))
-         .where(records.c.resource_code.in_(codes)).group_by(records.c.resource_code))
-    return {code: (int(n or 0), int(at)) for code, n, at in (await conn.execute(q)).all()}
+async def last_write(conn: AsyncConnection, code: str) -> tuple[int, int] | None:
+    """(change id, epoch ms) of the last write to a resource's records (one step down its change index)."""
+    q = (sa.select(records.c.change_id, records.c.updated_at).where(records.c.resource_code == code)
+         .order_by(records.c.change_id.desc()).limit(1))
+    row = (await conn.execute(q)).first()
+    return None if row is None else (int(row[0]), int(row[1]))
