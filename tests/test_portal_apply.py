@@ -295,6 +295,9 @@ async def test_a_department_registers_changes_fills_and_withdraws_a_resource(tre
     status, entry = await county.call("GET", f"/api/v1/catalog/{code}", "civil")
     assert [i["field"] for i in entry["items"]][-1] == "town" and entry["version"] == 2
 
+    response = await clerk.press("上传")  # no file chosen
+    assert response.status == 400 and await clerk.alert() == "请选择要上传的文件。"
+
     # A file with bad rows: the refused rows in a table, nothing stored.
     people = [make_gb11643("370321", "19800101", i) for i in range(4)]
     header = ["公民身份号码", "姓名", "保障金额", "家庭人口", "发放日期", "所在乡镇"]

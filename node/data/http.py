@@ -207,8 +207,8 @@ async def _upload_multipart(request: web.Request, reader: MultipartReader, data:
                 break
             if not isinstance(part, BodyPartReader):
                 raise InvalidInput("nested multipart bodies are not accepted")
-            if part.filename is None:
-                async for _ in counted(part):  # an ordinary form field: read past it
+            if not part.filename:  # an ordinary form field, or a form's file input left empty: read past it
+                async for _ in counted(part):
                     pass
                 continue
             found += 1
