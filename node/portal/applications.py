@@ -20,11 +20,11 @@ from node.applications.service import DEFAULT_GRANT_DAYS
 from node.audit.http import note
 from node.catalog.http import CATALOG
 from node.context import CONFIG
-from node.federation.http import FEDERATION
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
+from node.federation.http import FEDERATION
 from node.mirror import PLATFORM
 from node.portal.home import CYCLES, SHARE_TYPES, STATUSES, due_of, names_for
-from node.portal.pages import FORM, PortalRoutes, redirect, show_on_error, url
+from node.portal.pages import FORM, PortalRoutes, redirect, show_on_error
 from node.portal.wording import EVENTS, ITEM_TYPES, OPS, parse_form
 from node.workdays import cst_date
 
@@ -33,7 +33,8 @@ PAGE_SIZE = 20
 ID = r"{id:[0-9A-HJKMNP-TV-Z]{26}}"
 
 
-def _text(form: MultiDictProxy[Any], name: str) -> str:
+def form_text(form: MultiDictProxy[Any], name: str) -> str:
+    """A text field of a form, without its outer spaces ('' when absent)."""
     value = form.get(name, "")
     return value.strip() if isinstance(value, str) else ""
 
@@ -42,7 +43,8 @@ def _all(form: MultiDictProxy[Any], name: str) -> list[str]:
     return [v for v in form.getall(name, []) if isinstance(v, str)]
 
 
-def _page(request: web.Request) -> int:
+def page_number(request: web.Request) -> int:
+    """The `page` of a list's query: a positive number, else the first."""
     value = request.query.get("page", "1")
     return min(int(value), 100_000) if value.isdigit() and int(value) > 0 else 1
 
@@ -80,7 +82,7 @@ async def _list(request: web.Request, person: Person, route: str) -> dict[str, A
     if status not in STATUSES:
         status = None
     overdue = True if request.query.get("overdue") == "1" else None
-    page = _page(request)
+    page = page_number(request)
     total, docs = await request.app[APPLICATIONS].list_applications(
         acct, role=view, status=status, overdue=overdue, resource=None, page=page, page_size=PAGE_SIZE)
     return {**await _context(request, docs), "docs": docs, "total": total, "page": page, "page_size": PAGE_SIZE,
@@ -151,9 +153,9 @@ async def apply_form(request: web.Request, person: Person | None) -> dict[str, A
 async def apply(request: web.Request, person: Person | None) -> web.StreamResponse:
     assert person is not None
     form = request[FORM]
-    entry = await _resource(request, _text(form, "resource"))
-    values = {"fields": _all(form, "fields"), "ops": _all(form, "ops"), "purpose": _text(form, "purpose"),
-              "basis": _text(form, "basis"), "wanted_until": _text(form, "wanted_until")}
+    entry = await _resource(request, form_text(form, "resource"))
+    values = {"fields": _all(form, "fields"), "ops": _all(form, "ops"), "purpose": form_text(form, "purpose"),
+              "basis": form_text(form, "basis"), "wanted_until": form_text(form, "wanted_until")}
     show_on_error(request, "apply.html", **_apply_context(request, entry, values), own=False, code=entry["code"])
     body = parse_form(ApplicationCreate, {**values, "resource": entry["code"],
                                           "wanted_until": values["wanted_until"] or None}, _apply_control)
@@ -317,8 +319,8 @@ async def review(request: web.Request, person: Person | None) -> web.StreamRespo
     assert person is not None
     form = request[FORM]
     decision = "accept" if form.get("decision") == "accept" else "reject"
-    reason = _text(form, "note" if decision == "accept" else "reason")
-    await _act(request, person, {"review": {"note": _text(form, "note"), "reason": _text(form, "reason")}})
+    reason = form_text(form, "note" if decision == "accept" else "reason")
+    await _act(request, person, {"review": {"note": form_text(form, "note"), "reason": form_text(form, "reason")}})
     body = parse_form(Review, {"decision": decision, "reason": reason},
                       lambda loc, _: "note" if decision == "accept" else "reason")
     with _in_turn():
@@ -333,8 +335,8 @@ async def decide(request: web.Request, person: Person | None) -> web.StreamRespo
     form = request[FORM]
     approve = form.get("decision") == "approve"
     sent = {"grant_fields": _all(form, "grant_fields"), "grant_ops": _all(form, "grant_ops"),
-            "valid_until": _text(form, "valid_until"), "note": _text(form, "note"),
-            "reject_reason": _text(form, "reject_reason")}
+            "valid_until": form_text(form, "valid_until"), "note": form_text(form, "note"),
+            "reject_reason": form_text(form, "reject_reason")}
     await _act(request, person, {"decision": sent})
     if approve:
         data: dict[str, Any] = {"decision": "approve", "reason": sent["note"], "fields": sent["grant_fields"],
@@ -359,7 +361,7 @@ async def decide(request: web.Request, person: Person | None) -> web.StreamRespo
 async def withdraw(request: web.Request, person: Person | None) -> web.StreamResponse:
     assert person is not None
     form = request[FORM]
-    reason = _text(form, "withdraw_reason")
+    reason = form_text(form, "withdraw_reason")
     await _act(request, person, {"withdraw": {"withdraw_reason": reason}})
     parse_form(Reason, {"reason": reason}, lambda loc, _: "withdraw_reason")
     with _in_turn():

@@ -18,7 +18,7 @@ from node.catalog.http import CATALOG
 from node.catalog.models import EntryCreate, EntryUpdate
 from node.data.http import DATA, receive_upload
 from node.errors import ApiError, Forbidden, InvalidInput, NotFound
-from node.portal.applications import pager
+from node.portal.applications import form_text, page_number, pager
 from node.portal.home import CYCLES, SHARE_TYPES
 from node.portal.pages import FORM, UPLOAD, PortalRoutes, redirect, show_on_error
 from node.portal.wording import CATEGORIES, FORMATS, ITEM_TYPES, METHODS, parse_form, row_reason, upload_message
@@ -37,16 +37,6 @@ CHOICES = {"category": list(CATEGORIES.items()), "format": list(FORMATS.items())
            "item_type": [(code, f"{code} {name}") for code, name in ITEM_TYPES.items()]}
 
 
-def _text(form: MultiDictProxy[Any], name: str) -> str:
-    value = form.get(name, "")
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _page(request: web.Request) -> int:
-    value = request.query.get("page", "1")
-    return min(int(value), 100_000) if value.isdigit() and int(value) > 0 else 1
-
-
 def _blank_row() -> dict[str, Any]:
     return {"name": "", "field": "", "type": "C", "length": "", "key": False, "sensitive": False, "delete": False}
 
@@ -58,7 +48,7 @@ def _blank_row() -> dict[str, Any]:
 async def my_resources(request: web.Request, person: Person | None) -> dict[str, Any]:
     assert person is not None
     acct = person.account
-    page = _page(request)
+    page = page_number(request)
     total, entries = await request.app[CATALOG].search(
         q=None, node=acct.node, category=None, share_type=None, provider=acct.dept, deleted=False,
         page=page, page_size=PAGE_SIZE)
@@ -110,17 +100,17 @@ def _rows_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _form_values(form: MultiDictProxy[Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    values = {name: _text(form, name) for name in (
+    values = {name: form_text(form, name) for name in (
         "name", "classification", "category", "format", "update_cycle", "published_at", "summary", "share_type",
         "share_condition", "share_basis", "open_condition", "related")}
     values["share_methods"] = [v for v in form.getall("share_methods", []) if isinstance(v, str)]
     values["open_public"] = "open_public" in form
-    count = _text(form, "rows")
+    count = form_text(form, "rows")
     n = min(int(count), MAX_ROWS) if count.isdigit() else 0
-    key = _text(form, "key")
+    key = form_text(form, "key")
     rows = []
     for i in range(n):
-        row: dict[str, Any] = {k: _text(form, f"items-{i}-{k}") for k in ROW_FIELDS}
+        row: dict[str, Any] = {k: form_text(form, f"items-{i}-{k}") for k in ROW_FIELDS}
         row["type"] = row["type"] or "C"
         row.update(key=key == str(i), sensitive=f"items-{i}-sensitive" in form, delete=f"items-{i}-delete" in form)
         rows.append(row)
