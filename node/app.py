@@ -3,6 +3,7 @@ is closed if and only if it was opened."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -14,6 +15,8 @@ from node.accounts.service import AccountService
 from node.audit import http as audit_http
 from node.audit.http import AUDIT, audit_observer, call_middleware
 from node.audit.service import AuditLog
+from node.cluster import CLUSTER, Cluster
+from node.supervisor import Supervisor
 from node.config import Config
 from node.context import CONFIG, DB, SIGNING_KEY, add_routes
 from node.db import make_engine, upgrade
@@ -47,6 +50,8 @@ def init_app(config: Config) -> web.Application:
     add_routes(app, audit_http.routes)
     for setup in _capabilities():
         setup(app)
+    # Last: the background work is taken up once every service has said what it is, and given up first.
+    app.cleanup_ctx.append(_cluster)
     return app
 
 
@@ -73,7 +78,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         await upgrade(engine, config.database.schema_)
         app[DB] = engine
         app[ENGINE] = engine
-        app[ACCOUNTS] = AccountService(engine, config.node.id)
+        app[CLUSTER] = cluster = Cluster(engine, config.node.id, config.database.schema_)
+        app[ACCOUNTS] = accounts = AccountService(engine, config.node.id)
+        cluster.on("accounts", accounts.forget)
         app[PEOPLE] = PeopleService(engine, config.node.id)
         yield
     finally:
@@ -83,7 +90,27 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     audit = AuditLog(app[DB], app[CONFIG].audit_batch_ms)
     await audit.start()
+    cluster = app[CLUSTER]
+    audit.live_workers = cluster.live_workers
+    cluster.on_lead(audit.take_up, audit.give_up)
     app[AUDIT] = audit
-    app[METRICS].watch_journal(audit.journal)
+    metrics = app[METRICS]
+    metrics.watch_journal(audit.journal)
+    tasks = Supervisor(app[CONFIG].node.id, logging.getLogger("govnode.ops"))
+    if metrics.multiprocess:  # the journal's totals, where the other workers' /metrics read them
+        async def publish() -> None:
+            metrics.publish()
+
+        tasks.every((publish, 1.0, "metrics"))
     yield
+    await tasks.close()
     await audit.close()
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    cluster = app[CLUSTER]
+    await cluster.start()
+    try:
+        yield
+    finally:
+        await cluster.close()

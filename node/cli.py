@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from node.config import DEFAULT_HOME, ConfigError
 from node.errors import ApiError
+from node.homelock import HomeBusy
 
 Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
 
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ApiError as exc:
         print(f"govnode: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except HomeBusy as exc:
+        print(f"govnode: {name}: {exc}", file=sys.stderr)
         return 1
     except (OSError, DBAPIError) as exc:
         # The database or the listening address cannot be used: one line, no traceback, no SQL.

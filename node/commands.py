@@ -14,7 +14,8 @@ from node.accounts.service import ROLES, AccountService
 from node.audit.service import AuditLog
 from node.cli import command
 from node.config import CONFIG_FILE, Config, ConfigError, load_config, write_config
-from node.db import make_engine, upgrade
+from node.db import at_head, make_engine, upgrade
+from node.homelock import HomeBusy, hold_for_serving, serving
 from node.fields import printable
 from node.logs import setup_logging
 from node import tls
@@ -70,19 +71,51 @@ def run(args: argparse.Namespace) -> int:
         read_signing_key_file(config.key_path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"the signing key cannot be read: {exc}") from None
-    setup_logging(config.log_level, config.node.id)
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise ConfigError("--workers must be 1 or more")
+    if workers > 1 and config.database.is_sqlite:
+        raise ConfigError("--workers needs PostgreSQL: an SQLite node is served by one process "
+                          "(set database.url to a postgresql+asyncpg:// URL)")
     tls.check_secret_files(config)
     tls.check_serving(config)
-    app = init_app(config)
-    print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}", flush=True)
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=10, ssl_context=tls.server_context(config))
+    lock = hold_for_serving(config.home, config.database.is_sqlite)  # released when this process exits
+    try:
+        setup_logging(config.log_level, config.node.id)
+        print(f"govnode {config.node.id} ({config.node.name}) serving on {config.endpoint}"
+              + (f" with {workers} workers" if workers > 1 else ""), flush=True)
+        if workers > 1:
+            from node.cluster.serve import serve_workers
+
+            return serve_workers(config, workers, init_app)
+        web.run_app(init_app(config), host=config.host, port=config.port, print=None, access_log=None,
+                    handle_signals=True, shutdown_timeout=10, ssl_context=tls.server_context(config))
+    finally:
+        lock.release()
     return 0
 
 
-async def _accounts(config: Config) -> tuple[AccountService, object]:
+async def open_database(config: Config, home_held: bool = False):  # noqa: ANN201
+    """The engine of a command that uses the node's database. The schema is created or upgraded first,
+    unless a node serves the home: migrating under a running node's feet would change tables its code
+    does not know, so beside a running node the schema must already be the newest (or the command is
+    refused). Writes of rows (a department, an invite) are safe beside it: the database orders them.
+    `home_held`: the command holds the home's lock itself, so no node serves it."""
     engine = make_engine(config.database, config.sqlite_synchronous)
-    await upgrade(engine, config.database.schema_)
+    try:
+        if home_held or not serving(config.home):
+            await upgrade(engine, config.database.schema_)
+        elif not await at_head(engine):
+            raise HomeBusy(f"a node is running on {config.home} with an older database schema; stop it, then "
+                           "run this command (it upgrades the schema) or start the node again")
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
+async def _accounts(config: Config) -> tuple[AccountService, object]:
+    engine = await open_database(config)
     return AccountService(engine, config.node.id), engine
 
 
@@ -131,9 +164,8 @@ async def dept_list(args: argparse.Namespace) -> int:
 
 async def audit_verify(args: argparse.Namespace) -> int:
     config = _config(args)
-    engine = make_engine(config.database, config.sqlite_synchronous)
+    engine = await open_database(config)
     try:
-        await upgrade(engine, config.database.schema_)
         log = AuditLog(engine)
         broken = await log.verify()
         waiting = await log.pending_intents()
@@ -159,7 +191,8 @@ def register(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> 
     p.add_argument("--endpoint", help="URL other nodes reach this node at (default from --listen)")
     p.add_argument("--database", help="SQLAlchemy URL (default: SQLite file in the home)")
 
-    command(sub, "run", run, parents=[home], help="serve until SIGINT/SIGTERM")
+    p = command(sub, "run", run, parents=[home], help="serve until SIGINT/SIGTERM")
+    p.add_argument("--workers", type=int, default=1, help="processes serving the node on one port (PostgreSQL only)")
 
     dept = sub.add_parser("dept", help="department accounts").add_subparsers(dest="dept_command", required=True)
     p = command(dept, "add", dept_add, parents=[home], help="make a department account and print its token")

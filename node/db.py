@@ -160,6 +160,20 @@ async def upgrade(engine: AsyncEngine, schema: str | None = None) -> None:
         await _upgrade_now(engine, schema)
 
 
+def _at_head(sync_conn: sa.Connection) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    return MigrationContext.configure(sync_conn).get_current_revision() == script.get_current_head()
+
+
+async def at_head(engine: AsyncEngine) -> bool:
+    """Whether the schema is at the newest revision (read only: nothing is created or upgraded)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_at_head)
+
+
 async def _upgrade_now(engine: AsyncEngine, schema: str | None) -> None:
     # Migrations on PostgreSQL run on a connection of their own without the statement bound: rebuilding an
     # index of a big table may take minutes, and nothing is served until they are done.
@@ -168,6 +182,11 @@ async def _upgrade_now(engine: AsyncEngine, schema: str | None) -> None:
         engine.url, poolclass=sa.NullPool, connect_args={**args, "command_timeout": None})
     try:
         async with migrator.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Workers starting together: one migrates, the others wait here and then find nothing to do
+                # (without it, two CREATE SCHEMA or two upgrades raced into duplicate-object errors).
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                                   {"k": f"govnode migrate {schema or ''}"})
             if schema and conn.dialect.name == "postgresql":
                 await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             await conn.run_sync(_upgrade)

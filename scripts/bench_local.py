@@ -15,6 +15,15 @@ server's CPU time, which a busy machine disturbs less than wall-clock rates.
 
 Targets (issue 2): verify req/s ≥ 0.30 × bare req/s; ingest ≥ 20,000 records/s; compare ≤ 3 s.
 Figures are printed; the script exits 0 whatever they are.
+
+    python scripts/bench_local.py --workers 2 [--records 100000] [--pg-url postgresql+asyncpg://…]
+
+With `--workers N` the node runs on PostgreSQL (a schema of its own, dropped at the end) and the verify
+load is run against `govnode run --workers 1` and `--workers N`, alternating round by round in the same
+run: requests/s, and CPU per request of the node's processes (and of PostgreSQL's, which other users of
+the server disturb). Targets (issue 17): node CPU per request with N workers ≤ 1.15 × with 1;
+requests/s with 2 workers ≥ 1.4 × with 1 on a 2-core machine, less what the load generator's own CPU
+(printed) takes from the same cores.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import (add_dept, cpu_seconds, env_info, free_port, init_node, load,  # noqa: E402
-                      merged, rss_mb, wait_healthy)
+                      merged, postgres_cpu_seconds, rss_mb, tree_cpu_seconds, wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
@@ -119,8 +128,13 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--compare-keys", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3, help="alternating bare/verify load runs")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="on PostgreSQL: verify with 1 worker and with this many, in the same run")
+    ap.add_argument("--pg-url", default=os.environ.get("GOVNODE_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"))
     args = ap.parse_args()
     rng = random.Random(20261122)
+    if args.workers:
+        return workers_main(args, rng)
 
     with tempfile.TemporaryDirectory(prefix="govnode-bench-local-") as tmp:
         base = Path(tmp)
@@ -239,6 +253,94 @@ def main() -> int:
                 bare.terminate()
                 bare.wait(timeout=20)
             node.stop()
+    return 0
+
+
+def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
+    import secrets
+
+    import yaml
+
+    schema = "gn_bench_" + secrets.token_hex(4)
+    with tempfile.TemporaryDirectory(prefix="govnode-bench-workers-") as tmp:
+        node = init_node(Path(tmp) / "370321", "370321", "桓台县")
+        cfg = node.home / "config.yaml"
+        doc = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+        doc["database"] = {"url": args.pg_url, "schema": schema}
+        cfg.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+        provider = add_dept(node, make_gb32100("11370321MB", 1), "桓台县公安局")
+        consumer = add_dept(node, make_gb32100("11370321MB", 2), "桓台县民政局")
+        try:
+            node.start()
+            status, raw = request(node.url, "POST", "/api/v1/catalog", provider, json.dumps(ENTRY).encode())
+            assert status == 201, raw
+            code = json.loads(raw)["code"]
+            people: list[dict] = []
+            for start in range(0, args.records, args.batch):
+                rows = [person(i, rng) for i in range(start, min(start + args.batch, args.records))]
+                people += rows[:: max(1, args.records // 50_000)]
+                body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+                status, raw = request(node.url, "POST", f"/api/v1/resources/{code}/records", provider, body,
+                                      "application/x-ndjson")
+                assert status == 200, raw[:500]
+            node.stop()
+            bodies = [{"key": p["id_number"], "fields": {"name": p["name"] if rng.random() < 0.8 else "不是本人",
+                                                         "birth_date": p["birth_date"]}}
+                      for p in rng.sample(people, min(5000, len(people)))]
+            url = f"{node.url}/api/v1/resources/{code}/verify"
+            headers = {"Authorization": f"Bearer {consumer}", "Content-Type": "application/json"}
+            print(f"govnode workers benchmark: {args.records:,} records; {env_info()}; PostgreSQL; load: "
+                  f"{args.concurrency} connections × {args.seconds:g} s × {args.rounds} rounds, one client process; "
+                  f"machine load average {os.getloadavg()[0]:.1f}")
+            runs: dict[int, list] = {1: [], args.workers: []}
+            cpu = {1: 0.0, args.workers: 0.0}
+            pg = {1: 0.0, args.workers: 0.0}
+            for r in range(args.rounds):
+                for n in (1, args.workers):
+                    node.workers = n
+                    node.start()
+                    # Warm every worker's caches with a short run first (not measured).
+                    load(url, headers, bodies, args.concurrency, 1.0, warmup_s=0.5)
+                    cpu0, pg0 = tree_cpu_seconds(node.pid), postgres_cpu_seconds()
+                    res = load(url, headers, bodies, args.concurrency, args.seconds)
+                    cpu[n] += tree_cpu_seconds(node.pid) - cpu0
+                    pg[n] += postgres_cpu_seconds() - pg0
+                    node.stop()
+                    runs[n].append(res)
+                    print(res.line(f"round {r + 1}: verify, {n} worker(s)")
+                          + f"   load generator CPU {res.client_cpu / (res.seconds + 1):.0%} of a core")
+            warm = 1 + 1 / args.seconds
+            figures = {}
+            for n in (1, args.workers):
+                m = merged(runs[n])
+                per = m.requests * warm
+                figures[n] = (m.rps, cpu[n] * 1000 / per, pg[n] * 1000 / per)
+                print(m.line(f"all rounds: {n} worker(s)") + f"   node CPU {figures[n][1]:.2f} ms/request, "
+                      f"PostgreSQL CPU {figures[n][2]:.2f} ms/request, load generator "
+                      f"{m.client_cpu / (m.seconds * warm):.0%} of a core")
+            rps_ratio = figures[args.workers][0] / figures[1][0]
+            cpu_ratio = figures[args.workers][1] / figures[1][1]
+            print()
+            print(f"requests/s, {args.workers} workers ÷ 1 = {rps_ratio:.2f}   (target ≥ 1.4 with 2 workers on 2 cores: "
+                  f"{'met' if rps_ratio >= 1.4 else 'MISSED'})")
+            print(f"node CPU per request, {args.workers} workers ÷ 1 = {cpu_ratio:.2f}   (target ≤ 1.15: "
+                  f"{'met' if cpu_ratio <= 1.15 else 'MISSED'})")
+            print(f"machine load average now {os.getloadavg()[0]:.1f} (other processes share these "
+                  f"{os.cpu_count()} cores: figures above scale with it)")
+        finally:
+            node.stop()
+            import asyncio
+
+            import asyncpg
+
+            async def drop() -> None:
+                conn = await asyncpg.connect(args.pg_url.replace("postgresql+asyncpg", "postgresql"))
+                try:
+                    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                finally:
+                    await conn.close()
+
+            asyncio.run(drop())
     return 0
 
 

@@ -51,6 +51,7 @@ class NodeProcess:
     port: int
     proc: subprocess.Popen | None = None
     cafile: str | None = None  # set for a node serving HTTPS: the CA bundle its certificate chains to
+    workers: int = 1  # `govnode run --workers N` (PostgreSQL)
 
     @property
     def url(self) -> str:
@@ -65,8 +66,8 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 60) -> None:
         log = open(self.home / "node.log", "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--dir", str(self.home)], cwd=REPO,
-                                     stdout=log, stderr=log)
+        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "run", "--dir", str(self.home),
+                                      "--workers", str(self.workers)], cwd=REPO, stdout=log, stderr=log)
         wait_healthy(self.url, timeout_s, self.proc, self.cafile)
 
     def stop(self) -> None:
@@ -156,6 +157,7 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float]
     sent: int = 0  # every request answered, the warm-up's included (what the servers' CPU time was spent on)
+    client_cpu: float = 0.0  # CPU seconds the load generator itself used (it shares the machine)
 
     @property
     def rps(self) -> float:
@@ -174,6 +176,7 @@ class LoadResult:
 
 async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, seconds: float,
                 warmup_s: float, cafile: str | None = None) -> dict[str, Any]:
+    cpu0 = time.process_time()
     latencies: list[float] = []
     errors = 0
     count = 0
@@ -208,7 +211,8 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
                         errors += 1
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return {"requests": count, "errors": errors, "seconds": seconds, "latencies_ms": latencies, "sent": sent}
+    return {"requests": count, "errors": errors, "seconds": seconds, "latencies_ms": latencies, "sent": sent,
+            "client_cpu": time.process_time() - cpu0}
 
 
 def _load_process(q: mp.Queue, *args: Any) -> None:
@@ -232,7 +236,8 @@ def load(url: str, headers: dict[str, str], bodies: list[Any], concurrency: int 
 def merged(runs: list[LoadResult]) -> LoadResult:
     """Several runs of the same load as one (their requests, errors, seconds and latencies together)."""
     return LoadResult(sum(r.requests for r in runs), sum(r.errors for r in runs), sum(r.seconds for r in runs),
-                      [x for r in runs for x in r.latencies_ms], sum(r.sent for r in runs))
+                      [x for r in runs for x in r.latencies_ms], sum(r.sent for r in runs),
+                      sum(r.client_cpu for r in runs))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -255,6 +260,32 @@ def journal_totals(url: str) -> tuple[float, float]:
     found = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
              if s.name.startswith("govnode_journal_commit_seconds")}
     return found.get("govnode_journal_commit_seconds_count", 0.0), found.get("govnode_journal_commit_seconds_sum", 0.0)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children (a `govnode run --workers N` parent and its workers), as
+    far as they run now."""
+    total = cpu_seconds(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(tree_cpu_seconds(int(c)) for c in children)
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL process on this machine (the server the node writes to; other users'
+    queries count too)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rss_mb(pid: int) -> float:

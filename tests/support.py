@@ -112,10 +112,11 @@ class RunningNode:
     app: web.Application
     session: aiohttp.ClientSession
     tokens: dict[str, str] = field(default_factory=dict)
+    direct_url: str | None = None  # a worker's own address, when the node's endpoint is another worker's
 
     @property
     def url(self) -> str:
-        return self.config.endpoint or ""
+        return self.direct_url or self.config.endpoint or ""
 
     async def call(self, method: str, path: str, token: str | None = None, *, json_body: Any = None,
                    data: Any = None, headers: dict | None = None) -> tuple[int, Any]:
@@ -153,6 +154,15 @@ async def start_node(config: Config) -> RunningNode:
     await site.start()
     session = tls.client_session(config)
     return RunningNode(config, runner, app, session)
+
+
+async def start_worker(config: Config) -> RunningNode:
+    """One more worker of a node that runs on PostgreSQL: the same home and schema, its own port (as a host
+    behind a load balancer; the node's endpoint stays the first worker's)."""
+    port = free_port()
+    worker = await start_node(config.model_copy(update={"listen": f"127.0.0.1:{port}"}))
+    worker.direct_url = f"http://127.0.0.1:{port}"
+    return worker
 
 
 class ThreadedNode:
@@ -265,8 +275,9 @@ async def start_tree(base: Path, backend: str = "sqlite", tree: list | None = No
 async def stop_all(nodes: dict[str, RunningNode]) -> None:
     for n in reversed(list(nodes.values())):
         await n.stop()
-        if n.config.database.schema_:
-            await drop_pg_schema(n.config.database.schema_)
+    # Schemas last: several workers of one node share theirs.
+    for schema in dict.fromkeys(n.config.database.schema_ for n in nodes.values() if n.config.database.schema_):
+        await drop_pg_schema(schema)
 
 
 # Federation test helpers (issue 3) ------------------------------------------------------------------
@@ -387,8 +398,9 @@ class NodeProcess:
     with SIGKILL and started again on the same home and port. Same `.config`, `.url`, `.call` and `.stop`
     as RunningNode, so `stop_all` handles both."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, workers: int = 1) -> None:
         self.config = config
+        self.workers = workers  # `govnode run --workers N` (PostgreSQL)
         self.proc: Any = None
         self.tokens: dict[str, str] = {}
 
@@ -404,7 +416,7 @@ class NodeProcess:
         log = open(self.config.home / "node.log", "ab")  # noqa: SIM115 - the child keeps it open
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "run", "--dir", str(self.config.home)],
+                [sys.executable, "-m", "node.cli", "run", "--dir", str(self.config.home), "--workers", str(self.workers)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parent.parent),
             )
         finally:
@@ -484,10 +496,11 @@ class NodeProcess:
 
 async def start_federation(base: Path, *, tree: list | None = None, backend: str = "sqlite",
                            federation: dict | None = None, subprocesses: tuple[str, ...] = (),
-                           extra_for: Any = None) -> dict[str, Any]:
+                           extra_for: Any = None, workers: int = 1) -> dict[str, Any]:
     """Like `start_tree`, with the federation settings given (default FAST_FEDERATION) and the nodes named in
     `subprocesses` served by `govnode run` in a subprocess (NodeProcess) instead of in this process.
-    `extra_for(code)` gives a node's own further settings (its TLS files, say)."""
+    `extra_for(code)` gives a node's own further settings (its TLS files, say). `workers`: how many
+    workers each subprocess node runs (`govnode run --workers`)."""
     tree = tree or TREE
     nodes: dict[str, Any] = {}
     try:
@@ -503,7 +516,7 @@ async def start_federation(base: Path, *, tree: list | None = None, backend: str
                                                          "--dir", str(home)])
                 assert rc == 0, err
             if code in subprocesses:
-                nodes[code] = await NodeProcess(config).start()
+                nodes[code] = await NodeProcess(config, workers).start()
             else:
                 nodes[code] = await start_node(config)
     except BaseException:

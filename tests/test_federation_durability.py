@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
 from federation.envelope import make_envelope, sign_envelope
 from node.errors import ApiError
 from node.federation.http import FEDERATION
-from node.federation.service import FederationService
+from node.supervisor import Supervisor
 from node.ids import now_ms
 from support import (
     SAMPLE_ENTRY, add_dept_async, raw_sql, seal_body, signing_key_of, start_federation, start_node, stop_all, wait_for,
@@ -238,15 +239,14 @@ async def test_a_message_queued_before_its_origin_rotated_its_key_is_delivered(t
 async def test_a_failed_background_step_is_logged_with_its_cause(caplog):
     """Pulls, catch-ups and notifies run in the background; one that fails (a busy database, say) is
     logged with its cause by the node, not left to asyncio's "exception was never retrieved"."""
-    fed = FederationService.__new__(FederationService)  # only the background-task bookkeeping is needed
-    fed.node_id, fed._tasks = "370300", set()
+    tasks = Supervisor("370300", logging.getLogger("govnode.federation"))  # what the federation spawns with
 
     async def catch_up_with_parent():
         raise RuntimeError("database is locked")
 
-    task = fed._spawn(catch_up_with_parent())
+    task = tasks.spawn(catch_up_with_parent())
     await asyncio.gather(task, return_exceptions=True)
-    assert fed._tasks == set()
+    assert tasks.tasks == set()
     [rec] = [r for r in caplog.records if "background step" in r.getMessage()]
     assert rec.levelname == "ERROR" and "catch_up_with_parent" in rec.getMessage()
     assert "370300" in rec.getMessage() and rec.exc_info[0] is RuntimeError

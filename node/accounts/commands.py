@@ -9,14 +9,14 @@ from node.accounts.people import CST, PeopleService
 from node.accounts.service import ROLES
 from node.cli import command
 from node.config import load_config
-from node.db import make_engine, upgrade
 from node.fields import printable
 
 
 async def _people(args: argparse.Namespace) -> tuple[PeopleService, object]:
+    from node.commands import open_database  # beside a running node: no schema upgrade under its feet
+
     config = load_config(args.dir)
-    engine = make_engine(config.database, config.sqlite_synchronous)
-    await upgrade(engine, config.database.schema_)
+    engine = await open_database(config)
     return PeopleService(engine, config.node.id), engine
 
 

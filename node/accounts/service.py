@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.accounts import store
+from node.cluster import announce
 from node.db import write_tx
 from node.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from node.fields import check_name
@@ -82,8 +83,13 @@ class AccountService:
             if await store.get_department(conn, code) is None:
                 raise NotFound(f"no department {code}")
             n = await store.revoke_tokens(conn, code, now_ms())
+            await announce(conn, "accounts", code)  # the node's other workers drop their cached tokens
         self._cache.clear()
         return n
+
+    def forget(self, _code: str = "") -> None:
+        """Drop every cached token lookup (another worker, or a command, revoked a department)."""
+        self._cache.clear()
 
     async def list(self) -> list[dict]:
         async with self.engine.connect() as conn:

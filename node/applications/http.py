@@ -10,6 +10,7 @@ from node.accounts.http import account
 from node.applications.models import (Application, ApplicationCreate, ApplicationPage, ApplicationQuery, Decision,
                                       GrantPage, GrantQuery, GrantView, Reason, Review, Stats, StatsQuery)
 from node.applications.service import ApplicationService
+from node.cluster import CLUSTER
 from node.audit.http import AUDIT, note
 from node.catalog.http import CATALOG
 from node.context import CONFIG, DB, add_routes, json_limit
@@ -148,7 +149,8 @@ async def stats(request: web.Request) -> web.Response:
 async def _service(app: web.Application) -> AsyncIterator[None]:
     svc = ApplicationService(app[DB], app[CONFIG].node.id, app[CATALOG], app[FEDERATION], app[AUDIT])
     svc.connect(app[SHARING])
-    await svc.start()
+    app[CLUSTER].on_lead(svc.take_up, svc.give_up)
+    app[CLUSTER].on("grants", svc.forget)
     app[APPLICATIONS] = svc
     try:
         yield

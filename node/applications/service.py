@@ -40,6 +40,7 @@ from node.applications.models import (OPEN_STATUSES, Application, ApplicationCre
                                       SubmittedApplication, Withdrawal)
 from node.audit.service import AuditLog
 from node.catalog.service import CatalogService
+from node.cluster import announce
 from node.db import write_tx
 from node.errors import ApiError, Conflict, Forbidden, GrantRequired, InvalidInput, NotFound, ShareForbidden
 from node.federation.service import ASYNC_TTL_MS, FederationService
@@ -123,6 +124,14 @@ class ApplicationService:
 
     # Life cycle -------------------------------------------------------------------------------------
 
+    def forget(self, grant_id: str = "") -> None:
+        """Another worker issued, received or revoked a grant (node.cluster): drop what is cached of it."""
+        if grant_id:
+            self._revoked.pop(grant_id, None)
+        else:
+            self._revoked.clear()
+        self._held.clear()
+
     def connect(self, sharing: Any) -> None:
         """Register the federation's message handlers and the sharing service's grant hooks."""
         self.federation.handlers["application.submit"] = self.on_submit
@@ -130,9 +139,13 @@ class ApplicationService:
         sharing.grant_checker = self.check_grant
         sharing.grant_finder = self.find_grant
 
-    async def start(self) -> None:
+    async def take_up(self) -> None:
+        """Deadline checks and re-sends are background work: one worker of the node runs them (node.cluster)."""
         self._jobs.start((self._scheduled_check, self.check_interval_s, "deadlines"),
                          (self.mirror.resend_pending, 30, "resend"))
+
+    async def give_up(self) -> None:
+        self._jobs.stop()
 
     async def close(self) -> None:
         self._jobs.stop()
@@ -334,6 +347,7 @@ class ApplicationService:
                 doc["status"] = "approved"
                 doc["grant"] = grant
                 await store.put_grant(conn, grant_row(grant, app_id, p["dept"]))
+                await announce(conn, "grants", grant["id"])
             else:
                 doc["status"] = "rejected"
             doc["history"].append(history_event(now, acct.principal, doc["status"], doc["status"], body.reason))
@@ -413,6 +427,8 @@ class ApplicationService:
             if row.revoked_at is not None:
                 raise Conflict(f"grant {grant_id} was already revoked")
             await store.revoke_grant(conn, grant_id, now, reason)
+            # The other workers of this node refuse the grant from the moment this commits.
+            await announce(conn, "grants", grant_id)
             app = await store.get_application(conn, row.application_id, for_update=True)
             doc = None
             if app is not None:
@@ -511,6 +527,7 @@ class ApplicationService:
                 revoked = iso_ms(doc.get("revoked_at"))
                 reason = next((h["reason"] for h in reversed(doc["history"]) if h["event"] == "revoked"), None)
                 await store.put_grant(conn, grant_row(grant, app.id, app.provider.dept, revoked, reason))
+                await announce(conn, "grants", grant["id"])
         self._held.clear()
         return {"accepted": True}
 

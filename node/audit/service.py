@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.audit import store
+from node.cluster import worker_of
 from node.db import next_counter_sync, read_counter
 from node.errors import ApiError, Conflict, InvalidInput
 from node.groupcommit import GroupCommitter
@@ -129,7 +131,7 @@ class Call:
     def end(self, conn: sa.Connection) -> None:
         if not self.open:
             return
-        store.insert_intent(conn, {"id": new_id(), "call_key": self.key, "at": now_ms(),
+        store.insert_intent(conn, {"id": new_id(), "call_key": self.key, "at": now_ms(), "worker": worker_of(conn.engine),
                                    "fields": json.dumps(self.fields, ensure_ascii=False, sort_keys=True)})
 
     def committed(self) -> None:
@@ -150,15 +152,24 @@ class AuditLog:
         self.journal = GroupCommitter(engine, "journal", batch_ms)
         self._jobs = PeriodicJobs()
         self._later: set[asyncio.Task[None]] = set()
+        # The node's live workers (node.cluster): their calls' intents are theirs to record. Without it
+        # (a command, a test's bare log) only the grace time tells a stopped call from a live one.
+        self.live_workers: Callable[[], Awaitable[set[str]]] | None = None
 
     async def start(self) -> None:
         self.journal.start()
-        # A node is one process today, so at its start every intent left is a stopped call's. With several
-        # workers on one database, a starting worker would also take a live call's intent (its call then
-        # has two records, one marked recovered: a duplicate, never a gap); the periodic sweep, which
-        # takes only intents older than INTENT_GRACE_MS, is the part that holds for several processes.
-        await self.recover(grace_ms=0)
+
+    async def take_up(self) -> None:
+        """The recovery of intents is background work: one worker of the node does it (node.cluster), at
+        once when it takes the work up and then every minute. Each intent names the worker whose call
+        wrote it, so the intents of a worker that is gone (a stopped process, a killed one, this process's
+        previous run) are recorded at once, and a live worker's only after INTENT_GRACE_MS: its call's own
+        record normally follows within milliseconds."""
+        await self._sweep(keys=False)
         self._jobs.start((self._sweep, SWEEP_INTERVAL_S, "audit-sweep"))
+
+    async def give_up(self) -> None:
+        self._jobs.stop()
 
     async def close(self) -> None:
         self._jobs.stop()
@@ -190,17 +201,20 @@ class AuditLog:
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, keys: bool = True) -> None:
         try:
-            await self.recover(grace_ms=INTENT_GRACE_MS)
-            await self.journal.submit(_forget_keys, now_ms() - IDEMPOTENCY_TTL_MS)
+            live = await self.live_workers() if self.live_workers is not None else None
+            await self.recover(grace_ms=INTENT_GRACE_MS, live=live)
+            if keys:
+                await self.journal.submit(_forget_keys, now_ms() - IDEMPOTENCY_TTL_MS)
         except ApiError as err:  # the database is away: the next sweep tries again
             log.warning("audit sweep postponed: %s", err)
 
-    async def recover(self, grace_ms: int) -> int:
-        """Turn the intents of calls that left no record (older than `grace_ms`) into chained records."""
+    async def recover(self, grace_ms: int, live: set[str] | None = None) -> int:
+        """Turn the intents of calls that left no record into chained records: those older than `grace_ms`,
+        and with `live` given, those of any age whose worker is not in it."""
         found: list[int] = []
-        await self.journal.submit(_recover_intents, (now_ms() - grace_ms, found))
+        await self.journal.submit(_recover_intents, (now_ms() - grace_ms, live, found))
         if found and found[0]:
             log.warning("recorded %d write(s) whose calls ended before their own audit record", found[0])
         return found[0] if found else 0
@@ -235,6 +249,12 @@ class AuditLog:
 
     @staticmethod
     def _write(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            # A record made with the replay claims of its call (a read delivered before they committed):
+            # they were decided earlier in this very commit, and one that lost makes the call a replay.
+            claims = r.pop("claims", None)
+            if claims and not all(c.won for c in claims):
+                r.update(outcome="REPLAY", status=409)
         _append(conn, records)
         # A call's record replaces its audit intents, and keeps its answer for a retry, in the same commit.
         calls = [r["call_key"] for r in records if r.get("call_key")]
@@ -279,6 +299,11 @@ class AuditLog:
         return out
 
 
+# The chain's counter row is the most contended lock of a batch: taken last, held for the least time. Every
+# batch takes its locks in one order (node.groupcommit), so two workers' batches never deadlock.
+AuditLog._write.commit_order = 10  # type: ignore[attr-defined]
+
+
 def _append(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
     """Chain `records` onto the log inside the journal's transaction."""
     last = next_counter_sync(conn, COUNTER, len(records))
@@ -296,11 +321,14 @@ def _append(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
     store.insert_many(conn, rows)
 
 
-def _recover_intents(conn: sa.Connection, asks: list[tuple[int, list[int]]]) -> None:
-    """Chain one record for each call whose intents are all older than the cutoff and still unrecorded,
-    with what its last intent knew (later writes of a call may have named more)."""
-    cutoff = max(c for c, _ in asks)
-    keys = store.calls_before(conn, cutoff, 1000)
+def _recover_intents(conn: sa.Connection, asks: list[tuple[int, set[str] | None, list[int]]]) -> None:
+    """Chain one record for each call whose intents are all older than the cutoff (or whose worker is not
+    among the live ones) and still unrecorded, with what its last intent knew (later writes of a call may
+    have named more)."""
+    cutoff = max(c for c, _, _ in asks)
+    lives = [lv for _, lv, _ in asks]
+    live = None if any(lv is None for lv in lives) else set().union(*lives)
+    keys = store.calls_before(conn, cutoff, 1000, live)
     calls: dict[str, dict[str, Any]] = {}
     for r in store.intents_of(conn, keys) if keys else []:
         calls[r.call_key] = {**json.loads(r.fields), "at": r.at}  # ordered by time: the last one stays
@@ -312,7 +340,7 @@ def _recover_intents(conn: sa.Connection, asks: list[tuple[int, list[int]]]) -> 
     if records:
         _append(conn, records)
         store.delete_intents(conn, list(calls))
-    for _, found in asks:
+    for _, _, found in asks:
         found.append(len(records))
 
 

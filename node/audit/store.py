@@ -94,6 +94,8 @@ audit_intents = sa.Table(
     sa.Column("call_key", sa.String(26), nullable=False, index=True),
     sa.Column("at", sa.BigInteger, nullable=False, index=True),
     sa.Column("fields", sa.Text, nullable=False),
+    # The worker whose call wrote it: the intents of a worker that is gone are recovered at once.
+    sa.Column("worker", sa.String(80), nullable=True),
 )
 
 # Idempotency keys of retried writes: claimed in the first write transaction of the call (so a key is
@@ -128,10 +130,15 @@ def delete_intents(conn: sa.Connection, call_keys: list[str]) -> None:
     conn.execute(_DELETE_INTENTS, {"keys": call_keys})
 
 
-def calls_before(conn: sa.Connection, cutoff_ms: int, limit: int) -> list[str]:
-    """The calls whose latest intent is older than the cutoff (whole calls, oldest first)."""
+def calls_before(conn: sa.Connection, cutoff_ms: int, limit: int, live: set[str] | None = None) -> list[str]:
+    """Whole calls to recover, oldest first: those whose latest intent is older than the cutoff, and with
+    `live` given, those of any age whose worker is not among the live ones (a call runs on one worker)."""
     latest = sa.func.max(audit_intents.c.at)
-    q = (sa.select(audit_intents.c.call_key).group_by(audit_intents.c.call_key).having(latest < cutoff_ms)
+    recoverable = latest < cutoff_ms
+    if live is not None:
+        worker = sa.func.max(audit_intents.c.worker)
+        recoverable = sa.or_(recoverable, worker.is_(None), worker.not_in(live))
+    q = (sa.select(audit_intents.c.call_key).group_by(audit_intents.c.call_key).having(recoverable)
          .order_by(latest).limit(limit))
     return [r[0] for r in conn.execute(q).all()]
 

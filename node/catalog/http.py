@@ -10,6 +10,7 @@ from node.accounts.http import account
 from node.audit.http import note
 from node.catalog.models import CatalogEntry, EntryCreate, EntryQuery, EntryUpdate, SearchPage, SearchQuery
 from node.catalog.service import CatalogService
+from node.cluster import CLUSTER
 from node.context import CONFIG, DB, SIGNING_KEY, add_routes, json_limit
 from node.web import CODE, ApiRoutes, json_response, query_model, read_model
 
@@ -68,7 +69,8 @@ async def withdraw(request: web.Request) -> web.Response:
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:
-    app[CATALOG] = CatalogService(app[DB], app[CONFIG].node.id, app[SIGNING_KEY])
+    app[CATALOG] = catalog = CatalogService(app[DB], app[CONFIG].node.id, app[SIGNING_KEY])
+    app[CLUSTER].on("catalog", catalog.forget)
     yield
 
 

@@ -18,6 +18,7 @@ from node.workdays import CST
 from node.accounts.service import Account
 from node.catalog import store
 from node.catalog.models import EntryContent, EntryCreate, EntryUpdate
+from node.cluster import announce
 from node.db import next_counter, note_write, write_tx
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
 from node.ids import now_ms, resource_node
@@ -198,6 +199,7 @@ class CatalogService:
             await store.insert(conn, row_of(signed, change_id))
         else:
             await store.upsert(conn, row_of(signed, change_id))
+        await announce(conn, "catalog", code)  # the node's other workers drop their copy
         return signed
 
     # Entries received from other nodes (federation) -----------------------------------------------
@@ -213,6 +215,7 @@ class CatalogService:
             return False
         change_id = await next_counter(change_id_conn, CHANGE_COUNTER)
         await store.upsert(change_id_conn, row_of(entry, change_id))
+        await announce(change_id_conn, "catalog", entry["code"])
         self._cache.pop(entry["code"], None)
         return True
 
@@ -236,9 +239,18 @@ class CatalogService:
         last = await next_counter(conn, CHANGE_COUNTER, len(applied))
         rows = [row_of(e, last - len(applied) + 1 + i) for i, e in enumerate(applied)]
         await store.store_many(conn, [r for r in rows if r["code"] not in held], [r for r in rows if r["code"] in held])
+        # One announcement a page; a long page drops the other workers' whole copies (a NOTIFY holds < 8 kB).
+        await announce(conn, "catalog", ",".join(newer) if len(newer) <= 100 else "")
         for code in newer:
             self._cache.pop(code, None)
         return applied
+
+    def forget(self, codes: str = "") -> None:
+        """Drop cached entries another worker changed ("a,b,c"), or all of them ("")."""
+        if not codes:
+            self._cache.clear()
+        for code in filter(None, codes.split(",")):
+            self._cache.pop(code, None)
 
     async def _changed(self, code: str) -> None:
         self._cache.pop(code, None)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from node.accounts.http import account
 from node.audit.http import note
+from node.cluster import CLUSTER
 from node.catalog.http import CATALOG
 from node.context import CONFIG, DB, add_routes, json_limit
 from node.data.http import DATA
@@ -78,7 +79,10 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[SEALER] = Sealer(config.home)
     svc = ExchangeService(app[DB], config.node.id, app[CATALOG], app[DATA], app[SEALER], app[METRICS])
+    svc.cluster = cluster = app[CLUSTER]
     await svc.start()
+    cluster.on_lead(svc.take_up, svc.give_up)
+    cluster.on("exchange", svc.told)
     app[EXCHANGE] = svc
     try:
         yield

@@ -38,6 +38,7 @@ from node.catalog.service import CatalogService
 from node.data import store as data_store
 from node.data.rows import RecordSchema, RowError
 from node.data.service import DataService
+from node.cluster import announce
 from node.db import next_counter, write_tx
 from node.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
 from node.exchange import store
@@ -50,6 +51,7 @@ from node.ops.metrics import Metrics
 from node.sharing.masking import masker
 from node.workdays import cst_iso
 from node.schedule import PeriodicJobs
+from node.supervisor import Supervisor
 
 log = logging.getLogger("govnode.exchange")
 
@@ -83,7 +85,6 @@ class Source:
         self.problem = problem  # why the source cannot even be opened (e.g. the sealed URL)
         self.layout = Layout.of(self.spec)
         self.lock = asyncio.Lock()
-        self.task: asyncio.Task[Any] | None = None
         self._converter: tuple[RecordSchema, Any] | None = None
 
     def converter(self, schema: RecordSchema) -> Any:
@@ -91,10 +92,6 @@ class Source:
         if self._converter is None or self._converter[0] is not schema:
             self._converter = (schema, compile_rows(schema, self.layout.fields, self.layout.key))
         return self._converter[1]
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
 
     def due(self, now: int) -> bool:
         return now >= int(self.state.get("next_attempt_at") or 0)
@@ -115,8 +112,10 @@ class ExchangeService:
         self.data = data
         self.sealer = sealer
         self.sources: dict[str, Source] = {}
-        self._jobs = PeriodicJobs()
+        self.tasks = Supervisor(node_id, log)  # the tick, and one run a source, by its id
+        self._jobs: PeriodicJobs | None = None
         self._closing = False
+        self.cluster: Any = None  # node.cluster: the sources are read by the worker doing the background work
         self._m_up = metrics.gauge("govnode_exchange_source_up",
                                    "1 when the last attempt to read the table source succeeded, else 0",
                                    ("resource", "source"))
@@ -134,16 +133,58 @@ class ExchangeService:
     # Life cycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._load()
+        if self.cluster is None:  # no workers to share with: this process reads the sources
+            await self.take_up()
+
+    async def _load(self) -> None:
+        """The sources as stored: new ones opened, unbound ones closed, the state of the others read again."""
         async with self.engine.connect() as conn:
             rows = await store.all_sources(conn)
+        stored = {row.id: row for row in rows}
+        for source_id in [i for i in self.sources if i not in stored]:
+            src = self.sources.pop(source_id)
+            await self.tasks.cancel(source_id)
+            if src.db is not None:
+                await src.db.close()
         for row in rows:
-            self.sources[row.id] = self._open(row)
-        self._jobs.start((self.tick, TICK_S, "exchange"))
+            held = self.sources.get(row.id)
+            if held is None:
+                self.sources[row.id] = self._open(row)
+            elif self.tasks.running(row.id) is None:
+                held.state = json.loads(row.state)
+
+    async def take_up(self) -> None:
+        """Reading the sources is background work: one worker of the node does it (node.cluster), from the
+        state the last one stored."""
+        await self._load()
+        self._jobs = self.tasks.every((self.tick, TICK_S, "exchange"))
         self._tick_while_bound()
+
+    async def give_up(self) -> None:
+        self._jobs = None
+        await self.tasks.close()  # the runs under way stop; their state was stored as they went
+
+    def _runs_here(self) -> bool:
+        return self.cluster is None or self.cluster.leader
+
+    def told(self, payload: str = "") -> None:
+        """Another worker bound or unbound a source ("<id>"), or asks for a sync now ("sync <id>")
+        (node.cluster): read the sources again."""
+        self.tasks.spawn(self._load_and_tick(payload.removeprefix("sync ") if payload.startswith("sync ") else None))
+
+    async def _load_and_tick(self, sync: str | None) -> None:
+        await self._load()
+        if self._runs_here():
+            self._tick_while_bound()
+            if sync is not None and sync in self.sources:
+                self._sync(self.sources[sync])
 
     def _tick_while_bound(self) -> None:
         """The tick looks for due sources, so it runs only while one is bound: at four wake-ups a second it
         was most of an idle node's CPU time (~3 ms a second), and most nodes bind no table source."""
+        if self._jobs is None:
+            return
         if self.sources:
             self._jobs.resume("exchange")
         else:
@@ -151,19 +192,11 @@ class ExchangeService:
 
     def next_tick(self) -> datetime | None:
         """When the tick next looks for due sources; None while no source is bound."""
-        return self._jobs.next_run("exchange")
+        return self._jobs.next_run("exchange") if self._jobs is not None else None
 
     async def close(self) -> None:
         self._closing = True
-        self._jobs.stop()
-        tasks = [s.task for s in self.sources.values() if s.running]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.close()
         for s in self.sources.values():
             if s.db is not None:
                 await s.db.close()
@@ -181,11 +214,15 @@ class ExchangeService:
         """Start every source that is due and not already running."""
         now = now_ms()
         for src in list(self.sources.values()):
-            if not src.running and src.due(now) and not self._closing:
+            if not self._running(src) and src.due(now) and not self._closing:
                 self._start(src)
 
     def _start(self, src: Source) -> None:
-        src.task = asyncio.ensure_future(self._run(src))
+        if self._runs_here():
+            self.tasks.spawn(self._run(src), key=src.id)
+
+    def _running(self, src: Source) -> bool:
+        return self.tasks.running(src.id) is not None
 
     # The department API -----------------------------------------------------------------------------
 
@@ -246,6 +283,7 @@ class ExchangeService:
         async with write_tx(self.engine) as conn:
             await store.insert(conn, row)
             stored = await store.get(conn, row["id"])
+            await announce(conn, "exchange", row["id"])
         src = Source(stored, db)
         if reachable is not None:
             self._failed(src, reachable, now)
@@ -278,14 +316,10 @@ class ExchangeService:
     async def unbind(self, acct: Account, code: str, source_id: str) -> dict[str, Any]:
         await self._own_entry(acct, code, "manage")
         src = self._source_of(code, source_id)
-        if src.task is not None and not src.task.done():
-            src.task.cancel()
-            try:
-                await src.task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.cancel(src.id)
         async with write_tx(self.engine) as conn:
             await store.delete(conn, source_id)
+            await announce(conn, "exchange", source_id)
         self.sources.pop(source_id, None)
         self._tick_while_bound()
         if src.db is not None:
@@ -296,10 +330,16 @@ class ExchangeService:
     async def sync_now(self, acct: Account, code: str, source_id: str) -> dict[str, Any]:
         entry = await self._own_entry(acct, code, "manage")
         src = self._source_of(code, source_id)
-        src.state["next_attempt_at"] = now_ms()
-        if not src.running:
-            self._start(src)
+        if self._runs_here():
+            self._sync(src)
+        else:
+            await self.cluster.tell("exchange", f"sync {source_id}")
         return self.view(src, self.data.schema(entry))
+
+    def _sync(self, src: Source) -> None:
+        src.state["next_attempt_at"] = now_ms()
+        if not self._running(src):
+            self._start(src)
 
     # Running ----------------------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from federation.signing import read_signing_key_file, sign_json, verify_key_b64
 from node.cli import command
 from node import tls
 from node.config import Config, ConfigError, load_config
-from node.db import make_engine, upgrade, write_tx
+from node.db import write_tx
+from node.homelock import refuse_if_serving
 from node.errors import ApiError
 from node.fields import printable, unsafe_characters
 from node.federation import store
@@ -23,10 +24,10 @@ from node.federation.service import FederationService, build_trust, expected_par
 from node.ids import now_ms
 
 
-async def _engine(config: Config):  # noqa: ANN202
-    engine = make_engine(config.database, config.sqlite_synchronous)
-    await upgrade(engine, config.database.schema_)
-    return engine
+async def _engine(config: Config, home_held: bool = False):  # noqa: ANN202
+    from node.commands import open_database
+
+    return await open_database(config, home_held)
 
 
 async def invite(args: argparse.Namespace) -> int:
@@ -53,7 +54,14 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> dict:
 async def join_parent(config: Config, parent_url: str, token: str, expected_anchor: str | None = None) -> str:
     """Obtain this node's certificate from its parent (SPEC §3) and store the trust state; returns a summary.
 
-    The node must not be running (its trust state is loaded at start)."""
+    The node must not be running: it keeps its trust state in memory from its start, and would go on
+    without what join stores. The home stays locked from before the token is spent until the state is
+    stored, so that no node starts meanwhile either."""
+    with refuse_if_serving(config.home, "join"):
+        return await _join_parent(config, parent_url, token, expected_anchor)
+
+
+async def _join_parent(config: Config, parent_url: str, token: str, expected_anchor: str | None) -> str:
     key = read_signing_key_file(config.key_path)
     parent_url = parent_url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
@@ -92,7 +100,17 @@ async def join_parent(config: Config, parent_url: str, token: str, expected_anch
     except TrustError as exc:
         raise ApiError(f"the certificate from {parent_url} does not verify: {exc.message}",
                        code="SIGNATURE_INVALID") from None
-    engine = await _engine(config)
+    await _store_joined(config, anchor, parent, answer, docs)
+    lines = [f"node {config.node.id} joined under {parent} ({parent_url}); "
+             f"trust anchor {anchor['node']} {anchor['key']}"]
+    warning = expected_parent_warning(config.node.id, parent)
+    if warning:
+        lines.insert(0, f"warning: {warning}")
+    return "\n".join(lines)
+
+
+async def _store_joined(config: Config, anchor: dict, parent: str, answer: dict, docs: list[dict]) -> None:
+    engine = await _engine(config, home_held=True)
     try:
         async with write_tx(engine) as conn:
             await store.set_state(conn, "anchor", {"node": anchor["node"], "key": anchor["key"]})
@@ -103,12 +121,6 @@ async def join_parent(config: Config, parent_url: str, token: str, expected_anch
                 await store.put_registry(conn, doc)
     finally:
         await engine.dispose()
-    lines = [f"node {config.node.id} joined under {parent} ({parent_url}); "
-             f"trust anchor {anchor['node']} {anchor['key']}"]
-    warning = expected_parent_warning(config.node.id, parent)
-    if warning:
-        lines.insert(0, f"warning: {warning}")
-    return "\n".join(lines)
 
 
 async def join(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from federation.canonical import encode_canonical_json
 from federation.errors import CanonicalJSONError
 from node.audit.http import AUDIT
 from node.catalog.http import CATALOG
+from node.cluster import CLUSTER
 from node.context import CONFIG, DB, SIGNING_KEY
 from node.errors import ApiError, InvalidInput
 from node.federation.replay import Claim
@@ -146,7 +147,7 @@ async def admin(request: web.Request) -> web.Response:
 
 async def _service(app: web.Application) -> AsyncIterator[None]:
     fed = FederationService(app[CONFIG], app[DB], app[SIGNING_KEY], app[CATALOG], app[AUDIT],
-                            pull_interval_s=app[CONFIG].federation.pull_interval_s)
+                            pull_interval_s=app[CONFIG].federation.pull_interval_s, cluster=app[CLUSTER])
     await fed.start()
     app[FEDERATION] = fed
     app[HEALTH_SECTIONS]["federation"] = fed.health

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.db import insert_ignoring_duplicates, metadata, next_counter, on_conflict_statement, read_counter_sync
+from node.db import metadata, next_counter, on_conflict_statement, read_counter_sync
 
 REGISTRY_COUNTER = "registry_change"
 
@@ -80,6 +80,19 @@ outbox = sa.Table(
 )
 
 
+# The neighbours' health as this node's workers saw it (/healthz): one row a neighbour, written when it
+# changes, so that every worker answers /healthz alike.
+peer_status = sa.Table(
+    "peer_status",
+    metadata,
+    sa.Column("peer", sa.String(6), primary_key=True),
+    sa.Column("reachable", sa.Boolean, nullable=True),
+    sa.Column("last_ok", sa.BigInteger, nullable=True),
+    sa.Column("last_error", sa.String(400), nullable=True),
+    sa.Column("last_failure", sa.BigInteger, nullable=True),
+)
+
+
 # State --------------------------------------------------------------------------------------------
 
 async def get_state(conn: AsyncConnection, name: str) -> Any:
@@ -144,9 +157,21 @@ async def use_invite(conn: AsyncConnection, digest: str, now: int) -> sa.Row | N
 
 # Replay protection --------------------------------------------------------------------------------
 
-def store_seen(conn: sa.Connection, nonces: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
-    insert_ignoring_duplicates(conn, seen_nonces, nonces)
-    insert_ignoring_duplicates(conn, seen_messages, messages)
+def claim_seen(conn: sa.Connection, nonces: list[dict[str, Any]],
+               messages: list[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[str]]:
+    """Insert nonces and message ids not stored yet; returns those this statement inserted (the claims it
+    won). Another transaction's uncommitted insert of the same key makes this one wait for its outcome."""
+    won_nonces: set[tuple[str, str]] = set()
+    won_messages: set[str] = set()
+    if nonces:
+        stmt = on_conflict_statement(conn.dialect.name, seen_nonces, "claim", lambda ins: ins.on_conflict_do_nothing()
+                                     .returning(seen_nonces.c.origin, seen_nonces.c.nonce))
+        won_nonces = {(r[0], r[1]) for r in conn.execute(stmt, nonces).all()}
+    if messages:
+        stmt = on_conflict_statement(conn.dialect.name, seen_messages, "claim", lambda ins: ins.on_conflict_do_nothing()
+                                     .returning(seen_messages.c.id))
+        won_messages = {r[0] for r in conn.execute(stmt, messages).all()}
+    return won_nonces, won_messages
 
 
 async def load_seen(conn: AsyncConnection, nonces_since: int, messages_since: int) -> tuple[list[sa.Row], list[sa.Row]]:
@@ -256,3 +281,21 @@ async def retry_now(conn: AsyncConnection, now: int, peer: str | None = None) ->
 async def outbox_depths(conn: AsyncConnection) -> dict[str, int]:
     rows = (await conn.execute(sa.select(outbox.c.peer, sa.func.count()).group_by(outbox.c.peer))).all()
     return {r[0]: int(r[1]) for r in rows}
+
+
+# Peer status ------------------------------------------------------------------------------------------
+
+def put_peer_status(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Journal writer: each neighbour's newest status (the last of a batch wins)."""
+    newest = {r["peer"]: r for r in rows}
+    stmt = on_conflict_statement(conn.dialect.name, peer_status, "status", lambda ins: ins.on_conflict_do_update(
+        index_elements=[peer_status.c.peer],
+        set_={c: ins.excluded[c] for c in ("reachable", "last_ok", "last_error", "last_failure")},
+    ))
+    conn.execute(stmt, [newest[p] for p in sorted(newest)])
+
+
+async def peer_statuses(conn: AsyncConnection) -> dict[str, dict[str, Any]]:
+    rows = (await conn.execute(sa.select(peer_status))).all()
+    return {r.peer: {"reachable": r.reachable, "last_ok": r.last_ok, "last_error": r.last_error,
+                     "last_failure": r.last_failure} for r in rows}

@@ -36,6 +36,7 @@ from federation.signing import sign_json, signed_bytes, verify_signed_json
 from node.accounts.service import Account
 from node.catalog.models import EntryCreate
 from node.catalog.service import CatalogService
+from node.cluster import node_lock
 from node.db import next_counter, write_tx
 from node.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
 from node.federation.service import FederationService, SignedFeed
@@ -252,7 +253,8 @@ class LicenceService:
     async def _resource_of(self, acct: Account) -> str:
         """The catalog resource of the department's licences, registered (conditional) at its first issue."""
         lock = self._resource_locks.setdefault(acct.dept, asyncio.Lock())
-        async with lock:
+        # One registration a department, also across the node's workers (an advisory lock on PostgreSQL).
+        async with lock, node_lock(self.engine, f"licence resource {acct.dept}"):
             async with self.engine.connect() as conn:
                 code = await store.issuer_resource(conn, acct.dept)
             if code is not None:

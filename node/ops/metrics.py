@@ -1,13 +1,22 @@
-"""Prometheus metrics, one registry per node (several nodes can share a process in tests and simulations)."""
+"""Prometheus metrics, one registry per node (several nodes can share a process in tests and simulations).
+
+Served by several workers (`govnode run --workers N`), the node's metrics are prometheus-client's
+multiprocess mode: every worker writes its values to files of one directory, and /metrics on any worker
+adds up all of them (gauges: the most recent value written). The journal's running totals, which the
+committer keeps in plain numbers, are copied into that directory by each worker every second.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import values
 from prometheus_client.metrics_core import CounterMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from node.groupcommit import GroupCommitter
 
@@ -18,8 +27,13 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class Metrics:
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        self._journals: list[_JournalValues] = []
         self.registry = CollectorRegistry(auto_describe=True)
         self.calls = Counter(
             "govnode_api_calls_total", "API calls by resource, operation and outcome",
@@ -47,7 +61,8 @@ class Metrics:
 
     def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         if name not in self.gauges:
-            self.gauges[name] = Gauge(name, doc, labels, registry=self.registry)
+            # Across workers, a gauge shows the value last set by any of them (the background work moves).
+            self.gauges[name] = Gauge(name, doc, labels, registry=self.registry, multiprocess_mode="mostrecent")
         return self.gauges[name]
 
     def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
@@ -59,10 +74,23 @@ class Metrics:
     def watch_journal(self, journal: GroupCommitter) -> None:
         """Export a group committer's running totals (read at each scrape; the committer knows nothing of
         Prometheus)."""
-        self.registry.register(_JournalCollector(journal))
+        if self.multiprocess:
+            self._journals.append(_JournalValues(journal))
+        else:
+            self.registry.register(_JournalCollector(journal))
+
+    def publish(self) -> None:
+        """Copy this worker's journal totals to its files (multiprocess mode; every second and at a scrape)."""
+        for journal in self._journals:
+            journal.publish()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.publish()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 class _JournalCollector:
@@ -91,6 +119,34 @@ class _JournalCollector:
                                    "durable, what durable-before-acknowledged adds to a call", labels=("journal",))
         wait.add_metric((name,), stats.items, stats.wait_seconds)
         yield wait
+
+
+class _JournalValues:
+    """The `_JournalCollector` families in multiprocess mode: values in this worker's files, summed over
+    the workers by /metrics."""
+
+    def __init__(self, journal: GroupCommitter) -> None:
+        self.journal = journal
+
+        def value(typ: str, metric: str, sample: str, doc: str) -> object:
+            return values.ValueClass(typ, metric, sample, ("journal",), (journal.name,), doc)
+
+        commit = "Per batch: from asking for the writer's turn to the commit returning"
+        wait = "Per item: from being queued to being durable"
+        self._values = {
+            "failures": value("counter", "govnode_journal_commit_failures", "govnode_journal_commit_failures_total",
+                              "Batches that could not be committed (their callers got UNAVAILABLE)"),
+            "commits": value("summary", "govnode_journal_commit_seconds", "govnode_journal_commit_seconds_count", commit),
+            "commit_seconds": value("summary", "govnode_journal_commit_seconds", "govnode_journal_commit_seconds_sum",
+                                    commit),
+            "items": value("summary", "govnode_journal_wait_seconds", "govnode_journal_wait_seconds_count", wait),
+            "wait_seconds": value("summary", "govnode_journal_wait_seconds", "govnode_journal_wait_seconds_sum", wait),
+        }
+
+    def publish(self) -> None:
+        stats = self.journal.stats
+        for name, v in self._values.items():
+            v.set(getattr(stats, name))  # type: ignore[attr-defined]
 
 
 METRICS = web.AppKey("metrics", Metrics)

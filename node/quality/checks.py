@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.accounts.service import Account
 from node.catalog.service import CatalogService
+from node.supervisor import Supervisor
 from node.data.rows import RowError, key_text
 from node.data.service import DataService
 from node.db import write_tx
@@ -51,20 +52,33 @@ class CheckService:
         self.data = data
         self.sharing = sharing
         self.subscriptions = subscriptions  # node.subscriptions: the change feed, wherever the resource is held
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self.tasks = Supervisor(node_id, log)  # one job a running check, by its id
+        # Checks run in the worker that does the node's background work (node.cluster); the others tell it.
+        self.cluster: Any = None
 
-    async def start(self) -> None:
+    async def take_up(self) -> None:
+        """This worker runs the checks from now on: one marked running was left by a worker that stopped."""
         async with write_tx(self.engine) as conn:
             await store.interrupt_running(conn, now_ms())
 
+    async def give_up(self) -> None:
+        await self.tasks.close()  # each check being run is saved as interrupted
+
     async def close(self) -> None:
-        for t in list(self._tasks.values()):
-            t.cancel()
-        for t in list(self._tasks.values()):
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.close()
+
+    def _runs_here(self) -> bool:
+        return self.cluster is None or self.cluster.leader
+
+    def told(self, check_id: str) -> None:
+        """Another worker started a check (node.cluster)."""
+        if self._runs_here() and check_id and self.tasks.running(check_id) is None:
+            self.tasks.spawn(self._launch_stored(check_id))
+
+    async def _launch_stored(self, check_id: str) -> None:
+        row = await self._row(check_id)
+        if row.status == "running" and self.tasks.running(check_id) is None:
+            self.tasks.spawn(self._run(check_id, json.loads(row.spec)), key=check_id)
 
     # The operator's API ---------------------------------------------------------------------------------
 
@@ -94,7 +108,7 @@ class CheckService:
         if acct.role != "operator":
             raise Forbidden("multi-source checks are run by the node's operators")
         row = await self._row(check_id)
-        if check_id in self._tasks:
+        if self.tasks.running(check_id) is not None or row.status == "running":
             raise ApiError(f"check {check_id} is running", code="CONFLICT")
         spec = json.loads(row.spec)
         async with write_tx(self.engine) as conn:
@@ -132,13 +146,14 @@ class CheckService:
                 "report": report}
 
     def _launch(self, check_id: str, spec: dict[str, Any]) -> None:
-        task = asyncio.ensure_future(self._run(check_id, spec))
-        self._tasks[check_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(check_id, None))
+        if self._runs_here():
+            self.tasks.spawn(self._run(check_id, spec), key=check_id)
+        else:
+            self.tasks.spawn(self.cluster.tell("checks", check_id))
 
     async def wait(self, check_id: str) -> None:
         """Until the running job of a check ends (tests, the CLI)."""
-        task = self._tasks.get(check_id)
+        task = self.tasks.running(check_id)
         if task is not None:
             await asyncio.shield(task)
 

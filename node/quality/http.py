@@ -9,6 +9,7 @@ from aiohttp import web
 
 from node.accounts.http import account
 from node.audit.http import AUDIT, note
+from node.cluster import CLUSTER
 from node.catalog.http import CATALOG
 from node.context import CONFIG, DB, add_routes, json_limit
 from node.data.http import DATA
@@ -131,9 +132,11 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     feedback = FeedbackService(app[DB], config.node.id, app[CATALOG], app[DATA], app[FEDERATION], app[AUDIT])
     feedback.connect()
-    await feedback.start()
     checks = CheckService(app[DB], config.node.id, app[CATALOG], app[DATA], app[SHARING], app[SUBSCRIPTIONS])
-    await checks.start()
+    cluster = checks.cluster = app[CLUSTER]
+    cluster.on_lead(feedback.take_up, feedback.give_up)
+    cluster.on_lead(checks.take_up, checks.give_up)
+    cluster.on("checks", checks.told)
     app[FEEDBACK] = feedback
     app[CHECKS] = checks
     app[STATS_SECTIONS]["feedback"] = feedback.stats

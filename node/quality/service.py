@@ -80,9 +80,13 @@ class FeedbackService:
         self.federation.handlers["feedback.update"] = self.on_update
         self.federation.reply_handlers["feedback.submit"] = self.on_submit_refused
 
-    async def start(self) -> None:
+    async def take_up(self) -> None:
+        """Deadline checks and re-sends are background work: one worker of the node runs them (node.cluster)."""
         self._jobs.start((self._scheduled_check, 60, "feedback-deadlines"),
                          (self.mirror.resend_pending, 30, "feedback-resend"))
+
+    async def give_up(self) -> None:
+        self._jobs.stop()
 
     async def close(self) -> None:
         self._jobs.stop()

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from node.accounts.http import account
 from node.audit.http import note
+from node.cluster import CLUSTER
 from node.catalog.http import CATALOG
 from node.context import CONFIG, DB, add_routes, json_limit
 from node.data.http import DATA
@@ -73,7 +74,10 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     svc = SubscriptionService(app[DB], app[CONFIG].node.id, app[CATALOG], app[DATA], app[SHARING], app[FEDERATION],
                               app[SEALER], app[METRICS])
     svc.connect()
+    svc.cluster = cluster = app[CLUSTER]
     await svc.start()
+    cluster.on_lead(svc.take_up, svc.give_up)
+    cluster.on("subscriptions", svc.told)
     app[SUBSCRIPTIONS] = svc
     try:
         yield

@@ -47,10 +47,12 @@ from node.accounts.service import Account
 from node.catalog.service import CatalogService
 from node.data import store as data_store
 from node.data.service import DataService
+from node.cluster import announce
 from node.db import next_counter, write_tx
 from node.errors import ApiError, Conflict, FieldNotGranted, Forbidden, GrantRequired, InvalidInput, NotFound, ShareForbidden
 from node.exchange.sealing import Sealer
 from node.federation.service import FederationService
+from node.supervisor import Supervisor
 from node.ids import new_id, now_ms
 from node.ops.metrics import Metrics
 from node.sharing.masking import masker
@@ -94,7 +96,6 @@ class Subscription:
         self.cursor: int = int(row.cursor)
         self.state: dict[str, Any] = json.loads(row.state)
         self.created_at: int = row.created_at
-        self.task: asyncio.Task[Any] | None = None
         self.caught_up = False
         self.poll_started: int | None = None
 
@@ -117,6 +118,8 @@ class SubscriptionService:
         self._events: dict[str, asyncio.Event] = {}
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
+        self.tasks = Supervisor(node_id, log)  # one loop a subscription, by its id
+        self.cluster: Any = None  # node.cluster: the loops run in the worker doing the background work
         self._remote_router: Any = None
         self.poll_wait_ms = POLL_WAIT_MS
         self._m_lag = metrics.gauge("govnode_subscription_lag_seconds",
@@ -151,23 +154,49 @@ class SubscriptionService:
 
     async def start(self) -> None:
         self._session = tls.client_session(self.federation.config, timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
+        await self._load()
+        if self.cluster is None:  # no workers to share with: this process runs the subscriptions
+            await self.take_up()
+
+    async def _load(self) -> None:
+        """The active subscriptions as stored (a running loop keeps its own, newer state)."""
         async with self.engine.connect() as conn:
             rows = await store.active(conn)
+        active = {row.id for row in rows}
+        for sub_id in [i for i in self.subs if i not in active]:
+            await self.tasks.cancel(sub_id)
+            self.subs.pop(sub_id, None)
         for row in rows:
-            sub = Subscription(row)
-            self.subs[sub.id] = sub
+            if self.tasks.running(row.id) is None:
+                self.subs[row.id] = Subscription(row)
+
+    def _runs_here(self) -> bool:
+        return self.cluster is None or self.cluster.leader
+
+    async def take_up(self) -> None:
+        """The subscriptions' loops are background work: one worker of the node runs them (node.cluster),
+        from the cursor and state the last one stored."""
+        await self._load()
+        for sub in list(self.subs.values()):
             self._start(sub)
+
+    async def give_up(self) -> None:
+        await self.tasks.close()
+
+    def told(self, _payload: str = "") -> None:
+        """Another worker created or cancelled a subscription (node.cluster): read them again."""
+        self.tasks.spawn(self._load_and_start())
+
+    async def _load_and_start(self) -> None:
+        await self._load()
+        if self._runs_here():
+            for sub in list(self.subs.values()):
+                if self.tasks.running(sub.id) is None:
+                    self._start(sub)
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [s.task for s in self.subs.values() if s.task is not None and not s.task.done()]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.close()
         if self._session is not None:
             await self._session.close()
 
@@ -178,7 +207,8 @@ class SubscriptionService:
             self._wake(code)
 
     def _start(self, sub: Subscription) -> None:
-        sub.task = asyncio.ensure_future(self._loop(sub))
+        if self._runs_here():
+            self.tasks.spawn(self._loop(sub), key=sub.id)
 
     # The provider's side: the change feed for subscribers -------------------------------------------------
 
@@ -339,6 +369,7 @@ class SubscriptionService:
         async with write_tx(self.engine) as conn:
             await store.insert(conn, row)
             held = await store.get(conn, row["id"])
+            await announce(conn, "subscriptions", row["id"])
         sub = Subscription(held)
         self.subs[sub.id] = sub
         self._start(sub)
@@ -348,8 +379,12 @@ class SubscriptionService:
             view["secret"] = self.sealer.derive("webhook", sub.id)
         return view
 
-    def _mine(self, acct: Account, sub_id: str) -> Subscription:
+    async def _mine(self, acct: Account, sub_id: str) -> Subscription:
         sub = self.subs.get(sub_id)
+        if sub is None:  # made through another worker of this node a moment ago
+            async with self.engine.connect() as conn:
+                row = await store.get(conn, sub_id)
+            sub = Subscription(row) if row is not None and row.status == "active" else None
         if sub is None or (acct.role == "dept" and sub.dept != acct.dept) or acct.role not in ("dept", "operator",
                                                                                                 "auditor"):
             raise NotFound(f"no subscription {sub_id} of the caller at node {self.node_id}")
@@ -373,20 +408,16 @@ class SubscriptionService:
         return [await self.view(self.subs.get(r.id) or Subscription(r)) for r in rows]
 
     async def cancel(self, acct: Account, sub_id: str) -> dict[str, Any]:
-        sub = self._mine(acct, sub_id)
+        sub = await self._mine(acct, sub_id)
         if acct.role == "auditor":
             raise Forbidden("an auditor does not cancel subscriptions")
         sub.status = "cancelled"
-        if sub.task is not None and not sub.task.done():
-            sub.task.cancel()
-            try:
-                await sub.task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await self.tasks.cancel(sub.id)
         async with write_tx(self.engine) as conn:
             if sub.mode == "replica":
                 await store.drop_records(conn, sub.code)
             await store.save(conn, sub.id, cursor=sub.cursor, state=sub.state, at=now_ms(), status="cancelled")
+            await announce(conn, "subscriptions", sub.id)
         self.subs.pop(sub.id, None)
         log.info("subscription %s to %s cancelled", sub.id, sub.resource)
         return await self.view(sub)
