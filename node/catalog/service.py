@@ -19,7 +19,7 @@ from node.catalog import store
 from node.catalog.models import EntryContent, EntryCreate, EntryUpdate
 from node.db import next_counter, note_write, write_tx
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
-from node.ids import now_ms, resource_node
+from node.ids import level_of, now_ms, resource_node
 
 log = logging.getLogger("govnode.catalog")
 
@@ -27,6 +27,8 @@ CST = timezone(timedelta(hours=8))
 SEQ_COUNTER = "catalog_seq"        # this node's seq over its own entries (travels in the entry)
 CHANGE_COUNTER = "catalog_change"  # local commit order of every entry held (the feed cursor)
 SERIAL_COUNTER = "resource_serial"
+# What the catalog can be narrowed by and counted per (CatalogService.facets).
+FACETS = ("level", "node", "category", "share_type", "provider")
 
 
 def today_cst() -> str:
@@ -85,13 +87,65 @@ class CatalogService:
         return entry
 
     async def search(self, *, q: str | None, node: str | None, category: str | None, share_type: str | None,
-                     provider: str | None, deleted: bool, page: int, page_size: int) -> tuple[int, list[dict]]:
+                     provider: str | None, deleted: bool, page: int, page_size: int,
+                     level: str | None = None) -> tuple[int, list[dict]]:
         async with self.engine.connect() as conn:
             total, docs = await store.search(
                 conn, text=q, node=node, category=category, share_type=share_type, provider=provider,
-                include_deleted=deleted, offset=(page - 1) * page_size, limit=page_size,
+                include_deleted=deleted, offset=(page - 1) * page_size, limit=page_size, level=level,
             )
         return total, [json.loads(d) for d in docs]
+
+    async def facets(self, *, q: str | None, deleted: bool = False, **chosen: str | None) -> dict[str, Any]:
+        """Counts per facet of the entries matching `q` and the facets `chosen` (level, node, category,
+        share_type, provider; None or absent: any). Each facet is counted under every choice but its own,
+        so its other values show how many entries choosing them instead would find. Returns
+        {"total": n, "counts": {facet: {value: n}}, "providers": {dept: {"node", "name"}}}."""
+        async with self.engine.connect() as conn:
+            rows = await store.facet_groups(conn, text=q, include_deleted=deleted)
+        groups = [{"level": level_of(r.node), "node": r.node, "category": r.category, "share_type": r.share_type,
+                   "provider": r.provider_dept, "n": r.n, "sample": r.sample} for r in rows]
+        chosen = {f: v for f, v in chosen.items() if v}
+        unknown = set(chosen) - set(FACETS)
+        if unknown:
+            raise TypeError(f"unknown facets {sorted(unknown)}")
+        counts: dict[str, dict[str, int]] = {f: {} for f in FACETS}
+        total = 0
+        for g in groups:
+            missed = [f for f, v in chosen.items() if g[f] != v]
+            if not missed:
+                total += g["n"]
+            if len(missed) > 1:
+                continue
+            for facet in FACETS:
+                if not missed or missed == [facet]:
+                    counts[facet][g[facet]] = counts[facet].get(g[facet], 0) + g["n"]
+        samples: dict[str, str] = {}
+        for g in groups:
+            samples.setdefault(g["provider"], g["sample"])
+        return {"total": total, "counts": counts, "providers": await self._providers(samples)}
+
+    async def _providers(self, samples: dict[str, str]) -> dict[str, dict[str, str]]:
+        """Each provider department's node and name, as one of its entries names them (the parsed entries
+        kept by `get`, and one query for the rest)."""
+        out: dict[str, dict[str, str]] = {}
+        missing: dict[str, str] = {}
+        for dept, code in samples.items():
+            entry = self._cache.get(code)
+            if entry is None:
+                missing[code] = dept
+            else:
+                out[dept] = {"node": entry["node"], "name": entry["provider"]["name"]}
+        if missing:
+            async with self.engine.connect() as conn:
+                rows = await store.entries(conn, sorted(missing))
+            for row in rows:
+                entry = json.loads(row.entry)
+                if len(self._cache) > 50_000:
+                    self._cache.clear()
+                self._cache[row.code] = entry
+                out[missing[row.code]] = {"node": entry["node"], "name": entry["provider"]["name"]}
+        return out
 
     # Writing this node's own entries --------------------------------------------------------------
 

@@ -86,19 +86,37 @@ async def store_many(conn: AsyncConnection, new_rows: list[dict[str, Any]], held
         await conn.execute(stmt, params)
 
 
+# The levels of SPEC §1, told by the node id's trailing zeros as node.ids.level_of tells them, in SQL.
+def _level(level: str) -> Any:
+    node = catalog_entries.c.node
+    if level == "national":
+        return node == "000000"
+    if level == "province":
+        return sa.and_(node.like("__0000"), node != "000000")
+    if level == "city":
+        return sa.and_(node.like("____00"), node.not_like("__0000"))
+    return node.not_like("____00")
+
+
+def _text(text: str | None) -> list[Any]:
+    conds = []
+    for word in (text or "").lower().split():
+        esc = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(catalog_entries.c.search_text.like(f"%{esc}%", escape="\\"))
+    return conds
+
+
 async def search(
     conn: AsyncConnection, *, text: str | None, node: str | None, category: str | None, share_type: str | None,
-    provider: str | None, include_deleted: bool, offset: int, limit: int,
+    provider: str | None, include_deleted: bool, offset: int, limit: int, level: str | None = None,
 ) -> tuple[int, list[str]]:
-    conds = []
+    conds = _text(text)
     if not include_deleted:
         conds.append(catalog_entries.c.deleted.is_(False))
-    if text:
-        for word in text.lower().split():
-            esc = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            conds.append(catalog_entries.c.search_text.like(f"%{esc}%", escape="\\"))
     if node:
         conds.append(catalog_entries.c.node == node)
+    if level:
+        conds.append(_level(level))
     if category:
         conds.append(catalog_entries.c.category == category)
     if share_type:
@@ -115,6 +133,32 @@ async def search(
         .limit(limit)
     )
     return int(total), [r[0] for r in (await conn.execute(q)).all()]
+
+
+async def facet_groups(conn: AsyncConnection, *, text: str | None, include_deleted: bool) -> list[sa.Row]:
+    """The entries matching `text`, counted per (node, category, share type, provider) in one grouped query,
+    each group with one of its codes (`sample`, to name its provider). Every facet's counts under any
+    choice of the other facets follow from these groups, so a search page needs no query per facet."""
+    c = catalog_entries.c
+    conds = _text(text)
+    if not include_deleted:
+        conds.append(c.deleted.is_(False))
+    q = (
+        sa.select(c.node, c.category, c.share_type, c.provider_dept, sa.func.count().label("n"),
+                  sa.func.min(c.code).label("sample"))
+        .where(sa.and_(sa.true(), *conds))
+        .group_by(c.node, c.category, c.share_type, c.provider_dept)
+    )
+    return list((await conn.execute(q)).all())
+
+
+async def entries(conn: AsyncConnection, codes: list[str]) -> list[sa.Row]:
+    """The stored entries of `codes` that are held (code, entry)."""
+    out: list[sa.Row] = []
+    for i in range(0, len(codes), 500):  # well within SQLite's limit on bound parameters
+        q = sa.select(catalog_entries.c.code, catalog_entries.c.entry).where(catalog_entries.c.code.in_(codes[i:i + 500]))
+        out += (await conn.execute(q)).all()
+    return out
 
 
 async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[str] | None = None,
