@@ -12,6 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from node.accounts.people import Person
+from node.applications.http import APPLICATIONS
 from node.catalog.http import CATALOG
 from node.context import CONFIG
 from node.errors import InvalidInput
@@ -19,6 +20,7 @@ from node.federation.http import FEDERATION
 from node.ids import DEPT_CODE, NODE_ID, level_of
 from node.portal.home import CYCLES, SHARE_TYPES
 from node.portal.pages import LEVEL_NAMES, PortalRoutes, url
+from node.sharing.service import conditional
 from node.web import CODE
 
 routes = PortalRoutes()
@@ -172,4 +174,81 @@ async def catalog_page(request: web.Request, person: Person | None) -> dict[str,
         "clear_all": str(base), "hidden": {f: v for f, v in chosen.items() if v},
         "node_name": names, "level_of": lambda n: LEVEL_NAMES[level_of(n)],
         "share_types": SHARE_TYPES, "cycles": CYCLES, "categories": CATEGORIES,
+        "resource_url": lambda code: resource_url(request, code),
+    }
+
+
+def resource_url(request: web.Request, code: str) -> str:
+    return url(request, "portal.resource", code=code)
+
+
+# A resource's page -------------------------------------------------------------------------------------
+
+def apply_url(code: str) -> str:
+    """Where a person applies for a grant on `code` (the applications pages)."""
+    return str(URL("/portal/applications/new").with_query(resource=code))
+
+
+def is_own(person: Person, entry: dict[str, Any]) -> bool:
+    """Whether the person's department provides the resource (purpose is asked only of the others)."""
+    acct = person.account
+    return (entry["node"], entry["provider"]["dept"]) == (acct.node, acct.dept)
+
+
+async def active_grants(request: web.Request, person: Person, code: str) -> list[dict[str, Any]]:
+    """The grants the person's department holds on `code` that are valid now (the API's grants list, as the
+    consumer)."""
+    if person.account.role != "dept":
+        return []
+    _, grants = await request.app[APPLICATIONS].list_grants(person.account, role="consumer", resource=code,
+                                                            status="active", page=1, page_size=50)
+    return grants
+
+
+def access_of(entry: dict[str, Any], grants: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the person may do with the resource, as the sharing rules (SPEC §8) will decide it: per
+    operation, open / granted (until when, which items) / needs a grant / never; and the sensitive items a
+    query shows masked."""
+    sensitive = [i["field"] for i in entry["items"] if i.get("sensitive")]
+    ops: dict[str, dict[str, Any]] = {}
+    for op in ("verify", "query", "compare"):
+        usable = [g for g in grants if op in g["ops"]]
+        best = max(usable, key=lambda g: (len(g["fields"]), g["valid_until"])) if usable else None
+        if entry["share"]["type"] == "none":
+            state = "never"
+        elif conditional(entry, op):
+            state = "granted" if best else "needs_grant"
+        else:
+            state = "open"
+        fields = best["fields"] if best else []
+        # Open: sensitive items come masked unless a grant includes them. Granted (a conditional call): only
+        # the grant's items are served at all, in clear.
+        masked = [f for f in sensitive if f not in fields] if state == "open" else []
+        ops[op] = {"state": state, "grant": best, "fields": fields, "until": best["valid_until"][:10] if best else None,
+                   "masked": masked}
+    return {"ops": ops, "sensitive": sensitive, "grants": grants,
+            "usable": [op for op, a in ops.items() if a["state"] in ("open", "granted")]}
+
+
+@routes.get(f"/portal/catalog/{CODE}", name="portal.resource", template="resource.html")
+async def resource_page(request: web.Request, person: Person | None) -> dict[str, Any]:
+    assert person is not None
+    return await resource_context(request, person)
+
+
+async def resource_context(request: web.Request, person: Person) -> dict[str, Any]:
+    """What every page about one resource shows of it (this page, and the pages that use it)."""
+    code = request.match_info["code"].replace("%2F", "/")
+    entry = await request.app[CATALOG].get(code)
+    grants = await active_grants(request, person, code)
+    names = {i["field"]: i["name"] for i in entry["items"]}
+    return {
+        "entry": entry, "code": code, "classification": code.split("/")[0],
+        "provider_node": node_view(request, entry["node"]),
+        "access": access_of(entry, grants), "own": is_own(person, entry), "item_names": names,
+        "apply_url": apply_url(code), "resource_href": resource_url(request, code),
+        "categories": CATEGORIES, "formats": FORMATS, "item_types": ITEM_TYPES, "methods": METHODS, "ops": OPS,
+        "checks": CHECKS, "share_types": SHARE_TYPES, "cycles": CYCLES,
+        "related_href": lambda c: resource_url(request, c),
+        "current": "portal.catalog",  # the navigation marks the catalog, where the resource was found
     }
