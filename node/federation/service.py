@@ -179,6 +179,28 @@ def _hop_deadline_s(env: dict[str, Any]) -> float:
     return (env["expires_at"] - HOP_MARGIN_MS * hop_count(env) - now_ms()) / 1000
 
 
+def _given_user(env: dict[str, Any]) -> str | None:
+    """The person a relayed envelope says it is for (`unsigned.user`), if it names one plausibly."""
+    user = (env.get("unsigned") or {}).get("user") if isinstance(env.get("unsigned"), dict) else None
+    return user[:32] if isinstance(user, str) and user.isprintable() and user.strip() else None
+
+
+def _note_requester(body: dict[str, Any], details: dict[str, Any], person: dict[str, Any]) -> None:
+    """At the destination: who asked, from the requester the origin signed (its department, the person and
+    their purpose), into the call's audit record."""
+    requester = body.get("requester")
+    person["user"] = None
+    if not isinstance(requester, dict):
+        return
+    node, dept, user, purpose = (requester.get(k) for k in ("node", "dept", "user", "purpose"))
+    if isinstance(node, str) and isinstance(dept, str):
+        details["requester"] = f"{node}/{dept}"[:80]
+    if isinstance(user, str) and user:
+        person["user"] = user[:32]
+    if isinstance(purpose, str) and purpose.strip():
+        details["purpose"] = purpose[:2000]
+
+
 def _api_error(exc: FederationError, hop: str | None = None) -> ApiError:
     """Map a protocol error onto SPEC §9."""
     code = exc.code
@@ -855,9 +877,13 @@ class FederationService:
         details = {"kind": env["kind"], "from": hop_origin, "to": hop, "origin": env["origin"], "destination": destination,
                    "size": len(sealed_body.get("ct") or "") if isinstance(sealed_body.get("ct"), str) else None}
 
+        # The person a call is made for (SPEC §15): at a relay as the hop before gave it, at the destination as the
+        # origin signed it in the body's requester (with the purpose, which only the destination can read).
+        person = {"user": _given_user(env)}
+
         def audit_fields(result: str) -> dict[str, Any]:
             return dict(
-                request_id=request_id, message_id=env["id"], actor=env["origin"], role="node",
+                request_id=request_id, message_id=env["id"], actor=env["origin"], user=person["user"], role="node",
                 action="federation.deliver" if hop == self.node_id else "federation.relay",
                 method="POST", path="/federation/v1/messages", outcome=result, status=200,
                 latency_ms=round((time.perf_counter() - started) * 1000),
@@ -885,6 +911,7 @@ class FederationService:
                     body = opened["body"]
                     if isinstance(body.get("op"), str):  # a service.call's op: statistics tell calls from pulls by it
                         details["op"] = body["op"][:32]
+                    _note_requester(body, details, person)
                     call = Call(audit_fields("ok"))  # what it stores carries its audit intent
                     token = CALL_WRITES.set(call)
                     try:
@@ -1062,14 +1089,21 @@ class FederationService:
 
     # Sending from this node -----------------------------------------------------------------------
 
-    async def call(self, kind: str, destination: str, body: dict[str, Any], ttl_ms: int = SYNC_TTL_MS) -> dict[str, Any]:
+    async def call(self, kind: str, destination: str, body: dict[str, Any], ttl_ms: int = SYNC_TTL_MS, *,
+                   user: str | None = None) -> dict[str, Any]:
         """Send a message and wait for the destination's answer; returns the reply body (with `via`).
+
+        `user`: the person the call is made for, beside the sealed body (in `unsigned`, which every hop's
+        request authentication covers) so that each relay's audit record names them (SPEC §15); the
+        destination takes the person from the body its origin signed.
 
         An error answer is raised as ApiError (its code and details, e.g. the hop that failed).
         """
         self.require_joined()
         hop = self.route(destination)
         env = self._envelope(kind, destination, body, ttl_ms=ttl_ms)
+        if user:
+            env = {**env, "unsigned": {"user": user}}
         if hop is None:
             raise ApiError(f"node {destination} is in no known subtree", {"node": destination}, code="NODE_UNKNOWN")
         if hop == self.node_id:
