@@ -29,7 +29,7 @@ from node.data.formats import Malformed, Rows, csv_rows
 from node.data.rows import RecordSchema
 from node.data.xlsx import release_memory, xlsx_rows
 from node.errors import ApiError, InvalidInput, TooLarge
-from node.portal.catalog import resource_context
+from node.portal.catalog import node_namer, resource_context
 from node.portal.pages import ERROR_TITLES, FORM, UPLOAD, PortalRoutes, show_on_error
 from node.sharing.http import SHARING, requester_of
 from node.sharing.models import CompareParams, QueryParams, VerifyParams
@@ -187,9 +187,10 @@ async def verify(request: web.Request, person: Person | None) -> dict[str, Any]:
         raise InvalidInput("请至少填写一项要核验的内容")
     field_of = {"key": "key", "purpose": "purpose", **{f: f"v_{f}" for f in values}}
     answer = await _call(request, person, ctx, VerifyParams(key=key, fields=checked), purpose, field_of)
-    names = {r.field: r.name for r in ctx["schema"].rules}
+    flags = answer["fields"]  # in the item order (an answer from another node comes with its keys sorted)
     ctx["result"] = {"match": answer["match"],
-                     "rows": [{"name": names.get(f, f), "value": checked[f], "match": m} for f, m in answer["fields"].items()]}
+                     "rows": [{"name": r.name, "value": checked[r.field], "match": flags[r.field]}
+                              for r in ctx["schema"].rules if r.field in flags]}
     return ctx
 
 
@@ -214,10 +215,11 @@ async def query(request: web.Request, person: Person | None) -> dict[str, Any]:
     answer = await _call(request, person, ctx, QueryParams(key=key), purpose, {"key": "key", "purpose": "purpose"})
     rules = ctx["schema"].by_field
     masked = set(answer["masked"])
-    records = [[{"name": rules[f].name if f in rules else f, "value": _display(v), "masked": f in masked,
-                 "sensitive": f in rules and rules[f].sensitive} for f, v in rec.items()] for rec in answer["records"]]
+    order = ctx["schema"].fields  # an answer from another node comes with its keys sorted
+    records = [[{"name": rules[f].name, "value": _display(rec[f]), "masked": f in masked} for f in order if f in rec]
+               for rec in answer["records"]]
     ctx["result"] = {"records": records, "masked": [rules[f].name if f in rules else f for f in answer["masked"]],
-                     "via": answer.get("via")}
+                     "via": [node_namer(request)(n) for n in answer.get("via") or []]}
     return ctx
 
 

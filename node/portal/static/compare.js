@@ -91,6 +91,7 @@
           done.replaceChildren(summary, link);
           done.className = "compare-done alert ok";
           done.hidden = false;
+          done.scrollIntoView({block: "nearest"});
           link.click();
           return;
         }
