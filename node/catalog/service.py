@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 from datetime import datetime, timedelta, timezone
@@ -29,6 +30,7 @@ CHANGE_COUNTER = "catalog_change"  # local commit order of every entry held (the
 SERIAL_COUNTER = "resource_serial"
 # What the catalog can be narrowed by and counted per (CatalogService.facets).
 FACETS = ("level", "node", "category", "share_type", "provider")
+GROUPED_FACETS = FACETS[:4]
 
 
 def today_cst() -> str:
@@ -88,41 +90,49 @@ class CatalogService:
 
     async def search(self, *, q: str | None, node: str | None, category: str | None, share_type: str | None,
                      provider: str | None, deleted: bool, page: int, page_size: int,
-                     level: str | None = None) -> tuple[int, list[dict]]:
+                     level: str | None = None, with_total: bool = True) -> tuple[int, list[dict]]:
+        """A page of entries and how many match in all (-1 when not `with_total`: the caller knows it)."""
         async with self.engine.connect() as conn:
             total, docs = await store.search(
                 conn, text=q, node=node, category=category, share_type=share_type, provider=provider,
                 include_deleted=deleted, offset=(page - 1) * page_size, limit=page_size, level=level,
+                with_total=with_total,
             )
-        return total, [json.loads(d) for d in docs]
+        return (-1 if total is None else total), [json.loads(d) for d in docs]
 
-    async def facets(self, *, q: str | None, deleted: bool = False, **chosen: str | None) -> dict[str, Any]:
+    async def facets(self, *, q: str | None, deleted: bool = False, named: int = 60,
+                     **chosen: str | None) -> dict[str, Any]:
         """Counts per facet of the entries matching `q` and the facets `chosen` (level, node, category,
         share_type, provider; None or absent: any). Each facet is counted under every choice but its own,
         so its other values show how many entries choosing them instead would find. Returns
-        {"total": n, "counts": {facet: {value: n}}, "providers": {dept: {"node", "name"}}}."""
-        async with self.engine.connect() as conn:
-            rows = await store.facet_groups(conn, text=q, include_deleted=deleted)
-        groups = [{"level": level_of(r.node), "node": r.node, "category": r.category, "share_type": r.share_type,
-                   "provider": r.provider_dept, "n": r.n, "sample": r.sample} for r in rows]
+        {"total": n, "counts": {facet: {value: n}}, "providers": {dept: {"node", "name"}}}, the providers named
+        being the `named` with the most entries and the one chosen.
+
+        One statement, whatever the size of the catalog (node.catalog.store.facet_counts)."""
         chosen = {f: v for f, v in chosen.items() if v}
         unknown = set(chosen) - set(FACETS)
         if unknown:
             raise TypeError(f"unknown facets {sorted(unknown)}")
+        others = {f: v for f, v in chosen.items() if f != "provider"}
+        async with self.engine.connect() as conn:
+            groups, by_provider = await store.facet_counts(conn, text=q, include_deleted=deleted, **chosen)
         counts: dict[str, dict[str, int]] = {f: {} for f in FACETS}
         total = 0
-        for g in groups:
-            missed = [f for f, v in chosen.items() if g[f] != v]
-            if not missed:
-                total += g["n"]
+        wanted = tuple(others.get(f) for f in GROUPED_FACETS)
+        for node, category, share_type, n in groups:
+            group = (level_of(node), node, category, share_type)
+            missed = [i for i, v in enumerate(wanted) if v is not None and group[i] != v]
             if len(missed) > 1:
                 continue
-            for facet in FACETS:
-                if not missed or missed == [facet]:
-                    counts[facet][g[facet]] = counts[facet].get(g[facet], 0) + g["n"]
-        samples: dict[str, str] = {}
-        for g in groups:
-            samples.setdefault(g["provider"], g["sample"])
+            if not missed:
+                total += n
+            for i in missed or range(len(GROUPED_FACETS)):  # the facet it misses, or every facet
+                facet = counts[GROUPED_FACETS[i]]
+                facet[group[i]] = facet.get(group[i], 0) + n
+        counts["provider"] = {dept: n for dept, n, _ in by_provider}
+        top = heapq.nsmallest(named, by_provider, key=lambda r: (-r[1], r[0]))
+        samples = {dept: sample for dept, _, sample in top}
+        samples.update({dept: sample for dept, _, sample in by_provider if dept == chosen.get("provider")})
         return {"total": total, "counts": counts, "providers": await self._providers(samples)}
 
     async def _providers(self, samples: dict[str, str]) -> dict[str, dict[str, str]]:

@@ -5,14 +5,16 @@ the applications service's grants, with the person's Account."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from math import ceil
 from typing import Any
 
 from aiohttp import web
+from urllib.parse import urlencode
+
 from yarl import URL
 
-from node.accounts.people import Person
-from node.applications.http import APPLICATIONS
+from node.accounts.people import CST, Person
 from node.catalog.http import CATALOG
 from node.context import CONFIG
 from node.errors import InvalidInput
@@ -20,6 +22,7 @@ from node.federation.http import FEDERATION
 from node.ids import DEPT_CODE, NODE_ID, level_of
 from node.portal.home import CYCLES, SHARE_TYPES
 from node.portal.pages import LEVEL_NAMES, PortalRoutes, url
+from node.sharing.http import SHARING, requester_of
 from node.sharing.service import conditional
 from node.web import CODE
 
@@ -27,6 +30,8 @@ routes = PortalRoutes()
 PAGE_SIZE = 20
 # Values of a facet shown before the rest fold away under "其余 …" (a province's catalog names ~150 nodes).
 FACET_SHOWN = 8
+# Values listed in all (the rest fold away under a note to narrow the search): the departments named.
+FACET_LISTED = 40
 MAX_PAGE = 100_000
 
 CATEGORIES = {"base": "基础信息资源", "theme": "主题信息资源", "department": "部门信息资源"}
@@ -40,6 +45,7 @@ CHECKS = {"gb11643": "公民身份号码校验", "gb32100": "统一社会信用�
 FACET_TITLES = {"level": "层级", "node": "所在节点", "category": "资源分类", "share_type": "共享类型",
                 "provider": "提供部门"}
 LEVEL_ORDER = ("national", "province", "city", "county")
+USE_OPS = ("verify", "query", "compare")
 
 
 def node_namer(request: web.Request) -> Any:
@@ -95,13 +101,14 @@ def search_terms(query: Any) -> dict[str, Any]:
     }
 
 
-def _link(base: URL, terms: dict[str, Any], **changes: Any) -> str:
+def _link(base: str, terms: dict[str, Any], **changes: Any) -> str:
     """The page's address with `changes` (a facet set or cleared goes back to the first page)."""
     merged = {**terms, "page": None, **changes}
-    return str(base.with_query({k: v for k, v in merged.items() if v not in (None, "", 1)}))
+    query = urlencode([(k, v) for k, v in merged.items() if v not in (None, "", 1)])
+    return f"{base}?{query}" if query else base
 
 
-def _facets(base: URL, terms: dict[str, Any], found: dict[str, Any], names: Any) -> list[dict[str, Any]]:
+def _facets(base: str, terms: dict[str, Any], found: dict[str, Any], names: Any) -> list[dict[str, Any]]:
     providers = found["providers"]
     labels = {
         "level": lambda v: LEVEL_NAMES.get(v, v),
@@ -124,20 +131,21 @@ def _facets(base: URL, terms: dict[str, Any], found: dict[str, Any], names: Any)
             order = sorted(counts, key=lambda v: (-counts[v], v))
         if chosen and chosen not in counts:
             order.insert(0, chosen)
-        values = [{"value": v, "label": labels[facet](v), "note": notes[facet](v) if facet in notes else "",
-                   "count": counts.get(v, 0), "chosen": v == chosen,
-                   "href": _link(base, terms, **{facet: None if v == chosen else v})} for v in order]
-        shown = values[:FACET_SHOWN]
-        rest = values[FACET_SHOWN:]
-        if any(v["chosen"] for v in rest):  # the chosen value is always in sight
-            shown += [v for v in rest if v["chosen"]]
-            rest = [v for v in rest if not v["chosen"]]
-        out.append({"name": facet, "title": title, "values": shown, "rest": rest, "chosen": chosen,
+        # Only so many values are listed (a province's catalog names thousands of departments); the chosen
+        # one always is.
+        listed = order[:FACET_LISTED]
+        if chosen and chosen not in listed:
+            listed.append(chosen)
+        values = [{"value": v, "count": counts.get(v, 0), "chosen": v == chosen, "label": labels[facet](v),
+                   "note": notes[facet](v) if facet in notes else "",
+                   "href": _link(base, terms, **{facet: None if v == chosen else v})} for v in listed]
+        out.append({"name": facet, "title": title, "values": values[:FACET_SHOWN], "rest": values[FACET_SHOWN:],
+                    "chosen": chosen, "unlisted": max(0, len(order) - len(listed)),
                     "clear": _link(base, terms, **{facet: None})})
     return out
 
 
-def _pages(base: URL, terms: dict[str, Any], page: int, last: int) -> list[dict[str, Any]]:
+def _pages(base: str, terms: dict[str, Any], page: int, last: int) -> list[dict[str, Any]]:
     """Page links: the first, the last, and two either side of the current one; gaps as None."""
     wanted = sorted({1, last, *range(max(1, page - 2), min(last, page + 2) + 1)})
     out: list[dict[str, Any]] = []
@@ -153,7 +161,7 @@ async def catalog_page(request: web.Request, person: Person | None) -> dict[str,
     terms = search_terms(request.query)
     catalog = request.app[CATALOG]
     chosen = {f: terms[f] for f in FACET_TITLES}
-    found = await catalog.facets(q=terms["q"], **chosen)
+    found = await catalog.facets(q=terms["q"], named=FACET_LISTED, **chosen)
     total = found["total"]
     last = max(1, ceil(total / PAGE_SIZE))
     page = min(terms["page"], last)
@@ -161,9 +169,10 @@ async def catalog_page(request: web.Request, person: Person | None) -> dict[str,
     if total:
         _, entries = await catalog.search(q=terms["q"], node=terms["node"], level=terms["level"],
                                           category=terms["category"], share_type=terms["share_type"],
-                                          provider=terms["provider"], deleted=False, page=page, page_size=PAGE_SIZE)
+                                          provider=terms["provider"], deleted=False, page=page, page_size=PAGE_SIZE,
+                                          with_total=False)  # the facets counted them
     names = node_namer(request)
-    base = request.app.router["portal.catalog"].url_for()
+    base = url(request, "portal.catalog")
     return {
         "terms": terms, "total": total, "entries": entries, "page": page, "last": last,
         "first_shown": (page - 1) * PAGE_SIZE + 1 if entries else 0, "last_shown": (page - 1) * PAGE_SIZE + len(entries),
@@ -171,7 +180,7 @@ async def catalog_page(request: web.Request, person: Person | None) -> dict[str,
         "prev": _link(base, terms, page=page - 1) if page > 1 else None,
         "next": _link(base, terms, page=page + 1) if page < last else None,
         "any_chosen": any(chosen.values()) or bool(terms["q"]),
-        "clear_all": str(base), "hidden": {f: v for f, v in chosen.items() if v},
+        "clear_all": base, "hidden": {f: v for f, v in chosen.items() if v},
         "node_name": names, "level_of": lambda n: LEVEL_NAMES[level_of(n)],
         "share_types": SHARE_TYPES, "cycles": CYCLES, "categories": CATEGORIES,
         "resource_url": lambda code: resource_url(request, code),
@@ -195,25 +204,24 @@ def is_own(person: Person, entry: dict[str, Any]) -> bool:
     return (entry["node"], entry["provider"]["dept"]) == (acct.node, acct.dept)
 
 
-async def active_grants(request: web.Request, person: Person, code: str) -> list[dict[str, Any]]:
-    """The grants the person's department holds on `code` that are valid now (the API's grants list, as the
-    consumer)."""
-    if person.account.role != "dept":
-        return []
-    _, grants = await request.app[APPLICATIONS].list_grants(person.account, role="consumer", resource=code,
-                                                            status="active", page=1, page_size=50)
-    return grants
+async def usable_grants(request: web.Request, person: Person, entry: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Per operation, the grant the person's department would call with: the one the sharing service attaches
+    to its calls (the applications service's grants, valid now and allowing the operation), or None."""
+    sharing = request.app[SHARING]
+    if sharing.grant_finder is None:
+        return dict.fromkeys(USE_OPS)
+    requester = requester_of(person.account)
+    return {op: await sharing.grant_finder(entry, op, requester) for op in USE_OPS}
 
 
-def access_of(entry: dict[str, Any], grants: list[dict[str, Any]]) -> dict[str, Any]:
+def access_of(entry: dict[str, Any], grants: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     """What the person may do with the resource, as the sharing rules (SPEC §8) will decide it: per
     operation, open / granted (until when, which items) / needs a grant / never; and the sensitive items a
     query shows masked."""
     sensitive = [i["field"] for i in entry["items"] if i.get("sensitive")]
     ops: dict[str, dict[str, Any]] = {}
-    for op in ("verify", "query", "compare"):
-        usable = [g for g in grants if op in g["ops"]]
-        best = max(usable, key=lambda g: (len(g["fields"]), g["valid_until"])) if usable else None
+    for op in USE_OPS:
+        best = grants.get(op)
         if entry["share"]["type"] == "none":
             state = "never"
         elif conditional(entry, op):
@@ -224,9 +232,9 @@ def access_of(entry: dict[str, Any], grants: list[dict[str, Any]]) -> dict[str, 
         # Open: sensitive items come masked unless a grant includes them. Granted (a conditional call): only
         # the grant's items are served at all, in clear.
         masked = [f for f in sensitive if f not in fields] if state == "open" else []
-        ops[op] = {"state": state, "grant": best, "fields": fields, "until": best["valid_until"][:10] if best else None,
-                   "masked": masked}
-    return {"ops": ops, "sensitive": sensitive, "grants": grants,
+        until = datetime.fromtimestamp(best["valid_until"] / 1000, CST).date().isoformat() if best else None
+        ops[op] = {"state": state, "grant": best, "fields": fields, "until": until, "masked": masked}
+    return {"ops": ops, "sensitive": sensitive,
             "usable": [op for op, a in ops.items() if a["state"] in ("open", "granted")]}
 
 
@@ -240,7 +248,7 @@ async def resource_context(request: web.Request, person: Person) -> dict[str, An
     """What every page about one resource shows of it (this page, and the pages that use it)."""
     code = request.match_info["code"].replace("%2F", "/")
     entry = await request.app[CATALOG].get(code)
-    grants = await active_grants(request, person, code)
+    grants = await usable_grants(request, person, entry)
     names = {i["field"]: i["name"] for i in entry["items"]}
     return {
         "entry": entry, "code": code, "classification": code.split("/")[0],
