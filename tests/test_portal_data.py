@@ -319,6 +319,14 @@ async def test_without_javascript_an_xlsx_comes_back_as_an_xlsx(fed, portal_page
     await clerk.page.get_by_label("比对文件", exact=True).set_input_files(str(upload))
     response = await clerk.press("开始比对")
     assert response.status == 400 and "没有“公民身份号码”列" in await clerk.alert()
+    # A form of the wrong kind (no file, or a file where a form is read) is refused as such, not a failure.
+    token = await clerk.page.locator("input[name=csrf]").first.get_attribute("value")
+    response = await clerk.page.request.post(clerk.base_url + f"/portal/catalog/{code}/compare",
+                                             form={"csrf": token, "purpose": "核对"})
+    assert response.status == 400 and "请选择要比对的文件" in await response.text()
+    response = await clerk.page.request.post(clerk.base_url + f"/portal/catalog/{code}/verify",
+                                             multipart={"csrf": token, "key": PEOPLE[0]})
+    assert response.status == 400 and "表单格式不正确" in await response.text()
 
 
 # The purpose in the audit, at both ends ---------------------------------------------------------------------

@@ -133,6 +133,14 @@ def _in_chinese(err: ApiError, schema: RecordSchema, field_of: dict[str, str]) -
     return ApiError(message, fields or err.details, code=err.code)
 
 
+def _form(request: web.Request) -> Any:
+    """The urlencoded form of a POST (a multipart body sent here instead is no form these pages read)."""
+    form = request.get(FORM)
+    if form is None:
+        raise InvalidInput("表单格式不正确，请在页面上重新填写后提交")
+    return form
+
+
 def _purpose(value: Any) -> str:
     purpose = str(value or "").strip()
     if len(purpose) > 2000:
@@ -174,7 +182,7 @@ async def verify_page(request: web.Request, person: Person | None) -> dict[str, 
 async def verify(request: web.Request, person: Person | None) -> dict[str, Any]:
     assert person is not None
     ctx = await _context(request, person, "verify")
-    form = request[FORM]
+    form = _form(request)
     key = str(form.get("key", "")).strip()
     values = {r.field: str(form.get(f"v_{r.field}", "")).strip() for r in ctx["allowed"]}
     purpose = _purpose(form.get("purpose"))
@@ -205,7 +213,7 @@ async def query_page(request: web.Request, person: Person | None) -> dict[str, A
 async def query(request: web.Request, person: Person | None) -> dict[str, Any]:
     assert person is not None
     ctx = await _context(request, person, "query")
-    form = request[FORM]
+    form = _form(request)
     key = str(form.get("key", "")).strip()
     purpose = _purpose(form.get("purpose"))
     ctx.update(key=key, purpose=purpose)
@@ -279,7 +287,9 @@ async def compare(request: web.Request, person: Person | None) -> web.StreamResp
 async def _read_form(request: web.Request, spool: IO[bytes], limit: int) -> tuple[dict[str, str], str | None, str | None]:
     """The multipart form after its CSRF field: its short fields, and the file spooled to `spool` (its kind,
     csv or xlsx, and the charset it names)."""
-    reader = request[UPLOAD]
+    reader = request.get(UPLOAD)
+    if reader is None:  # a urlencoded form: it cannot carry the file
+        raise InvalidInput("请选择要比对的文件（CSV 或 XLSX）", [{"field": "file", "error": "未选择文件"}])
     fields: dict[str, str] = {}
     kind = charset = None
     try:
