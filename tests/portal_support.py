@@ -73,10 +73,15 @@ class Portal:
     def _response(self, resp: Response) -> None:
         if resp.status < 400:
             return
-        if resp.request.resource_type == "document":
+        if resp.request.resource_type == "document" or resp.url in self._error_pages:
             self._error_pages.add(resp.url)
         else:  # what a page loads must never fail
             self.problems.append(f"{resp.request.resource_type} {resp.url} answered {resp.status}")
+
+    def expect_error(self, path: str) -> None:
+        """A request the page's own script sends to `path` may be answered with an error on purpose (a refused
+        form, which the script then shows)."""
+        self._error_pages.add(self.base_url + path)
 
     async def goto(self, path: str) -> Response | None:
         return await self.page.goto(self.base_url + path)

@@ -614,7 +614,9 @@ class SubscriptionService:
 
     async def _route(self, entry: dict[str, Any], op: str, params: dict[str, Any], requester: Requester,
                      grant: dict[str, Any] | None) -> dict[str, Any]:
-        sub = self._replica_for(entry["code"], requester)
+        # A person's call goes to the provider even when a copy could answer it: SPEC §15 records the person and
+        # their purpose in the provider's audit log too.
+        sub = self._replica_for(entry["code"], requester) if requester.user is None else None
         if sub is not None:
             answer = await self._answer_from_replica(sub, entry, op, params, grant)
             if answer is not None:
