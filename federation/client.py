@@ -28,6 +28,22 @@ class PeerError(FederationError):
         self.status = status
 
 
+# The largest answer a neighbour may send, counted as inflated: a feed page or a query answer is a few MiB at
+# most, and a neighbour's gzip must not inflate into the node's memory without end.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, peer: str) -> bytes:
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise PeerError("PEER_UNREACHABLE", f"{peer} answered with more than {MAX_ANSWER_BYTES} bytes",
+                            {"hop": peer})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class PeerClient:
     """Signs every request with this node's current key (looked up per call, so rotation takes effect)."""
 
@@ -79,8 +95,10 @@ class PeerClient:
         timeout = timeout_s if timeout_s is not None else self.timeout_s
         try:
             async with asyncio.timeout(max(timeout, 0.001)):
-                async with self._session.request(method, url, data=data, headers=headers) as resp:
-                    raw = await resp.read()
+                # No redirects: a hop goes where its endpoint says (the plain-HTTP check above saw only that).
+                async with self._session.request(method, url, data=data, headers=headers,
+                                                 allow_redirects=False) as resp:
+                    raw = await _read_capped(resp, peer)
         except TimeoutError:
             raise PeerError("PEER_TIMEOUT", f"{peer} did not answer within {timeout:.1f} s", {"hop": peer}) from None
         except aiohttp.ClientError as exc:

@@ -8,7 +8,6 @@ read their own requests back).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ import nacl.public
 import nacl.signing
 import nacl.utils
 
+from federation import nesting
 from federation.canonical import encode_canonical_json
 from federation.errors import EnvelopeError
 from federation.signing import SigningKey, decode_b64, encode_b64
@@ -72,7 +72,7 @@ def unseal(body: Mapping[str, Any], box: nacl.public.Box) -> dict[str, Any]:
         if len(nonce) != nacl.public.Box.NONCE_SIZE:
             raise ValueError("bad nonce")
         plain = box.decrypt(ct, nonce)
-        value = json.loads(plain.decode("utf-8"))
+        value = nesting.loads(plain.decode("utf-8"))  # NestingError is a ValueError: refused like any bad body
     except (ValueError, TypeError, nacl.exceptions.CryptoError):
         raise EnvelopeError("UNDECRYPTABLE", "the body cannot be decrypted with this node's keys") from None
     if not isinstance(value, dict):

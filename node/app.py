@@ -22,7 +22,7 @@ from node.context import CONFIG, DB, SIGNING_KEY, add_routes
 from node.db import make_engine, upgrade
 from node.ops import http as ops_http
 from node.sharing import http as sharing_http
-from node.ops.http import ENGINE, HEALTH_SECTIONS, NODE_INFO, OPENAPI_DOCS
+from node.ops.http import ENGINE, HEALTH_SECTIONS, NODE_INFO, OPENAPI_CACHE, OPENAPI_DOCS
 from node.ops.metrics import METRICS, Metrics, metrics_observer
 from node.portal.pages import error_page
 from node.web import ServerLog, make_error_middleware
@@ -39,6 +39,7 @@ def init_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app[HEALTH_SECTIONS] = {}
     app[OPENAPI_DOCS] = []
+    app[OPENAPI_CACHE] = {}
     app[NODE_INFO] = {"node": config.node.id, "name": config.node.name}
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_audit)

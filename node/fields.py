@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from node.ids import RESOURCE_CODE
+from node.workdays import CST
 
 # RESOURCE_CODE without its group names: JSON Schema patterns are ECMA-262 regexes, which spell named groups
 # differently, and the document needs none.
@@ -65,11 +66,16 @@ _INSTANT = (r"^([0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0
 
 
 def to_ms(v: str | None) -> int | None:
-    """An Instant's value in epoch milliseconds (a time without a zone is the node's local time)."""
+    """An Instant's value in epoch milliseconds (a time without a zone is China Standard Time, as every
+    date the node shows is, whatever the server's own zone)."""
     if v is None:
         return None
     try:
-        ms = int(v) if v.isdigit() else int(datetime.fromisoformat(v).timestamp() * 1000)
+        if v.isdigit():
+            ms = int(v)
+        else:
+            at = datetime.fromisoformat(v)
+            ms = int((at if at.tzinfo else at.replace(tzinfo=CST)).timestamp() * 1000)
     except (ValueError, OverflowError, OSError):
         raise ValueError("must be an ISO 8601 time or epoch milliseconds") from None
     if not 0 <= ms < MAX_MS:

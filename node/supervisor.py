@@ -10,10 +10,12 @@ nobody awaits is logged by the node, not left to asyncio's "exception was never 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Hashable
 from typing import Any
 
+from node.db import CALL_WRITES
 from node.schedule import Job, PeriodicJobs
 
 
@@ -29,7 +31,14 @@ class Supervisor:
     def spawn(self, coro: Awaitable[Any], key: Hashable | None = None) -> asyncio.Task[Any]:
         """Run `coro` in the background. With a `key`, the task can be found (`running`) and cancelled
         (`cancel`) by it, until it ends."""
-        task = asyncio.ensure_future(coro)
+        # In a context of its own: work left behind by an API call is not part of that call, so its writes
+        # must not take part in the call's audit intent or Idempotency-Key (node.db.CALL_WRITES).
+        if asyncio.iscoroutine(coro):
+            context = contextvars.copy_context()
+            context.run(CALL_WRITES.set, None)
+            task = asyncio.get_running_loop().create_task(coro, context=context)
+        else:
+            task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         if key is not None:
             self._keyed[key] = task

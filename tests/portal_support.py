@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 
 from playwright.async_api import Browser, BrowserContext, Page, Response, async_playwright
 
-from support import run_cli
+from support import run_cli, run_cli_full_async
 
 CHROMIUM = os.environ.get("GOVNODE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -32,12 +32,24 @@ async def launched() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-def add_person(home: Path, username: str, dept: str, role: str | None = None, name: str | None = None) -> str:
-    """`govnode user add` through the real CLI; returns the initial password (the last line it prints)."""
+def _user_add(home: Path, username: str, dept: str, role: str | None, name: str | None) -> list[str]:
     argv = ["user", "add", username, "--dept", dept, "--dir", str(home)]
     argv += ["--role", role] if role else []
-    argv += ["--name", name] if name else []
-    rc, out, err = run_cli(argv)
+    return argv + (["--name", name] if name else [])
+
+
+def add_person(home: Path, username: str, dept: str, role: str | None = None, name: str | None = None) -> str:
+    """`govnode user add` through the real CLI; returns the initial password (the last line it prints)."""
+    rc, out, err = run_cli(_user_add(home, username, dept, role, name))
+    assert rc == 0, err
+    return out.strip().splitlines()[-1]
+
+
+async def add_person_async(home: Path, username: str, dept: str, role: str | None = None,
+                           name: str | None = None) -> str:
+    """Like `add_person`, for a node this loop serves among others (a tree): the command runs beside the loop,
+    so it never waits on a write the blocked loop holds open."""
+    rc, out, err = await run_cli_full_async(_user_add(home, username, dept, role, name))
     assert rc == 0, err
     return out.strip().splitlines()[-1]
 
@@ -61,10 +73,15 @@ class Portal:
     def _response(self, resp: Response) -> None:
         if resp.status < 400:
             return
-        if resp.request.resource_type == "document":
+        if resp.request.resource_type == "document" or resp.url in self._error_pages:
             self._error_pages.add(resp.url)
         else:  # what a page loads must never fail
             self.problems.append(f"{resp.request.resource_type} {resp.url} answered {resp.status}")
+
+    def expect_error(self, path: str) -> None:
+        """A request the page's own script sends to `path` may be answered with an error on purpose (a refused
+        form, which the script then shows)."""
+        self._error_pages.add(self.base_url + path)
 
     async def goto(self, path: str) -> Response | None:
         return await self.page.goto(self.base_url + path)

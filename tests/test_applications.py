@@ -431,6 +431,33 @@ async def test_deadlines_overdue_flags_and_stats(node):
     assert police["decision"]["on_time_rate"] == 0.0
 
 
+async def test_the_period_applied_for_is_the_grants_validity_unless_the_decision_says_otherwise(node):
+    svc: ApplicationService = node.app[APPLICATIONS]
+    svc.clock = lambda: ms(2026, 9, 29)
+    codes = [await register(node, "police", {"type": "conditional", "condition": "社会救助"}) for _ in range(3)]
+    status, body = await node.call("POST", "/api/v1/applications", "civil",
+                                   json_body={**apply_body(codes[0]), "wanted_until": "2026-09-28"})
+    assert (status, body["error"]["details"]) == (400, [{"field": "wanted_until", "error": "before today"}]), body
+
+    grants = []
+    cases = ((codes[0], "2027-03-31", {}), (codes[1], "2027-03-31", {"valid_until": "2026-12-31"}),
+             (codes[2], "2026-10-01", {}))
+    for code, wanted, decision in cases:
+        status, app = await node.call("POST", "/api/v1/applications", "civil",
+                                      json_body={**apply_body(code), "wanted_until": wanted})
+        assert status == 201 and app["wanted_until"] == wanted, app
+        assert (await node.call("POST", f"/api/v1/applications/{app['id']}/review", "operator",
+                                json_body={"decision": "accept"}))[0] == 200
+        svc.clock = lambda: ms(2026, 10, 9)  # the third's period has passed by its decision: a year, as without one
+        status, doc = await node.call("POST", f"/api/v1/applications/{app['id']}/decision", "police",
+                                      json_body={"decision": "approve", **decision})
+        assert status == 200 and doc["wanted_until"] == wanted, doc
+        grants.append(datetime.fromtimestamp(doc["grant"]["valid_until"] / 1000, CST).isoformat())
+        svc.clock = lambda: ms(2026, 9, 29)
+    assert grants == ["2027-03-31T23:59:59.999000+08:00", "2026-12-31T23:59:59.999000+08:00",
+                      "2027-10-09T23:59:59.999000+08:00"]
+
+
 async def test_masking_controlled_operations_and_local_grants(node):
     code = await register(node, "police", {"type": "unconditional"}, controlled_ops=["compare"])
     status, entry = await node.call("GET", f"/api/v1/catalog/{code}", "civil")

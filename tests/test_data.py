@@ -134,6 +134,27 @@ async def test_push_json_and_ndjson_types_upsert_delete(node):
     assert (await current(node, code))[k[2]]["name"] == "王五"
 
 
+async def test_record_count_and_last_write_per_resource(node):
+    """What a department's resource list shows: live records (tombstones not counted) and the last write."""
+    from node.data.http import DATA
+    from node.ids import now_ms
+
+    filled, empty = await create_resource(node), await create_resource(node)
+    k = ids(3)
+    before = now_ms()
+    assert (await push(node, filled, [{"id_number": key, "name": "张三"} for key in k]))[0] == 200
+    assert (await push(node, filled, [{"id_number": k[0], "_deleted": True}]))[0] == 200
+    held = await node.app[DATA].summaries([filled, empty])
+    assert held[filled]["records"] == 2 and before <= held[filled]["updated_at"] <= now_ms()
+    assert held[empty] == {"records": 0, "updated_at": None}
+    assert await node.app[DATA].summaries([]) == {}
+    # A count is kept until the resource's next write, then made again.
+    assert await node.app[DATA].summaries([filled]) == {filled: held[filled]}
+    assert (await push(node, filled, [{"id_number": k[0], "name": "张三"}]))[0] == 200
+    again = (await node.app[DATA].summaries([filled]))[filled]
+    assert again["records"] == 3 and again["updated_at"] >= held[filled]["updated_at"]
+
+
 async def test_change_feed_order_paging_and_tombstones(node):
     code = await create_resource(node)
     k = ids(30)

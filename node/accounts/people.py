@@ -14,13 +14,16 @@ import hashlib
 import hmac
 import re
 import secrets
+import sqlite3
+import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from node.workdays import CST
 from node.accounts import store
 from node.accounts.service import ROLES, Account
 from node.db import write_tx
@@ -42,7 +45,6 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 128
 # Initial passwords: 12 characters without look-alikes (0/O, 1/l/I), about 69 bits, read out or typed by hand.
 _INITIAL_ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKMNPQRSTUVWXYZ23456789"
-CST = timezone(timedelta(hours=8))
 
 _hasher = PasswordHasher()
 # Each hash takes 64 MiB and 0.17 s of a core (measured on the 2-core test machine): two at a time keep a
@@ -124,6 +126,10 @@ class PeopleService:
         self._hashing = asyncio.Semaphore(HASHES_AT_ONCE)
         self._waiting = 0
         self._dummy_hash: str | None = None
+        url = engine.url
+        on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+        self._sqlite_path = url.database if on_file else None
+        self._thread_conns = threading.local()  # each worker thread's connection for session look-ups
 
     async def _in_thread(self, fn, *args):  # noqa: ANN001, ANN202
         """Run a hash or a verification in a worker thread, so the node keeps answering meanwhile. Past
@@ -278,14 +284,29 @@ class PeopleService:
             return None
         key = digest(raw)
         now = now_ms()
-        async with self.engine.connect() as conn:
-            row = await store.session_person(conn, key, now - IDLE_MS, now - ABSOLUTE_MS)
+        if self._sqlite_path is not None:
+            row = await asyncio.to_thread(self._session_sqlite, key, now - IDLE_MS, now - ABSOLUTE_MS)
+        else:
+            async with self.engine.connect() as conn:
+                row = await store.session_person(conn, key, now - IDLE_MS, now - ABSOLUTE_MS)
         if row is None:
             return None
         if now - row.seen_at >= TOUCH_MS:
             async with write_tx(self.engine) as conn:
                 await store.touch_session(conn, key, now)
-        return Person(self._account(row), row.display_name, row.dept_name, row.must_change, csrf_token(raw), key)
+        return Person(self._account(row), row.display_name, row.dept_name, bool(row.must_change), csrf_token(raw), key)
+
+    def _session_sqlite(self, key: str, seen_after: int, created_after: int) -> object:
+        """In a worker thread: the session look-up on that thread's own read-only connection. Every portal page
+        makes one; through the async engine it costs a handful of thread hops (checkout, BEGIN, execute, fetch,
+        ROLLBACK): measured alone, 0.65 ms against 0.05 ms in one hop. WAL: the read sees every committed write,
+        so a sign-out or a disabled account still counts at once, in every process."""
+        conn = getattr(self._thread_conns, "conn", None)
+        if conn is None:
+            assert self._sqlite_path is not None
+            conn = self._thread_conns.conn = sqlite3.connect(self._sqlite_path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+        return store.session_person_sqlite(conn, key, seen_after, created_after)
 
     async def sign_out(self, person: Person) -> None:
         async with write_tx(self.engine) as conn:

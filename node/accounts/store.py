@@ -3,7 +3,12 @@ passwords stored only as Argon2 hashes) and their sessions (stored only as SHA-2
 
 from __future__ import annotations
 
+import sqlite3
+from types import SimpleNamespace
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from node.db import metadata
@@ -121,19 +126,34 @@ async def insert_session(conn: AsyncConnection, digest: str, username: str, at: 
     await conn.execute(sa.insert(portal_sessions).values(digest=digest, username=username, created_at=at, seen_at=at))
 
 
+# The person of a live session: not idle too long, not too old, neither they nor their department disabled.
+_SESSION_PERSON = (
+    sa.select(portal_sessions.c.seen_at, portal_sessions.c.created_at, users.c.username, users.c.role,
+              users.c.display_name, users.c.must_change, departments.c.code.label("dept_code"),
+              departments.c.name.label("dept_name"))
+    .select_from(portal_sessions.join(users, portal_sessions.c.username == users.c.username)
+                 .join(departments, users.c.dept_code == departments.c.code))
+    .where(portal_sessions.c.digest == sa.bindparam("digest"), portal_sessions.c.seen_at > sa.bindparam("seen_after"),
+           portal_sessions.c.created_at > sa.bindparam("created_after"), users.c.disabled_at.is_(None),
+           departments.c.disabled_at.is_(None))
+)
+_SESSION_PERSON_SQLITE = _SESSION_PERSON.compile(dialect=sqlite_dialect())
+
+
 async def session_person(conn: AsyncConnection, digest: str, seen_after: int, created_after: int) -> sa.Row | None:
     """The person of a live session: not idle too long, not too old, neither they nor their department disabled."""
-    q = (
-        sa.select(portal_sessions.c.seen_at, portal_sessions.c.created_at, users.c.username, users.c.role,
-                  users.c.display_name, users.c.must_change, departments.c.code.label("dept_code"),
-                  departments.c.name.label("dept_name"))
-        .select_from(portal_sessions.join(users, portal_sessions.c.username == users.c.username)
-                     .join(departments, users.c.dept_code == departments.c.code))
-        .where(portal_sessions.c.digest == digest, portal_sessions.c.seen_at > seen_after,
-               portal_sessions.c.created_at > created_after, users.c.disabled_at.is_(None),
-               departments.c.disabled_at.is_(None))
-    )
-    return (await conn.execute(q)).first()
+    params = {"digest": digest, "seen_after": seen_after, "created_after": created_after}
+    return (await conn.execute(_SESSION_PERSON, params)).first()
+
+
+def session_person_sqlite(conn: sqlite3.Connection, digest: str, seen_after: int, created_after: int) -> Any:
+    """The same look-up on a plain sqlite3 connection (node.accounts.people reads sessions so on SQLite)."""
+    params = {"digest": digest, "seen_after": seen_after, "created_after": created_after}
+    cur = conn.execute(str(_SESSION_PERSON_SQLITE), [params[k] for k in _SESSION_PERSON_SQLITE.positiontup or ()])
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return SimpleNamespace(**dict(zip((d[0] for d in cur.description), row)))
 
 
 async def touch_session(conn: AsyncConnection, digest: str, at: int) -> None:

@@ -25,6 +25,14 @@ def _unique(values: list[str], what: str) -> list[str]:
     return values
 
 
+def _date(v: str | None) -> str | None:
+    if v is not None:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+            raise ValueError("must be YYYY-MM-DD")
+        date.fromisoformat(v)
+    return v
+
+
 class ApplicationCreate(_Strict):
     """Apply for a grant on a resource of any node (统一受理): the provider's node receives it."""
 
@@ -33,6 +41,11 @@ class ApplicationCreate(_Strict):
     fields: list[FieldName] = Field(min_length=1, max_length=500, description="data items asked for (their `field`)")
     purpose: NonBlank = Field(max_length=2000, description="what the data is for (用途)")
     basis: NonBlank = Field(max_length=2000, description="the law, policy or duty the request rests on (依据)")
+    wanted_until: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$",
+                                     description="YYYY-MM-DD, the last day the grant is wanted for (the period "
+                                                 "applied for); the approval's validity defaults to it")
+
+    _wanted_until = field_validator("wanted_until")(_date)
 
     @field_validator("ops")
     @classmethod
@@ -66,14 +79,6 @@ class Review(RootModel[Annotated[ReviewAccept | ReviewReject, Field(discriminato
     @property
     def reason(self) -> str:
         return self.root.reason
-
-
-def _date(v: str | None) -> str | None:
-    if v is not None:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-            raise ValueError("must be YYYY-MM-DD")
-        date.fromisoformat(v)
-    return v
 
 
 class Approval(_Strict):
@@ -164,6 +169,7 @@ class Application(BaseModel):
     fields: list[str]
     purpose: str
     basis: str
+    wanted_until: str | None = Field(None, description="the last day the grant is wanted for, as applied for")
     status: Status
     submitted_at: str
     received_at: str | None = Field(None, description="when the provider's node received it")

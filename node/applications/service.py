@@ -169,7 +169,8 @@ class ApplicationService:
         doc: dict[str, Any] = {
             "id": app_id, "resource": body.resource, "resource_name": name, "applicant": applicant,
             "provider": provider, "ops": list(body.ops), "fields": list(body.fields), "purpose": body.purpose,
-            "basis": body.basis, "status": "submitted", "submitted_at": cst_iso(submitted),
+            "basis": body.basis, "wanted_until": body.wanted_until, "status": "submitted",
+            "submitted_at": cst_iso(submitted),
             "received_at": cst_iso(received) if received is not None else None,
             "review_due": deadline.due.isoformat(), "reviewed_at": None, "decision_due": None, "decided_at": None,
             "overdue": False, "grant": None, "revoked_at": None,
@@ -217,6 +218,9 @@ class ApplicationService:
         if entry["node"] == acct.node and entry["provider"]["dept"] == acct.dept:
             raise InvalidInput(f"{body.resource} is the caller's own resource; no grant is needed",
                                [{"field": "resource", "error": "own resource"}])
+        now = self.clock()
+        if body.wanted_until is not None and date.fromisoformat(body.wanted_until) < cst_date(now):
+            raise InvalidInput("wanted_until is in the past", [{"field": "wanted_until", "error": "before today"}])
         provider = {"node": entry["node"], "dept": entry["provider"]["dept"]}
         applicant = {"node": acct.node, "dept": acct.dept}
         remote = provider["node"] != self.node_id
@@ -225,7 +229,6 @@ class ApplicationService:
             if self.federation.route(provider["node"]) is None:
                 raise ApiError(f"node {provider['node']} is in no known subtree", {"node": provider["node"]},
                                code="NODE_UNKNOWN")
-        now = self.clock()
         doc = self._new_doc(app_id=new_id(), body=body, name=entry["name"], applicant=applicant, provider=provider,
                             submitted=now, received=None if remote else now)
         doc["version"] = 0 if remote else 1
@@ -241,6 +244,8 @@ class ApplicationService:
                 "id": doc["id"], "resource": body.resource, "applicant": applicant, "provider": provider,
                 "ops": doc["ops"], "fields": doc["fields"], "purpose": body.purpose, "basis": body.basis,
                 "submitted_at": now,
+                # Only when given, so that a provider node that predates the field still takes the rest.
+                **({"wanted_until": body.wanted_until} if body.wanted_until else {}),
             }})
         async with write_tx(self.engine) as conn:
             held = await store.get_application(conn, doc["id"])
@@ -363,7 +368,10 @@ class ApplicationService:
         if wider:
             raise InvalidInput("an approval may narrow the fields and operations asked for, never widen them", wider)
         today = cst_date(now)
-        until = date.fromisoformat(body.valid_until) if body.valid_until else today + timedelta(days=DEFAULT_GRANT_DAYS)
+        # Unless the decision says otherwise: the period applied for, or a year when none was (or it has passed).
+        wanted = date.fromisoformat(doc["wanted_until"]) if doc.get("wanted_until") else None
+        default = wanted if wanted is not None and wanted >= today else today + timedelta(days=DEFAULT_GRANT_DAYS)
+        until = date.fromisoformat(body.valid_until) if body.valid_until else default
         if until < today:
             raise InvalidInput("valid_until is in the past", [{"field": "valid_until", "error": "before today"}])
         try:

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from node.accounts.http import ACCOUNT, account
+from node.accounts.http import ACCOUNT, PUBLIC_PATHS, account
 from node.accounts.service import Account
 from node.audit.service import MAX_KEPT_ANSWER, AuditLog, Call, IdempotencyClaim, keys_digest
 from node.db import CALL_WRITES
@@ -37,6 +37,9 @@ def note(request: web.Request, *, resource: str | None = None, keys: list[Any] |
         info["caller"] = caller
     if resource is not None:
         info["resource"] = resource
+        call = request.get(CALL)
+        if call is not None:  # so the intents of the call's later writes name it too
+            call.note(resource=resource)
     if keys is not None:
         info["keys"] = keys
     if message_id is not None:
@@ -47,7 +50,7 @@ def note(request: web.Request, *, resource: str | None = None, keys: list[Any] |
 
 def _audited(request: web.Request) -> bool:
     if request.path.startswith("/api/"):
-        return request.path != "/api/v1/openapi.json"
+        return request.path not in PUBLIC_PATHS
     # The portal: every page a signed-in person opens and every form anyone sends (sign-ins included);
     # not the sign-in page shown to whoever asks, nor static files.
     return request.path.startswith("/portal/") and (ACCOUNT in request or request.method != "GET")
@@ -66,7 +69,9 @@ async def call_middleware(request: web.Request, handler):  # noqa: ANN001, ANN20
                  "resource": request.match_info.get("code")})
     key = request.headers.get("Idempotency-Key")
     if key is not None and request.method in WRITE_METHODS:
-        claim = IdempotencyClaim.of(acct.principal, key, request.method, request.path, request.query_string)
+        # A key is the caller's own: a person's keys are theirs, not their whole department's.
+        owner = f"{acct.principal}/{acct.user}" if acct.user else acct.principal
+        claim = IdempotencyClaim.of(owner, key, request.method, request.path, request.query_string)
         answer = await request.app[AUDIT].stored_answer(claim)
         if answer is not None:
             note(request, idempotent_replay=key)
@@ -86,12 +91,12 @@ def _kept_answer(call: Call, resp: web.StreamResponse) -> dict[str, Any] | None:
     """The answer a retry of this call with its Idempotency-Key gets, when its key was claimed."""
     if not call.claimed or call.idempotency is None:
         return None
-    body = resp.body if isinstance(resp, web.Response) and isinstance(resp.body, bytes) else b""
-    if len(body) > MAX_KEPT_ANSWER:
-        body = b""
-    content_type = resp.content_type if body else "application/json"
+    body = resp.body if isinstance(resp, web.Response) and isinstance(resp.body, bytes) else None
+    if body is None or len(body) > MAX_KEPT_ANSWER:  # not kept: a retry learns that, not an empty success
+        return {"k_actor": call.idempotency.actor, "k_key": call.idempotency.key, "a_status": None,
+                "a_type": None, "a_body": None}
     return {"k_actor": call.idempotency.actor, "k_key": call.idempotency.key, "a_status": resp.status,
-            "a_type": content_type[:100], "a_body": body.decode("utf-8", "replace")}
+            "a_type": resp.content_type[:100], "a_body": body.decode("utf-8", "replace")}
 
 
 async def audit_observer(request: web.Request, resp: web.StreamResponse, outcome: str, elapsed: float) -> None:

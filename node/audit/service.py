@@ -118,6 +118,8 @@ class Call:
         if not self.open or self.idempotency is None or self.claimed:
             return
         claim = self.idempotency
+        # A key past its 24 h is free again, whether or not the sweep has removed it yet.
+        store.forget_expired_key(conn, claim.actor, claim.key, now_ms() - IDEMPOTENCY_TTL_MS)
         try:  # first in the transaction: a second request with the key waits here, then is refused
             store.claim_key(conn, {"actor": claim.actor, "key": claim.key, "fingerprint": claim.fingerprint,
                                    "created_at": now_ms(), "status": None, "content_type": None, "body": None})
@@ -320,18 +322,16 @@ def _append(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
 
 
 def _recover_intents(conn: sa.Connection, asks: list[tuple[int, set[str] | None, list[int]]]) -> None:
-    """Chain one record for each call whose intents are older than the cutoff (or whose worker is not
-    among the live ones) and still unrecorded."""
+    """Chain one record for each call whose intents are all older than the cutoff (or whose worker is not
+    among the live ones) and still unrecorded, with what its last intent knew (later writes of a call may
+    have named more)."""
     cutoff = max(c for c, _, _ in asks)
     lives = [lv for _, lv, _ in asks]
     live = None if any(lv is None for lv in lives) else set().union(*lives)
-    rows = store.intents_before(conn, cutoff, 10_000, live)
+    keys = store.calls_before(conn, cutoff, 1000, live)
     calls: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r.call_key not in calls:
-            fields = json.loads(r.fields)
-            fields["at"] = r.at
-            calls[r.call_key] = fields
+    for r in store.intents_of(conn, keys) if keys else []:
+        calls[r.call_key] = {**json.loads(r.fields), "at": r.at}  # ordered by time: the last one stays
     records = []
     for fields in calls.values():
         details = fields.get("details") or {}
@@ -339,7 +339,7 @@ def _recover_intents(conn: sa.Connection, asks: list[tuple[int, set[str] | None,
         records.append({**fields, "outcome": "ok", "status": 0, "latency_ms": 0, "details": details})
     if records:
         _append(conn, records)
-        store.delete_intent_ids(conn, [r.id for r in rows])
+        store.delete_intents(conn, list(calls))
     for _, _, found in asks:
         found.append(len(records))
 

@@ -130,17 +130,23 @@ def delete_intents(conn: sa.Connection, call_keys: list[str]) -> None:
     conn.execute(_DELETE_INTENTS, {"keys": call_keys})
 
 
-def intents_before(conn: sa.Connection, cutoff_ms: int, limit: int, live: set[str] | None = None) -> list[sa.Row]:
-    """Intents older than the cutoff, and with `live` given, those of any age whose worker is not in it."""
-    recoverable = audit_intents.c.at < cutoff_ms
+def calls_before(conn: sa.Connection, cutoff_ms: int, limit: int, live: set[str] | None = None) -> list[str]:
+    """Whole calls to recover, oldest first: those whose latest intent is older than the cutoff, and with
+    `live` given, those of any age whose worker is not among the live ones (a call runs on one worker)."""
+    latest = sa.func.max(audit_intents.c.at)
+    recoverable = latest < cutoff_ms
     if live is not None:
-        recoverable = sa.or_(recoverable, audit_intents.c.worker.is_(None), audit_intents.c.worker.not_in(live))
-    q = sa.select(audit_intents).where(recoverable).order_by(audit_intents.c.at, audit_intents.c.id).limit(limit)
+        worker = sa.func.max(audit_intents.c.worker)
+        recoverable = sa.or_(recoverable, worker.is_(None), worker.not_in(live))
+    q = (sa.select(audit_intents.c.call_key).group_by(audit_intents.c.call_key).having(recoverable)
+         .order_by(latest).limit(limit))
+    return [r[0] for r in conn.execute(q).all()]
+
+
+def intents_of(conn: sa.Connection, call_keys: list[str]) -> list[sa.Row]:
+    q = (sa.select(audit_intents).where(audit_intents.c.call_key.in_(call_keys))
+         .order_by(audit_intents.c.at, audit_intents.c.id))
     return list(conn.execute(q).all())
-
-
-def delete_intent_ids(conn: sa.Connection, ids: list[str]) -> None:
-    conn.execute(sa.delete(audit_intents).where(audit_intents.c.id.in_(ids)))
 
 
 def count_intents(conn: sa.Connection) -> int:
@@ -153,6 +159,11 @@ def claim_key(conn: sa.Connection, row: dict) -> None:
 
 def answer_keys(conn: sa.Connection, rows: list[dict]) -> None:
     conn.execute(_ANSWER_KEY, rows)
+
+
+def forget_expired_key(conn: sa.Connection, actor: str, key: str, cutoff_ms: int) -> None:
+    conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.actor == actor, idempotency_keys.c.key == key,
+                                                   idempotency_keys.c.created_at < cutoff_ms))
 
 
 def stored_key(conn: sa.Connection, actor: str, key: str) -> sa.Row | None:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -14,20 +15,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from federation.canonical import encode_canonical_json
 from federation.signing import SigningKey, sign_json
+from node.workdays import CST
 from node.accounts.service import Account
 from node.catalog import store
 from node.catalog.models import EntryContent, EntryCreate, EntryUpdate
 from node.cluster import announce
 from node.db import next_counter, note_write, write_tx
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
-from node.ids import now_ms, resource_node
+from node.ids import level_of, now_ms, resource_node
 
 log = logging.getLogger("govnode.catalog")
 
-CST = timezone(timedelta(hours=8))
 SEQ_COUNTER = "catalog_seq"        # this node's seq over its own entries (travels in the entry)
 CHANGE_COUNTER = "catalog_change"  # local commit order of every entry held (the feed cursor)
 SERIAL_COUNTER = "resource_serial"
+# What the catalog can be narrowed by and counted per (CatalogService.facets).
+FACETS = ("level", "node", "category", "share_type", "provider")
+GROUPED_FACETS = FACETS[:4]
 
 
 def today_cst() -> str:
@@ -86,13 +90,73 @@ class CatalogService:
         return entry
 
     async def search(self, *, q: str | None, node: str | None, category: str | None, share_type: str | None,
-                     provider: str | None, deleted: bool, page: int, page_size: int) -> tuple[int, list[dict]]:
+                     provider: str | None, deleted: bool, page: int, page_size: int,
+                     level: str | None = None, with_total: bool = True) -> tuple[int, list[dict]]:
+        """A page of entries and how many match in all (-1 when not `with_total`: the caller knows it)."""
         async with self.engine.connect() as conn:
             total, docs = await store.search(
                 conn, text=q, node=node, category=category, share_type=share_type, provider=provider,
-                include_deleted=deleted, offset=(page - 1) * page_size, limit=page_size,
+                include_deleted=deleted, offset=(page - 1) * page_size, limit=page_size, level=level,
+                with_total=with_total,
             )
-        return total, [json.loads(d) for d in docs]
+        return (-1 if total is None else total), [json.loads(d) for d in docs]
+
+    async def facets(self, *, q: str | None, deleted: bool = False, named: int = 60,
+                     **chosen: str | None) -> dict[str, Any]:
+        """Counts per facet of the entries matching `q` and the facets `chosen` (level, node, category,
+        share_type, provider; None or absent: any). Each facet is counted under every choice but its own,
+        so its other values show how many entries choosing them instead would find. Returns
+        {"total": n, "counts": {facet: {value: n}}, "providers": {dept: {"node", "name"}}}, the providers named
+        being the `named` with the most entries and the one chosen.
+
+        One statement, whatever the size of the catalog (node.catalog.store.facet_counts)."""
+        chosen = {f: v for f, v in chosen.items() if v}
+        unknown = set(chosen) - set(FACETS)
+        if unknown:
+            raise TypeError(f"unknown facets {sorted(unknown)}")
+        others = {f: v for f, v in chosen.items() if f != "provider"}
+        async with self.engine.connect() as conn:
+            groups, by_provider = await store.facet_counts(conn, text=q, include_deleted=deleted, **chosen)
+        counts: dict[str, dict[str, int]] = {f: {} for f in FACETS}
+        total = 0
+        wanted = tuple(others.get(f) for f in GROUPED_FACETS)
+        for node, category, share_type, n in groups:
+            group = (level_of(node), node, category, share_type)
+            missed = [i for i, v in enumerate(wanted) if v is not None and group[i] != v]
+            if len(missed) > 1:
+                continue
+            if not missed:
+                total += n
+            for i in missed or range(len(GROUPED_FACETS)):  # the facet it misses, or every facet
+                facet = counts[GROUPED_FACETS[i]]
+                facet[group[i]] = facet.get(group[i], 0) + n
+        counts["provider"] = {dept: n for dept, n, _ in by_provider}
+        top = heapq.nsmallest(named, by_provider, key=lambda r: (-r[1], r[0]))
+        samples = {dept: sample for dept, _, sample in top}
+        samples.update({dept: sample for dept, _, sample in by_provider if dept == chosen.get("provider")})
+        return {"total": total, "counts": counts, "providers": await self._providers(samples)}
+
+    async def _providers(self, samples: dict[str, str]) -> dict[str, dict[str, str]]:
+        """Each provider department's node and name, as one of its entries names them (the parsed entries
+        kept by `get`, and one query for the rest)."""
+        out: dict[str, dict[str, str]] = {}
+        missing: dict[str, str] = {}
+        for dept, code in samples.items():
+            entry = self._cache.get(code)
+            if entry is None:
+                missing[code] = dept
+            else:
+                out[dept] = {"node": entry["node"], "name": entry["provider"]["name"]}
+        if missing:
+            async with self.engine.connect() as conn:
+                rows = await store.entries(conn, sorted(missing))
+            for row in rows:
+                entry = json.loads(row.entry)
+                if len(self._cache) > 50_000:
+                    self._cache.clear()
+                self._cache[row.code] = entry
+                out[missing[row.code]] = {"node": entry["node"], "name": entry["provider"]["name"]}
+        return out
 
     # Writing this node's own entries --------------------------------------------------------------
 

@@ -86,27 +86,56 @@ async def store_many(conn: AsyncConnection, new_rows: list[dict[str, Any]], held
         await conn.execute(stmt, params)
 
 
+# The levels of SPEC §1, told by the node id's trailing zeros as node.ids.level_of tells them, in SQL.
+def _level(level: str, node: Any = None) -> Any:
+    node = catalog_entries.c.node if node is None else node
+    if level == "national":
+        return node == "000000"
+    if level == "province":
+        return sa.and_(node.like("__0000"), node != "000000")
+    if level == "city":
+        return sa.and_(node.like("____00"), node.not_like("__0000"))
+    return node.not_like("____00")
+
+
+def _text(text: str | None) -> list[Any]:
+    conds = []
+    for word in (text or "").lower().split():
+        esc = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(catalog_entries.c.search_text.like(f"%{esc}%", escape="\\"))
+    return conds
+
+
+def _where(*, text: str | None, include_deleted: bool, node: str | None = None, level: str | None = None,
+           category: str | None = None, share_type: str | None = None, provider: str | None = None) -> Any:
+    c = catalog_entries.c
+    conds = _text(text)
+    if not include_deleted:
+        conds.append(c.deleted.is_(False))
+    if node:
+        conds.append(c.node == node)
+    if level:
+        conds.append(_level(level))
+    if category:
+        conds.append(c.category == category)
+    if share_type:
+        conds.append(c.share_type == share_type)
+    if provider:
+        conds.append(c.provider_dept == provider)
+    return sa.and_(sa.true(), *conds)
+
+
 async def search(
     conn: AsyncConnection, *, text: str | None, node: str | None, category: str | None, share_type: str | None,
-    provider: str | None, include_deleted: bool, offset: int, limit: int,
-) -> tuple[int, list[str]]:
-    conds = []
-    if not include_deleted:
-        conds.append(catalog_entries.c.deleted.is_(False))
-    if text:
-        for word in text.lower().split():
-            esc = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            conds.append(catalog_entries.c.search_text.like(f"%{esc}%", escape="\\"))
-    if node:
-        conds.append(catalog_entries.c.node == node)
-    if category:
-        conds.append(catalog_entries.c.category == category)
-    if share_type:
-        conds.append(catalog_entries.c.share_type == share_type)
-    if provider:
-        conds.append(catalog_entries.c.provider_dept == provider)
-    where = sa.and_(sa.true(), *conds)
-    total = (await conn.execute(sa.select(sa.func.count()).select_from(catalog_entries).where(where))).scalar_one()
+    provider: str | None, include_deleted: bool, offset: int, limit: int, level: str | None = None,
+    with_total: bool = True,
+) -> tuple[int | None, list[str]]:
+    """A page of entries in (node, code) order, and how many match in all (None when not `with_total`)."""
+    where = _where(text=text, include_deleted=include_deleted, node=node, level=level, category=category,
+                   share_type=share_type, provider=provider)
+    total = None
+    if with_total:
+        total = int((await conn.execute(sa.select(sa.func.count()).select_from(catalog_entries).where(where))).scalar_one())
     q = (
         sa.select(catalog_entries.c.entry)
         .where(where)
@@ -114,7 +143,55 @@ async def search(
         .offset(offset)
         .limit(limit)
     )
-    return int(total), [r[0] for r in (await conn.execute(q)).all()]
+    return total, [r[0] for r in (await conn.execute(q)).all()]
+
+
+async def facet_counts(conn: AsyncConnection, *, text: str | None, include_deleted: bool,
+                       **chosen: str | None) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, int, str]]]:
+    """The entries matching `text`, counted two ways in one statement over one pass of the table:
+    - per (node, category, share type), among those of the chosen provider: every count of the level, node,
+      category and share type facets under any choice of the others follows from these few hundred groups
+      (a province's nodes times three times three);
+    - per provider department, among those matching the other choices, each with one of its codes
+      (`sample`, to name it): a province's catalog names thousands of departments, so they are not grouped
+      with the rest.
+    Returns ([(node, category, share type, count)], [(provider, count, sample)])."""
+    c = catalog_entries.c
+    m = sa.select(c.code, c.node, c.category, c.share_type, c.provider_dept).where(
+        _where(text=text, include_deleted=include_deleted)).cte("matching")
+    text_null = sa.null().cast(sa.String)
+    groups = (
+        sa.select(sa.literal("g", sa.String).label("kind"), m.c.node, m.c.category, m.c.share_type,
+                  text_null.label("provider_dept"), sa.func.count().label("n"), text_null.label("sample"))
+        .where(sa.and_(sa.true(), *([m.c.provider_dept == chosen["provider"]] if chosen.get("provider") else [])))
+        .group_by(m.c.node, m.c.category, m.c.share_type)
+    )
+    others = []
+    if chosen.get("node"):
+        others.append(m.c.node == chosen["node"])
+    if chosen.get("level"):
+        others.append(_level(chosen["level"], m.c.node))
+    for facet in ("category", "share_type"):
+        if chosen.get(facet):
+            others.append(m.c[facet] == chosen[facet])
+    providers = (
+        sa.select(sa.literal("p", sa.String), text_null, text_null, text_null, m.c.provider_dept,
+                  sa.func.count(), sa.func.min(m.c.code))
+        .where(sa.and_(sa.true(), *others))
+        .group_by(m.c.provider_dept)
+    )
+    rows = (await conn.execute(sa.union_all(groups, providers))).all()
+    return ([(node, category, share_type, n) for kind, node, category, share_type, _, n, _ in rows if kind == "g"],
+            [(dept, n, sample) for kind, _, _, _, dept, n, sample in rows if kind == "p"])
+
+
+async def entries(conn: AsyncConnection, codes: list[str]) -> list[sa.Row]:
+    """The stored entries of `codes` that are held (code, entry)."""
+    out: list[sa.Row] = []
+    for i in range(0, len(codes), 500):  # well within SQLite's limit on bound parameters
+        q = sa.select(catalog_entries.c.code, catalog_entries.c.entry).where(catalog_entries.c.code.in_(codes[i:i + 500]))
+        out += (await conn.execute(q)).all()
+    return out
 
 
 async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[str] | None = None,

@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from node.accounts.http import account
@@ -143,6 +143,8 @@ async def _read_file(data: DataService, batch: Batch, kind: str, chunks: AsyncIt
                      "also accepted)",
              response=PushResult, content_types=(CSV_TYPES[0], XLSX_TYPE, MULTIPART), errors=(403,), tags=TAGS)
 async def upload(request: web.Request) -> web.Response:
+    if request.content_type == MULTIPART:
+        return json_response(await receive_upload(request))
     entry, data = await _provider_entry(request)
     limits = request.app[CONFIG].limits
     limit = limits.max_upload_bytes
@@ -150,14 +152,11 @@ async def upload(request: web.Request) -> web.Response:
     _check_length(request, limit)
     batch = data.new_batch(entry)
     try:
-        if ctype == MULTIPART:
-            await _upload_multipart(request, data, batch, limit, limits.max_json_bytes)
-        else:
-            kind = _kind_of(ctype, None)
-            if kind is None:
-                raise _unsupported(ctype, (CSV_TYPES[0], XLSX_TYPE, MULTIPART))
-            chunks = _limited(_request_chunks(request), limit)
-            await _read_file(data, batch, kind, chunks, request.charset, limits.max_json_bytes)
+        kind = _kind_of(ctype, None)
+        if kind is None:
+            raise _unsupported(ctype, (CSV_TYPES[0], XLSX_TYPE, MULTIPART))
+        chunks = _limited(_request_chunks(request), limit)
+        await _read_file(data, batch, kind, chunks, request.charset, limits.max_json_bytes)
         result = await data.commit(batch)
     finally:
         batch.close()
@@ -165,12 +164,31 @@ async def upload(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def _upload_multipart(request: web.Request, data: DataService, batch: Batch, limit: int,
-                            max_line: int) -> None:
+async def receive_upload(request: web.Request, reader: MultipartReader | None = None) -> dict[str, Any]:
+    """A file sent as a part of a multipart form to the resource of the route's `{code}`: checked, stored
+    all or nothing, audited. The API's multipart uploads come here, and the portal's upload form with the
+    reader it opened (past its form token)."""
+    entry, data = await _provider_entry(request)
+    limits = request.app[CONFIG].limits
+    _check_length(request, limits.max_upload_bytes)
+    batch = data.new_batch(entry)
     try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError, KeyError):  # no boundary, or a Content-Type aiohttp cannot split
-        raise InvalidInput("the multipart body is malformed: its Content-Type names no usable boundary") from None
+        if reader is None:
+            try:
+                reader = await request.multipart()
+            except (ValueError, AssertionError, KeyError):  # no boundary, or a Content-Type aiohttp cannot split
+                raise InvalidInput("the multipart body is malformed: its Content-Type names no usable "
+                                   "boundary") from None
+        await _upload_multipart(request, reader, data, batch, limits.max_upload_bytes, limits.max_json_bytes)
+        result = await data.commit(batch)
+    finally:
+        batch.close()
+    note(request, rows=result["received"])
+    return result
+
+
+async def _upload_multipart(request: web.Request, reader: MultipartReader, data: DataService, batch: Batch,
+                            limit: int, max_line: int) -> None:
     size_left = limit
     found = 0
 
@@ -189,8 +207,8 @@ async def _upload_multipart(request: web.Request, data: DataService, batch: Batc
                 break
             if not isinstance(part, BodyPartReader):
                 raise InvalidInput("nested multipart bodies are not accepted")
-            if part.filename is None:
-                async for _ in counted(part):  # an ordinary form field: read past it
+            if not part.filename:  # an ordinary form field, or a form's file input left empty: read past it
+                async for _ in counted(part):
                     pass
                 continue
             found += 1

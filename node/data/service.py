@@ -199,6 +199,7 @@ class DataService:
         self.node_id = node_id
         self.limits = limits
         self._schemas: dict[tuple[str, str, int], RecordSchema] = {}
+        self._counts: dict[str, tuple[int, int]] = {}  # code -> (last change id, live records then)
         self._reader = store.SqliteReader.for_engine(engine)
         # Called with a resource code after its records changed (subscriptions wake their waiting feeds).
         self.listeners: list[Callable[[str], None]] = []
@@ -320,6 +321,27 @@ class DataService:
             return await self._reader.get(code, key)
         async with self.engine.connect() as conn:
             return await store.get(conn, code, key)
+
+    async def summaries(self, codes: list[str]) -> dict[str, dict[str, Any]]:
+        """Each resource's live records and when its records last changed (epoch ms; None before the first).
+
+        Counting reads every record of a resource (about 55 ms per 250,000 on SQLite), so a count is kept
+        with the change id it was made at and made again only once the resource has a newer write; the last
+        write is read first, so a write landing during the count only makes the next view count again."""
+        out: dict[str, dict[str, Any]] = {}
+        async with self.engine.connect() as conn:
+            for code in codes:
+                last = await store.last_write(conn, code)
+                if last is None:
+                    out[code] = {"records": 0, "updated_at": None}
+                    continue
+                kept = self._counts.get(code)
+                if kept is None or kept[0] != last[0]:
+                    if len(self._counts) > 10_000:
+                        self._counts.clear()
+                    kept = self._counts[code] = (last[0], await store.count(conn, code))
+                out[code] = {"records": kept[1], "updated_at": last[1]}
+        return out
 
     async def find(self, code: str, where: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:

@@ -277,3 +277,11 @@ async def count(conn: AsyncConnection, code: str) -> int:
     q = sa.select(sa.func.count()).select_from(records).where(records.c.resource_code == code,
                                                              records.c.deleted.is_(False))
     return int((await conn.execute(q)).scalar_one())
+
+
+async def last_write(conn: AsyncConnection, code: str) -> tuple[int, int] | None:
+    """(change id, epoch ms) of the last write to a resource's records (one step down its change index)."""
+    q = (sa.select(records.c.change_id, records.c.updated_at).where(records.c.resource_code == code)
+         .order_by(records.c.change_id.desc()).limit(1))
+    row = (await conn.execute(q)).first()
+    return None if row is None else (int(row[0]), int(row[1]))

@@ -76,6 +76,28 @@ async def _all_of(*futures: Awaitable[None] | None) -> None:
     await asyncio.gather(*(f for f in futures if f is not None))
 
 
+def _given_user(env: dict[str, Any]) -> str | None:
+    """The person a relayed envelope says it is for (`unsigned.user`), if it names one plausibly."""
+    user = (env.get("unsigned") or {}).get("user") if isinstance(env.get("unsigned"), dict) else None
+    return user[:32] if isinstance(user, str) and user.isprintable() and user.strip() else None
+
+
+def _note_requester(body: dict[str, Any], details: dict[str, Any], person: dict[str, Any]) -> None:
+    """At the destination: who asked, from the requester the origin signed (its department, the person and
+    their purpose), into the call's audit record."""
+    requester = body.get("requester")
+    person["user"] = None
+    if not isinstance(requester, dict):
+        return
+    node, dept, user, purpose = (requester.get(k) for k in ("node", "dept", "user", "purpose"))
+    if isinstance(node, str) and isinstance(dept, str):
+        details["requester"] = f"{node}/{dept}"[:80]
+    if isinstance(user, str) and user:
+        person["user"] = user[:32]
+    if isinstance(purpose, str) and purpose.strip():
+        details["purpose"] = purpose[:2000]
+
+
 def _settled() -> asyncio.Future[None]:
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     done.set_result(None)
@@ -150,9 +172,13 @@ class Messages:
         details = {"kind": env["kind"], "from": hop_origin, "to": hop, "origin": env["origin"], "destination": destination,
                    "size": len(sealed_body.get("ct") or "") if isinstance(sealed_body.get("ct"), str) else None}
 
+        # The person a call is made for (SPEC §15): at a relay as the hop before gave it, at the destination as the
+        # origin signed it in the body's requester (with the purpose, which only the destination can read).
+        person = {"user": _given_user(env)}
+
         def audit_fields(result: str) -> dict[str, Any]:
             return dict(
-                request_id=request_id, message_id=env["id"], actor=env["origin"], role="node",
+                request_id=request_id, message_id=env["id"], actor=env["origin"], user=person["user"], role="node",
                 action="federation.deliver" if hop == self.node_id else "federation.relay",
                 method="POST", path="/federation/v1/messages", outcome=result, status=200,
                 latency_ms=round((time.perf_counter() - started) * 1000),
@@ -195,6 +221,7 @@ class Messages:
                     body = opened["body"]
                     if isinstance(body.get("op"), str):  # a service.call's op: statistics tell calls from pulls by it
                         details["op"] = body["op"][:32]
+                    _note_requester(body, details, person)
                     call = Call(audit_fields("ok"))  # what it stores carries its audit intent
                     token = CALL_WRITES.set(call)
                     try:
@@ -353,14 +380,20 @@ class Messages:
 
     # Sending from this node -----------------------------------------------------------------------
 
-    async def call(self, kind: str, destination: str, body: dict[str, Any], ttl_ms: int = SYNC_TTL_MS) -> dict[str, Any]:
+    async def call(self, kind: str, destination: str, body: dict[str, Any], ttl_ms: int = SYNC_TTL_MS, *,
+                   user: str | None = None) -> dict[str, Any]:
         """Send a message and wait for the destination's answer; returns the reply body (with `via`).
 
         An error answer is raised as ApiError (its code and details, e.g. the hop that failed).
+        `user`: the person the call is made for, beside the sealed body (in `unsigned`, which every hop's
+        request authentication covers) so that each relay's audit record names them (SPEC §15); the
+        destination takes the person from the body its origin signed.
         """
         self.fed.membership.require_joined()
         hop = self.route(destination)
         env = self.envelope(kind, destination, body, ttl_ms=ttl_ms)
+        if user:
+            env = {**env, "unsigned": {"user": user}}
         if hop is None:
             raise ApiError(f"node {destination} is in no known subtree", {"node": destination}, code="NODE_UNKNOWN")
         if hop == self.node_id:

@@ -128,8 +128,8 @@ class Sender:
         fed.peers.mark(row.peer, ok=True)
 
     async def async_reply(self, request: dict[str, Any], reply: Any) -> None:
-        if not isinstance(reply, dict):
-            return
+        if not isinstance(reply, dict) or request.get("origin") != self.fed.node_id:
+            return  # a relay's hop answered: the origin gets the destination's answer as a message of its own
         messages = self.fed.messages
         try:
             request, reply = messages.opened(request), messages.opened(reply)

@@ -257,8 +257,9 @@ class FederationService:
                              hop_claim: Claim | None = None, *, checked: bool = False) -> dict[str, Any]:
         return await self.messages.handle_message(hop_origin, env, request_id, hop_claim, checked=checked)
 
-    async def call(self, kind: str, destination: str, body: dict[str, Any], ttl_ms: int = SYNC_TTL_MS) -> dict[str, Any]:
-        return await self.messages.call(kind, destination, body, ttl_ms)
+    async def call(self, kind: str, destination: str, body: dict[str, Any], ttl_ms: int = SYNC_TTL_MS, *,
+                   user: str | None = None) -> dict[str, Any]:
+        return await self.messages.call(kind, destination, body, ttl_ms, user=user)
 
     async def send_async(self, kind: str, destination: str, body: dict[str, Any]) -> str:
         return await self.messages.send_async(kind, destination, body)

@@ -27,6 +27,7 @@ STATS_SECTIONS = web.AppKey("stats_sections", dict)
 ENGINE = web.AppKey("engine", object)
 NODE_INFO = web.AppKey("node_info", dict)
 OPENAPI_DOCS = web.AppKey("openapi_docs", list)
+OPENAPI_CACHE = web.AppKey("openapi_cache", dict)  # the document, made at the first GET
 
 HealthSection = Callable[[], Awaitable[Any]]
 
@@ -89,4 +90,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/openapi.json", name="ops.openapi", summary="This API's OpenAPI 3.1 description", tags=("ops",))
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(build_openapi(request.app[OPENAPI_DOCS]))
+    # Built once: the route table is fixed once the app runs, and building takes milliseconds.
+    cache = request.app[OPENAPI_CACHE]
+    if "body" not in cache:
+        cache["body"] = json_response(build_openapi(request.app[OPENAPI_DOCS])).body
+    return web.Response(body=cache["body"], content_type="application/json")

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from node import __version__
+from node.accounts.http import PUBLIC_PATHS
 from node.errors import STATUS_OF
 from node.web import RouteDoc
 
@@ -64,7 +65,7 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
     "code": {
         "description": "resource code 分类码/顺序码, e.g. 101001/370321000001; the slash may be sent as it is or "
                        "percent-encoded (101001%2F370321000001)",
-        "schema": {"type": "string", "pattern": "^[0-9]{6,9}/[0-9]{7,18}$"},
+        "schema": {"type": "string", "pattern": "^[0-9]{6,9}/[0-9]{7,18}$"},  # what the route matches (web.CODE)
     },
 }
 
@@ -99,7 +100,7 @@ def build_openapi(docs: list[RouteDoc], title: str = "govnode department API") -
     paths: dict[str, dict[str, Any]] = {}
     for d in docs:
         op: dict[str, Any] = {"operationId": d.name, "summary": d.summary, "tags": list(d.tags)}
-        authenticated = d.path.startswith("/api/") and d.path != "/api/v1/openapi.json"
+        authenticated = d.path.startswith("/api/") and d.path not in PUBLIC_PATHS
         if authenticated:
             op["security"] = [{"bearer": []}]
         if d.roles:

@@ -14,6 +14,7 @@ from node.applications.http import APPLICATIONS
 from node.catalog.http import CATALOG
 from node.context import CONFIG
 from node.errors import NotFound
+from node.federation.http import FEDERATION
 from node.portal.pages import PortalRoutes
 
 routes = PortalRoutes()
@@ -26,9 +27,11 @@ STATUSES = {"submitted": "待平台审核", "accepted": "待提供部门决定",
             "withdrawn": "已撤回"}
 
 
-async def _names(request: web.Request, docs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+async def names_for(request: web.Request,
+                    docs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     """Names to show instead of codes: of the resources applications name (from the catalog; a withdrawn one
-    keeps its code only) and of departments (this node's own, and each resource's provider)."""
+    keeps its code only) and of departments (this node's own, and each resource's provider; a department of
+    another node that provides nothing here is named by its node and its code)."""
     resources: dict[str, str] = {}
     depts = {(request.app[CONFIG].node.id, d["code"]): d["name"] for d in await request.app[ACCOUNTS].list()}
     for code in {d["resource"] for d in docs}:
@@ -38,10 +41,15 @@ async def _names(request: web.Request, docs: list[dict[str, Any]]) -> tuple[dict
             continue
         resources[code] = entry["name"]
         depts.setdefault((entry["node"], entry["provider"]["dept"]), entry["provider"]["name"])
+    trust = request.app[FEDERATION].trust
+    for party in (p for d in docs for p in (d["applicant"], d["provider"])):
+        cert = trust.certificate(party["node"]) if trust is not None else None
+        if cert is not None:
+            depts.setdefault((party["node"], party["dept"]), f"{cert['name']} {party['dept']}")
     return resources, depts
 
 
-def _due(doc: dict[str, Any]) -> str | None:
+def due_of(doc: dict[str, Any]) -> str | None:
     """The due date of the step an application waits for, if it waits."""
     return {"submitted": doc.get("review_due"), "accepted": doc.get("decision_due")}.get(doc["status"])
 
@@ -73,12 +81,12 @@ async def home(request: web.Request, person: Person | None) -> dict[str, Any]:
         waiting_title = "待本部门决定的申请"
         waiting_total, waiting = await apps.list_applications(acct, role="provider", status="accepted", overdue=None,
                                                               resource=None, page=1, page_size=SHOWN)
-    names, dept_names = await _names(request, mine + waiting)
+    names, dept_names = await names_for(request, mine + waiting)
     return {
         "resources": resources, "resources_total": resources_total,
         "mine": mine, "mine_total": mine_total,
         "waiting": waiting, "waiting_total": waiting_total, "waiting_title": waiting_title,
         "names": names, "dept_names": dept_names,
-        "due": _due, "share_types": SHARE_TYPES, "cycles": CYCLES, "statuses": STATUSES,
+        "due": due_of, "share_types": SHARE_TYPES, "cycles": CYCLES, "statuses": STATUSES,
         "done": request.query.get("done"),
     }

@@ -21,14 +21,16 @@ from node.portal.pages import (FORM, NAV, SIGNIN_COOKIE, PortalRoutes, new_signi
 
 HERE = Path(__file__).parent
 # Modules whose `routes` (a PortalRoutes) hold pages, in the order of their navigation entries' `order`.
-PAGE_MODULES = ("node.portal.http", "node.portal.home")
+PAGE_MODULES = ("node.portal.http", "node.portal.home", "node.portal.catalog", "node.portal.data",
+                "node.portal.applications", "node.portal.resources")
 
 routes = PortalRoutes()
 
 
 def _next(value: Any) -> str:
     """Where to go after signing in: only a path of this portal (never another site, never `//host`)."""
-    if isinstance(value, str) and value.startswith("/portal/") and "//" not in value and "\\" not in value:
+    if (isinstance(value, str) and value.startswith("/portal/") and "//" not in value and "\\" not in value
+            and value.isprintable()):  # a CR or LF would break the Location header after the session was made
         return value
     return "/portal/"
 

@@ -117,10 +117,11 @@ class PortalRoutes:
                     if request.method == "GET":
                         return redirect(url(request, "portal.password"))
                     raise Forbidden("请先修改初始密码")
-                if roles and (person is None or person.account.role not in roles):
-                    raise Forbidden(f"此功能仅供{'、'.join(ROLE_NAMES[r] for r in roles)}使用")
+                # A form from elsewhere is refused as such (and audited so) before anything else is said of it.
                 if request.method == "POST":
                     await _check_csrf(request, person)
+                if roles and (person is None or person.account.role not in roles):
+                    raise Forbidden(f"此功能仅供{'、'.join(ROLE_NAMES[r] for r in roles)}使用")
                 result = await fn(request, person)
                 if isinstance(result, web.StreamResponse):
                     return result

@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from node.accounts.http import account
+from node.accounts.service import Account
 from node.audit.http import note
 from node.catalog.http import CATALOG
 from node.context import CONFIG, json_limit
@@ -32,8 +33,13 @@ async def _call(request: web.Request, op: str, model: type[BaseModel], limit: in
     params = await read_model(request, model, limit)
     sharing = request.app[SHARING]
     note(request, resource=code, keys=await sharing.requested_keys(op, code, params))
-    requester = Requester(node=acct.node, dept=acct.dept)
-    return json_response(await sharing.call(op, code, params, requester))
+    return json_response(await sharing.call(op, code, params, requester_of(acct)))
+
+
+def requester_of(acct: Account, purpose: str | None = None) -> Requester:
+    """Who asks, as the sharing service and the provider see it: the department, and the person when one
+    acts (the portal), with what the call is for."""
+    return Requester(node=acct.node, dept=acct.dept, user=acct.user, purpose=(purpose or "").strip() or None)
 
 
 @routes.post(f"/api/v1/resources/{CODE}/query", name="sharing.query",

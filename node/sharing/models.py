@@ -25,8 +25,9 @@ class Requester(BaseModel):
 
     node: str
     dept: str
-    user: str | None = None
-    purpose: str | None = None
+    # A person of the department (SPEC §15): their username at their node, and what the call is for (用途).
+    user: str | None = Field(None, min_length=1, max_length=32)
+    purpose: str | None = Field(None, max_length=2000)
 
 
 class QueryParams(_Strict):

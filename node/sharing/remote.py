@@ -32,7 +32,8 @@ def connect(sharing: SharingService, federation: FederationService) -> None:
                     grant: dict[str, Any] | None) -> dict[str, Any]:
         body = {"resource": entry["code"], "op": op, "params": params,
                 "requester": requester.model_dump(exclude_none=True), "grant": grant}
-        return await federation.call("service.call", entry["node"], body)
+        # The relays cannot read the body: the person travels beside it too, for their audit records (SPEC §15).
+        return await federation.call("service.call", entry["node"], body, user=requester.user)
 
     async def serve(envelope: dict[str, Any]) -> dict[str, Any]:
         body = envelope["body"]

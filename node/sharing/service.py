@@ -38,6 +38,8 @@ from node.web import parse_model
 
 OPS: dict[str, type[BaseModel]] = {"query": QueryParams, "verify": VerifyParams, "compare": CompareParams}
 DEFAULT_QUERY_LIMIT = 100
+# The operations a person states their purpose (用途) for on another department's resource (SPEC §15).
+PURPOSE_OPS = frozenset({"query", "compare"})
 
 # (entry, op, requester, grant) → the fields the grant allows (sensitive ones included); raises the
 # SPEC §9 error (GRANT_REQUIRED, FIELD_NOT_GRANTED, REVOKED, SIGNATURE_INVALID …) when it does not hold.
@@ -91,6 +93,14 @@ def conditional(entry: dict[str, Any], op: str) -> bool:
     return entry["share"]["type"] == "conditional" or op in entry.get("controlled_ops", ())
 
 
+def needs_purpose(entry: dict[str, Any], op: str, requester: Requester) -> bool:
+    """SPEC §15: a person's query or compare on another department's resource states what it is for; a call
+    made with a department's token names no person and is not asked."""
+    if not requester.user or op not in PURPOSE_OPS or (requester.purpose or "").strip():
+        return False
+    return (entry["node"], entry["provider"]["dept"]) != (requester.node, requester.dept)
+
+
 def within_grant(schema: RecordSchema, params: BaseModel, granted: frozenset[str]) -> BaseModel:
     """Refuse (FIELD_NOT_GRANTED) the items a conditional call names outside its grant; a query without
     `fields` gets the granted ones. Looking a record up by its key is always allowed; the key's value is
@@ -134,6 +144,9 @@ class SharingService:
         if not isinstance(params, model):
             params = parse_model(model, params if isinstance(params, dict) else {})
         entry = await self.catalog.get(code)
+        if needs_purpose(entry, op, requester):
+            raise InvalidInput(f"a person's {op} on another department's resource states its purpose (用途, SPEC §15)",
+                               [{"field": "purpose", "error": "required"}])
         if grant is None and self.grant_finder is not None and requester.node == self.node_id:
             grant = await self.grant_finder(entry, op, requester)
         if entry["node"] != self.node_id:

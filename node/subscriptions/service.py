@@ -527,6 +527,9 @@ class SubscriptionService:
         nxt = int(page.get("next") or sub.cursor)
         if changes:
             assert self._session is not None and sub.url
+            refusal = tls.plain_http_refusal(sub.url, self.federation.config.insecure_http)
+            if refusal is not None:  # checked at each delivery: the setting may have changed since it was made
+                raise ApiError(refusal, code="PEER_UNREACHABLE")
             ts = now_ms()
             body = _dumps({"subscription": sub.id, "resource": sub.resource, "changes": changes, "since": sub.cursor,
                            "next": nxt, "fields": page.get("fields"), "masked": page.get("masked"),
@@ -536,7 +539,7 @@ class SubscriptionService:
                        "X-GovNode-Delivery": f"{sub.id}-{sub.cursor}-{nxt}",
                        "X-GovNode-Signature": f"t={ts},v1={signature(secret, ts, body)}"}
             try:
-                async with self._session.post(sub.url, data=body, headers=headers) as resp:
+                async with self._session.post(sub.url, data=body, headers=headers, allow_redirects=False) as resp:
                     # Only the status matters: the subscriber's answer is read no further than this, since aiohttp
                     # inflates a gzip answer as it is read and it could unpack to anything.
                     await resp.content.read(WEBHOOK_ANSWER_BYTES)
@@ -611,7 +614,9 @@ class SubscriptionService:
 
     async def _route(self, entry: dict[str, Any], op: str, params: dict[str, Any], requester: Requester,
                      grant: dict[str, Any] | None) -> dict[str, Any]:
-        sub = self._replica_for(entry["code"], requester)
+        # A person's call goes to the provider even when a copy could answer it: SPEC §15 records the person and
+        # their purpose in the provider's audit log too.
+        sub = self._replica_for(entry["code"], requester) if requester.user is None else None
         if sub is not None:
             answer = await self._answer_from_replica(sub, entry, op, params, grant)
             if answer is not None:
