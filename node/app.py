@@ -67,8 +67,10 @@ def _capabilities() -> list:
     from node.subscriptions.http import setup as subscriptions
     from node.quality.http import setup as quality
     from node.portal.http import setup as portal
+    from node.figures.http import setup as figures
 
-    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, portal]
+    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, figures,
+            portal]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

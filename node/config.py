@@ -146,6 +146,13 @@ class FederationConfig(_Strict):
     peer_timeout_s: float = Field(10.0, ge=0.1, le=300, description="longest wait for a neighbour's answer")
 
 
+class FiguresConfig(_Strict):
+    report_interval_s: float = Field(300.0, ge=0.5, le=86400,
+                                     description="how often the node signs its daily figures for its parent; a "
+                                                 "node silent for three intervals is shown as stale")
+    outbox_alert: int = Field(100, ge=1, description="messages waiting for one neighbour before an operator is alerted")
+
+
 class TlsConfig(_Strict):
     """PEM files; a relative path is taken from the node's home."""
 
@@ -181,6 +188,7 @@ class Config(_Strict):
     database: DatabaseConfig
     limits: LimitsConfig = LimitsConfig()
     federation: FederationConfig = FederationConfig()
+    figures: FiguresConfig = FiguresConfig()
     log_level: str = "INFO"
     sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL)$")
     audit_batch_ms: int = Field(default=2, ge=0, le=1000, description="group-commit window for audit records")

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from node.audit import store
+from node.figures import store as figures_store
 from node.cluster import worker_of
 from node.db import next_counter_sync, read_counter
 from node.errors import ApiError, Conflict, InvalidInput
@@ -319,6 +320,8 @@ def _append(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
         rows.append(row)
         seq += 1
     store.insert_many(conn, rows)
+    # The figures' running totals move in the same commit as the records they count (node.figures.store).
+    figures_store.tally(conn, records)
 
 
 def _recover_intents(conn: sa.Connection, asks: list[tuple[int, set[str] | None, list[int]]]) -> None:

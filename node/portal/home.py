@@ -82,11 +82,13 @@ async def home(request: web.Request, person: Person | None) -> dict[str, Any]:
         waiting_total, waiting = await apps.list_applications(acct, role="provider", status="accepted", overdue=None,
                                                               resource=None, page=1, page_size=SHOWN)
     names, dept_names = await names_for(request, mine + waiting)
+    from node.portal.figures import alerts_for  # the operator's alerts block (node.portal.figures)
+    alerts = await alerts_for(request, person)
     return {
         "resources": resources, "resources_total": resources_total,
         "mine": mine, "mine_total": mine_total,
         "waiting": waiting, "waiting_total": waiting_total, "waiting_title": waiting_title,
         "names": names, "dept_names": dept_names,
         "due": due_of, "share_types": SHARE_TYPES, "cycles": CYCLES, "statuses": STATUSES,
-        "done": request.query.get("done"),
+        "done": request.query.get("done"), "alerts": alerts,
     }

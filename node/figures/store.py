@@ -1,0 +1,236 @@
+"""Running totals of calls (one row a day, kind, resource, department and op), the signed daily reports of
+this node and of its subtree, and the audit chain's checked head.
+
+The totals are incremented in the audit journal's own commit (`tally`, called where the chain is appended):
+a call is counted exactly when its record is stored, in the same transaction, so a batch that fails counts
+nothing and a retried batch counts once. On PostgreSQL with several workers the increment is an upsert
+(`ON CONFLICT DO UPDATE SET calls = calls + excluded.calls`), which the database applies atomically; the
+journal's batches are already serialised by the chain's counter row, which every batch locks before these
+rows, so the increments add no lock wait and cannot deadlock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from node.db import metadata, on_conflict_statement
+from node.ids import resource_node
+
+figures_daily = sa.Table(
+    "figures_daily",
+    metadata,
+    sa.Column("day", sa.String(10), nullable=False),  # the call's date in China Standard Time
+    sa.Column("kind", sa.String(8), nullable=False),  # served (a resource of this node) / made (by its department)
+    sa.Column("resource", sa.String(40), nullable=False),
+    sa.Column("dept", sa.String(80), nullable=False),  # the calling department, <node>/<dept>
+    sa.Column("op", sa.String(16), nullable=False),
+    sa.Column("calls", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("latency_ms", sa.BigInteger, nullable=False),  # the sum, for the mean
+    sa.PrimaryKeyConstraint("day", "kind", "resource", "dept", "op", name="pk_figures_daily"),
+)
+
+# The signed daily reports (SPEC §5's signed feeds, feed `figures`): this node's own and those its children
+# sent up, one a node and day; the newest (highest seq) replaces the one held.
+figure_reports = sa.Table(
+    "figure_reports",
+    metadata,
+    sa.Column("node", sa.String(6), nullable=False),
+    sa.Column("day", sa.String(10), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("change_id", sa.BigInteger, nullable=False, unique=True),
+    sa.PrimaryKeyConstraint("node", "day", name="pk_figure_reports"),
+)
+
+# How far the audit chain was checked, and what the last check found: the alert of a broken chain, read by
+# every worker; written by the one doing the node's background work.
+audit_checks = sa.Table(
+    "audit_checks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # checked through this record
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("broken_seq", sa.BigInteger, nullable=True),
+    sa.Column("reason", sa.String(400), nullable=True),
+    sa.Column("checked_at", sa.BigInteger, nullable=False),
+)
+
+REPORT_COUNTER = "figure_report_change"
+DAY_MS = 86_400_000
+CST_MS = 8 * 3_600_000
+# What the portal's own actions are, counted as the API's (a clerk's 核验 is a verify, whichever face served it).
+OPS = {"sharing.query": "query", "sharing.verify": "verify", "sharing.compare": "compare",
+       "portal.query.post": "query", "portal.verify.post": "verify", "portal.compare.post": "compare"}
+
+_days: dict[int, str] = {}
+
+
+def day_of(at_ms: int) -> str:
+    """The date in China Standard Time of an instant, as YYYY-MM-DD (cached per day: this runs per record)."""
+    n = (at_ms + CST_MS) // DAY_MS
+    day = _days.get(n)
+    if day is None:
+        import datetime as _dt
+        day = _days[n] = (_dt.date(1970, 1, 1) + _dt.timedelta(days=n)).isoformat()
+        if len(_days) > 4096:
+            _days.clear()
+    return day
+
+
+def tallies(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str, str], list[int]]:
+    """The increments a batch of audit records makes: key (day, kind, resource, dept, op) → [calls, errors,
+    latency_ms]. A department's call (API or portal) is one `made`, and also one `served` when the resource
+    is its own node's; a call delivered from another node (`federation.deliver` of a service.call) is one
+    `served`. A relay's record is neither: a call crossing three nodes is made once and served once."""
+    out: dict[tuple[str, str, str, str, str], list[int]] = {}
+
+    def add(key: tuple[str, str, str, str, str], rec: dict[str, Any]) -> None:
+        t = out.get(key)
+        if t is None:
+            t = out[key] = [0, 0, 0]
+        t[0] += 1
+        t[1] += 0 if (rec.get("outcome") or "ok") == "ok" else 1
+        t[2] += int(rec.get("latency_ms") or 0)
+
+    for rec in records:
+        action = rec.get("action")
+        op = OPS.get(action)  # type: ignore[arg-type]
+        resource = rec.get("resource") or ""
+        if op is not None:
+            actor = str(rec.get("actor") or "")
+            day = day_of(int(rec["at"]))
+            add((day, "made", resource, actor, op), rec)
+            if resource and resource_node(resource) == actor.split("/", 1)[0]:
+                add((day, "served", resource, actor, op), rec)
+        elif action == "federation.deliver":
+            details = rec.get("details") or {}
+            if not isinstance(details, dict) or details.get("kind") != "service.call" or not details.get("op"):
+                continue
+            dept = str(details.get("requester") or rec.get("actor") or "")
+            add((day_of(int(rec["at"])), "served", resource, dept[:80], str(details["op"])[:16]), rec)
+    return out
+
+
+def _upsert(insert: Any) -> Any:
+    ins = insert.values(day=sa.bindparam("day"), kind=sa.bindparam("kind"), resource=sa.bindparam("resource"),
+                        dept=sa.bindparam("dept"), op=sa.bindparam("op"), calls=sa.bindparam("calls"),
+                        errors=sa.bindparam("errors"), latency_ms=sa.bindparam("latency_ms"))
+    c = figures_daily.c
+    return ins.on_conflict_do_update(
+        index_elements=[c.day, c.kind, c.resource, c.dept, c.op],
+        set_={"calls": c.calls + ins.excluded.calls, "errors": c.errors + ins.excluded.errors,
+              "latency_ms": c.latency_ms + ins.excluded.latency_ms})
+
+
+def tally(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
+    """Add a batch's calls to the running totals, in the caller's (the journal's) transaction. Rows in key
+    order, so two workers' batches lock them in one order."""
+    counts = tallies(records)
+    if not counts:
+        return
+    rows = [{"day": k[0], "kind": k[1], "resource": k[2], "dept": k[3], "op": k[4],
+             "calls": v[0], "errors": v[1], "latency_ms": v[2]} for k, v in sorted(counts.items())]
+    conn.execute(on_conflict_statement(conn.dialect.name, figures_daily, "add", _upsert), rows)
+
+
+async def daily(conn: AsyncConnection, first_day: str, last_day: str) -> list[sa.Row]:
+    c = figures_daily.c
+    q = (sa.select(figures_daily).where(c.day >= first_day, c.day <= last_day)
+         .order_by(c.day, c.kind, c.resource, c.dept, c.op))
+    return list((await conn.execute(q)).all())
+
+
+async def reports(conn: AsyncConnection, first_day: str, last_day: str) -> list[sa.Row]:
+    c = figure_reports.c
+    q = sa.select(figure_reports).where(c.day >= first_day, c.day <= last_day).order_by(c.node, c.day)
+    return list((await conn.execute(q)).all())
+
+
+async def last_reports(conn: AsyncConnection) -> dict[str, int]:
+    """Each node's latest report time (whatever its day): when it last reported."""
+    c = figure_reports.c
+    rows = (await conn.execute(sa.select(c.node, sa.func.max(c.updated_at)).group_by(c.node))).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def held(conn: AsyncConnection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    if not keys:
+        return {}
+    c = figure_reports.c
+    q = sa.select(c.node, c.day, c.seq).where(sa.tuple_(c.node, c.day).in_(keys))
+    return {(r.node, r.day): int(r.seq) for r in (await conn.execute(q)).all()}
+
+
+async def put_report(conn: AsyncConnection, row: dict[str, Any], replace: bool) -> None:
+    c = figure_reports.c
+    if replace:
+        await conn.execute(sa.update(figure_reports).where(c.node == row["node"], c.day == row["day"])
+                           .values(**{k: v for k, v in row.items() if k not in ("node", "day")}))
+    else:
+        await conn.execute(sa.insert(figure_reports).values(**row))
+
+
+async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[str] | None) -> list[sa.Row]:
+    c = figure_reports.c
+    q = (sa.select(c.doc.label("entry"), c.change_id).where(c.change_id > since)
+         .order_by(c.change_id).limit(limit))
+    if nodes_in is not None:
+        q = q.where(c.node.in_(sorted(nodes_in)))
+    return list((await conn.execute(q)).all())
+
+
+async def get_check(conn: AsyncConnection) -> sa.Row | None:
+    return (await conn.execute(sa.select(audit_checks).where(audit_checks.c.id == 1))).first()
+
+
+async def put_check(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    if await get_check(conn) is None:
+        await conn.execute(sa.insert(audit_checks).values(id=1, **row))
+    else:
+        await conn.execute(sa.update(audit_checks).where(audit_checks.c.id == 1).values(**row))
+
+
+# What the catalog figures read: this node's own entries, and for each the newest record change (the index on
+# (resource_code, change_id) finds it in one step, however many records the resource has).
+
+async def own_entries(conn: AsyncConnection, node: str) -> list[sa.Row]:
+    from node.catalog.store import catalog_entries as ce
+    q = sa.select(ce.c.code, ce.c.provider_dept, ce.c.entry).where(ce.c.node == node, ce.c.deleted.is_(False))
+    return list((await conn.execute(q)).all())
+
+
+async def data_state(conn: AsyncConnection, code: str) -> tuple[bool, int | None]:
+    """(whether the resource holds a live record, when its records last changed)."""
+    from node.data.store import records as r
+    last = (await conn.execute(sa.select(r.c.updated_at).where(r.c.resource_code == code)
+                               .order_by(r.c.change_id.desc()).limit(1))).scalar()
+    if last is None:
+        return False, None
+    live = (await conn.execute(sa.select(sa.literal(1)).where(r.c.resource_code == code, r.c.deleted.is_(False))
+                               .limit(1))).scalar()
+    return live is not None, int(last)
+
+
+async def overdue_steps(conn: AsyncConnection, node: str, today: str) -> int:
+    """Applications at this node waiting on a step past its due date (review or decision)."""
+    from node.applications.store import applications as a
+    q = sa.select(sa.func.count()).select_from(a).where(a.c.provider_node == node, sa.or_(
+        sa.and_(a.c.status == "submitted", a.c.review_due < today),
+        sa.and_(a.c.status == "accepted", a.c.decision_due < today)))
+    return int((await conn.execute(q)).scalar() or 0)
+
+
+async def source_states(conn: AsyncConnection) -> list[sa.Row]:
+    from node.exchange.store import exchange_sources as s
+    return list((await conn.execute(sa.select(s.c.id, s.c.resource, s.c.dept, s.c.state))).all())
+
+
+async def audit_head(conn: AsyncConnection, after_seq: int, limit: int) -> list[sa.Row]:
+    from node.audit.store import audit_log
+    q = sa.select(audit_log).where(audit_log.c.seq > after_seq).order_by(audit_log.c.seq).limit(limit)
+    return list((await conn.execute(q)).all())
