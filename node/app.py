@@ -83,7 +83,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         app[CLUSTER] = cluster = Cluster(engine, config.node.id, config.database.schema_)
         app[ACCOUNTS] = accounts = AccountService(engine, config.node.id)
         cluster.on("accounts", accounts.forget)
-        app[PEOPLE] = PeopleService(engine, config.node.id)
+        app[PEOPLE] = people = PeopleService(engine, config.node.id, config.home)
+        cluster.on("sessions", people.forget)  # a session ended in another worker
+        cluster.on("accounts", lambda _: people.forget(""))  # a department disabled: its people's sessions too
         yield
     finally:
         await engine.dispose()

@@ -147,6 +147,8 @@ async def dept_revoke(args: argparse.Namespace) -> int:
         n = await accounts.revoke(args.code)
     finally:
         await engine.dispose()
+    from node.accounts.people import sessions_changed
+    sessions_changed(_config(args).home)  # its people's portal sessions end at once in the running node
     print(f"department {args.code} disabled; {n} token(s) revoked")
     return 0
 

@@ -17,7 +17,7 @@ async def _people(args: argparse.Namespace) -> tuple[PeopleService, object]:
 
     config = load_config(args.dir)
     engine = await open_database(config)
-    return PeopleService(engine, config.node.id), engine
+    return PeopleService(engine, config.node.id, config.home), engine
 
 
 async def user_add(args: argparse.Namespace) -> int:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -26,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from node.workdays import CST
 from node.accounts import store
 from node.accounts.service import ROLES, Account
+from node.cluster import announce
 from node.db import write_tx
 from node.errors import ApiError, Conflict, InvalidInput, NotFound, Unauthenticated
 from node.fields import check_name
@@ -41,6 +46,29 @@ IDLE_MS = 30 * 60 * 1000
 ABSOLUTE_MS = 12 * 3600 * 1000
 # A session's last use is written at most once a minute: a page costs one read, not a write each.
 TOUCH_MS = 60 * 1000
+# A session read from the database is reused by this process for at most this long. Reading it cost a portal
+# page ~0.2 ms of its ~2 ms (a thread hop and a query; scripts/bench_portal.py, issue 15). What ends a session
+# still ends it at once where it happens (a sign-out, a password change, a lock drop this process's copy) and,
+# on PostgreSQL, in every other worker within milliseconds (announced with the change, node.cluster); a change
+# made by a command in another process (`govnode user disable` on SQLite, which has no announcements) is seen
+# within this bound. A token lookup is trusted for 2 s on the same reasoning (node.accounts.service).
+SESSION_CACHE_MS = 1000
+SESSION_CACHE_MAX = 10_000
+# A file of the node's home whose change tells every process of that host to drop its cached sessions: a command
+# that ends sessions (`govnode user disable | reset`, `govnode dept revoke`) writes it after its commit, and a
+# page checks it (one stat, ~2 µs), so those commands end a session at once on SQLite too.
+SESSIONS_CHANGED = "sessions.changed"
+
+
+def sessions_changed(home: Path | None) -> None:
+    """Tell the processes serving the node at `home` that sessions ended (see SESSIONS_CHANGED)."""
+    if home is None:
+        return
+    path = Path(home) / SESSIONS_CHANGED
+    # A new file each time (its inode changes), so two changes within one tick of the file system's clock differ.
+    fresh = path.with_name(f"{SESSIONS_CHANGED}.{os.getpid()}")
+    fresh.write_text(str(time.time_ns()))
+    os.replace(fresh, path)
 MIN_PASSWORD = 10
 MAX_PASSWORD = 128
 # Initial passwords: 12 characters without look-alikes (0/O, 1/l/I), about 69 bits, read out or typed by hand.
@@ -120,9 +148,12 @@ class SignInRefused(Unauthenticated):
 
 
 class PeopleService:
-    def __init__(self, engine: AsyncEngine, node_id: str) -> None:
+    def __init__(self, engine: AsyncEngine, node_id: str, home: Path | None = None) -> None:
         self.engine = engine
         self.node_id = node_id
+        self.home = home
+        self._changed_file = str(Path(home) / SESSIONS_CHANGED) if home is not None else None
+        self._changed_at: tuple[int, int] | None = None
         self._hashing = asyncio.Semaphore(HASHES_AT_ONCE)
         self._waiting = 0
         self._dummy_hash: str | None = None
@@ -130,6 +161,19 @@ class PeopleService:
         on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
         self._sqlite_path = url.database if on_file else None
         self._thread_conns = threading.local()  # each worker thread's connection for session look-ups
+        self._sessions: dict[str, tuple[int, Any, int]] = {}  # digest -> (read at, row, last use written)
+
+    def forget(self, payload: str = "") -> None:
+        """Drop cached sessions: one (its digest), a person's (`user:<name>`), or all (""; node.cluster's
+        announcement topic `sessions`)."""
+        if payload.startswith("user:"):
+            name = payload[5:]
+            for key in [k for k, (_, row, _) in self._sessions.items() if row.username == name]:
+                self._sessions.pop(key, None)
+        elif payload:
+            self._sessions.pop(payload, None)
+        else:
+            self._sessions.clear()
 
     async def _in_thread(self, fn, *args):  # noqa: ANN001, ANN202
         """Run a hash or a verification in a worker thread, so the node keeps answering meanwhile. Past
@@ -196,6 +240,9 @@ class PeopleService:
                 raise NotFound(f"no user {username}")
             await store.update_user(conn, username, disabled_at=now_ms())
             await store.delete_sessions_of(conn, username)
+            await announce(conn, "sessions", f"user:{username}")
+        self.forget(f"user:{username}")
+        sessions_changed(self.home)
 
     async def reset(self, username: str) -> str:
         """A new initial password (to be changed at the next sign-in); unlocks the account, ends its sessions."""
@@ -210,6 +257,9 @@ class PeopleService:
             await store.update_user(conn, username, password_hash=hashed, must_change=True, failures=0,
                                     locked_until=None)
             await store.delete_sessions_of(conn, username)
+            await announce(conn, "sessions", f"user:{username}")
+        self.forget(f"user:{username}")
+        sessions_changed(self.home)
         return password
 
     # Signing in and out ------------------------------------------------------------------------------
@@ -284,16 +334,35 @@ class PeopleService:
             return None
         key = digest(raw)
         now = now_ms()
-        if self._sqlite_path is not None:
-            row = await asyncio.to_thread(self._session_sqlite, key, now - IDLE_MS, now - ABSOLUTE_MS)
+        if self._changed_file is not None:
+            try:
+                st = os.stat(self._changed_file)
+                changed: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                changed = None
+            if changed != self._changed_at:
+                self._changed_at = changed
+                self._sessions.clear()
+        cached = self._sessions.get(key)
+        if cached is not None and now - cached[0] < SESSION_CACHE_MS:
+            _, row, seen = cached
         else:
-            async with self.engine.connect() as conn:
-                row = await store.session_person(conn, key, now - IDLE_MS, now - ABSOLUTE_MS)
-        if row is None:
-            return None
-        if now - row.seen_at >= TOUCH_MS:
+            if self._sqlite_path is not None:
+                row = await asyncio.to_thread(self._session_sqlite, key, now - IDLE_MS, now - ABSOLUTE_MS)
+            else:
+                async with self.engine.connect() as conn:
+                    row = await store.session_person(conn, key, now - IDLE_MS, now - ABSOLUTE_MS)
+            if row is None:
+                self._sessions.pop(key, None)
+                return None
+            seen = row.seen_at
+            if len(self._sessions) >= SESSION_CACHE_MAX:
+                self._sessions.clear()
+            self._sessions[key] = (now, row, seen)
+        if now - seen >= TOUCH_MS:
             async with write_tx(self.engine) as conn:
                 await store.touch_session(conn, key, now)
+            self._sessions[key] = (self._sessions[key][0], row, now)
         return Person(self._account(row), row.display_name, row.dept_name, bool(row.must_change), csrf_token(raw), key)
 
     def _session_sqlite(self, key: str, seen_after: int, created_after: int) -> object:
@@ -309,8 +378,11 @@ class PeopleService:
         return store.session_person_sqlite(conn, key, seen_after, created_after)
 
     async def sign_out(self, person: Person) -> None:
+        self.forget(person.session)
         async with write_tx(self.engine) as conn:
             await store.delete_session(conn, person.session)
+            await announce(conn, "sessions", person.session)
+        self.forget(person.session)
 
     async def change_password(self, person: Person, current: str | None, new: str, confirm: str) -> None:
         """Change the person's password. The current one is asked for unless this is the change forced at
@@ -326,6 +398,9 @@ class PeopleService:
                 if failures >= MAX_FAILURES:
                     await store.update_user(conn, person.username, failures=0, locked_until=now_ms() + LOCK_MS)
                     await store.delete_sessions_of(conn, person.username)
+                    await announce(conn, "sessions", f"user:{person.username}")
+            if failures >= MAX_FAILURES:
+                self.forget(f"user:{person.username}")
             if failures >= MAX_FAILURES:
                 raise Unauthenticated("多次输入错误的当前密码，账户已锁定并退出登录")
             raise InvalidInput("当前密码不正确", [{"field": "current", "error": "当前密码不正确"}])
@@ -340,3 +415,5 @@ class PeopleService:
         async with write_tx(self.engine) as conn:
             await store.update_user(conn, person.username, password_hash=hashed, must_change=False)
             await store.delete_sessions_of(conn, person.username, keep=person.session)
+            await announce(conn, "sessions", f"user:{person.username}")
+        self.forget(f"user:{person.username}")
