@@ -113,6 +113,8 @@ async def test_calls_are_counted_once_and_reach_the_city_and_download(tree, port
     await city_op.page.locator("svg.chart").first.wait_for()
     assert await city_op.page.locator("svg.chart").count() == 4
     await city_op.screenshot("figures-city-subtree")
+    await city_op.page.locator("#daily-title").scroll_into_view_if_needed()
+    await city_op.screenshot("figures-city-daily")
     # Only the subtree scope adds the children: the city itself served nothing.
     await city_op.goto("/portal/figures?scope=node")
     assert await number(city_op, "#served-total") == 0
