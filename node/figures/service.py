@@ -63,13 +63,42 @@ def day_bounds(day: str) -> tuple[int, int]:
 
 # The arithmetic of a subtree ---------------------------------------------------------------------------------
 
-def combine(parts: list[dict[str, Any]], days: list[str]) -> dict[str, Any]:
-    """Sum figure parts (each a report's content: node, day, calls, workflows, feedback, catalog) over nodes and
-    days. The catalog is a state, not a flow: each node's latest part in the window counts, once."""
+def call_figures(sums: dict[str, list[Any]], days: list[str]) -> dict[str, Any]:
+    """The calls part of the figures from the database's sums (node.figures.store.sums)."""
     daily = {d: {"served": 0, "made": 0, "errors": 0, "latency_ms": 0} for d in days}
-    by_resource: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    by_dept: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    by_op: dict[str, int] = defaultdict(int)
+    for r in sums["daily"]:
+        if r.day not in daily:
+            continue
+        if r.kind == "served":
+            daily[r.day]["served"] += int(r.calls)
+            daily[r.day]["errors"] += int(r.errors)
+            daily[r.day]["latency_ms"] += int(r.latency_ms)
+        elif r.kind == "made":
+            daily[r.day]["made"] += int(r.calls)
+
+    def calls_row(key: str, r: Any) -> dict[str, Any]:
+        n, lat = int(r.calls), int(r.latency_ms)
+        return {"key": key, "calls": n, "errors": int(r.errors), "mean_ms": round(lat / n, 1) if n else None}
+
+    served = sum(d["served"] for d in daily.values())
+    errors = sum(d["errors"] for d in daily.values())
+    latency = sum(d["latency_ms"] for d in daily.values())
+    return {
+        "days": [{"day": d, **v, "mean_ms": round(v["latency_ms"] / v["served"], 1) if v["served"] else None}
+                 for d, v in daily.items()],
+        "served": served, "made": sum(d["made"] for d in daily.values()), "errors": errors,
+        "error_rate": round(errors / served, 4) if served else None,
+        "mean_ms": round(latency / served, 1) if served else None,
+        "by_op": {r.op: int(r.calls) for r in sorted(sums["by_op"], key=lambda r: r.op)},
+        "by_resource": [calls_row(r.resource, r) for r in sums["by_resource"]],
+        "by_dept": [calls_row(r.dept, r) for r in sums["by_dept"]],
+    }
+
+
+def combine(parts: list[dict[str, Any]], days: list[str]) -> dict[str, Any]:
+    """Sum the figures other than calls (workflows, feedback, the catalog) of report parts (node, day, ...)
+    over nodes and days. The catalog is a state, not a flow: each node's latest part in the window counts,
+    once."""
     workflows: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     feedback: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     latest_catalog: dict[str, tuple[str, dict[str, int]]] = {}
@@ -78,22 +107,6 @@ def combine(parts: list[dict[str, Any]], days: list[str]) -> dict[str, Any]:
         day = part["day"]
         if day not in wanted:
             continue
-        for kind, resource, dept, op, calls, errors, latency in part.get("calls", []):
-            if kind == "served":
-                daily[day]["served"] += calls
-                daily[day]["errors"] += errors
-                daily[day]["latency_ms"] += latency
-                r = by_resource[resource]
-                r[0] += calls
-                r[1] += errors
-                r[2] += latency
-                by_op[op] += calls
-            elif kind == "made":
-                daily[day]["made"] += calls
-                d = by_dept[dept]
-                d[0] += calls
-                d[1] += errors
-                d[2] += latency
         for wf, rows in (part.get("workflows") or {}).items():
             for row in rows:
                 acc = workflows[wf][row["dept"]]
@@ -111,22 +124,7 @@ def combine(parts: list[dict[str, Any]], days: list[str]) -> dict[str, Any]:
     for _, figures in latest_catalog.values():
         for k in catalog:
             catalog[k] += figures.get(k, 0)
-
-    def calls_row(key: str, v: list[int]) -> dict[str, Any]:
-        return {"key": key, "calls": v[0], "errors": v[1], "mean_ms": round(v[2] / v[0], 1) if v[0] else None}
-
-    served = sum(d["served"] for d in daily.values())
-    errors = sum(d["errors"] for d in daily.values())
-    latency = sum(d["latency_ms"] for d in daily.values())
     return {
-        "days": [{"day": d, **v, "mean_ms": round(v["latency_ms"] / v["served"], 1) if v["served"] else None}
-                 for d, v in daily.items()],
-        "served": served, "made": sum(d["made"] for d in daily.values()), "errors": errors,
-        "error_rate": round(errors / served, 4) if served else None,
-        "mean_ms": round(latency / served, 1) if served else None,
-        "by_op": dict(sorted(by_op.items())),
-        "by_resource": sorted((calls_row(k, v) for k, v in by_resource.items()), key=lambda r: -r["calls"]),
-        "by_dept": sorted((calls_row(k, v) for k, v in by_dept.items()), key=lambda r: -r["calls"]),
         "workflows": {wf: [{"dept": dept, **{k: v for k, v in acc.items()},
                             "review_rate": _rate(acc["review_on_time"], acc["review_done"]),
                             "decision_rate": _rate(acc["decision_on_time"], acc["decision_done"])}
@@ -189,15 +187,23 @@ class FiguresFeed(SignedFeed):
             return []
         return await store.changes(conn, since, limit, nodes_in)
 
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+
     async def apply_many(self, objs: list[dict[str, Any]], conn: Any) -> int:
-        return await _store_reports(conn, objs)
+        return await store_reports(conn, objs, self.node_id)
 
     async def log_refusal(self, conn: Any, refusal: dict[str, Any]) -> None:
         log.warning("refused figures report %s from %s: %s", refusal["key"], refusal["received_from"],
                     refusal["reason"])
 
 
-async def _store_reports(conn: Any, objs: list[dict[str, Any]]) -> int:
+SUMMARY_KEYS = ("workflows", "feedback", "catalog")
+
+
+async def store_reports(conn: Any, objs: list[dict[str, Any]], node_id: str) -> int:
+    """Keep the newest report of each node and day; a report of a node below replaces that node's figures of
+    the day (its call rows), which the pages add up with this node's own."""
     held = await store.held(conn, sorted({(o["node"], o["day"]) for o in objs}))
     newer: dict[tuple[str, str], dict[str, Any]] = {}
     for obj in objs:
@@ -209,9 +215,14 @@ async def _store_reports(conn: Any, objs: list[dict[str, Any]]) -> int:
         return 0
     last = await next_counter(conn, store.REPORT_COUNTER, len(newer))
     for i, (key, obj) in enumerate(newer.items()):
+        summary = {k: obj[k] for k in SUMMARY_KEYS if obj.get(k) is not None}
         row = {"node": key[0], "day": key[1], "seq": obj["seq"], "updated_at": obj["updated_at"],
-               "doc": json.dumps(obj, ensure_ascii=False, sort_keys=True), "change_id": last - len(newer) + 1 + i}
+               "doc": json.dumps(obj, ensure_ascii=False, sort_keys=True),
+               "summary": json.dumps(summary, ensure_ascii=False, sort_keys=True),
+               "change_id": last - len(newer) + 1 + i}
         await store.put_report(conn, row, key in held)
+        if key[0] != node_id:  # this node's own rows are its running totals
+            await conn.run_sync(store.replace_reported, key[0], key[1], obj["calls"])
     return len(newer)
 
 
@@ -230,7 +241,7 @@ class FiguresService:
         self.alert_gauge: Any = None  # set by http.setup: govnode_alert{kind}
 
     def connect(self) -> None:
-        self.federation.register_feed(FiguresFeed())
+        self.federation.register_feed(FiguresFeed(self.node_id))
 
     async def take_up(self) -> None:
         self.tasks.every((self.publish, self.config.report_interval_s, "figures-report"),
@@ -247,19 +258,20 @@ class FiguresService:
 
     # This node's figures -------------------------------------------------------------------------------------
 
-    async def own_parts(self, first: str, last: str) -> list[dict[str, Any]]:
-        """This node's figures for each day of [first, last], in a report's shape (one part a day)."""
+    async def own_parts(self, first: str, last: str, calls: bool = True) -> list[dict[str, Any]]:
+        """This node's figures for each day of [first, last], in a report's shape (one part a day); without
+        `calls`, what a page reads besides the sums of calls."""
         since, until = day_bounds(first)[0], day_bounds(last)[1]
         from node.applications import store as app_store
         from node.quality import store as q_store
         async with self.engine.connect() as conn:
-            calls = await store.daily(conn, first, last)
+            rows = await conn.run_sync(store.day_rows, self.node_id, first, last) if calls else []
             apps = await app_store.approval_rows(conn, self.node_id, since, until)
             feedback = await q_store.stats_rows(conn, self.node_id, since, until)
             catalog = await self._catalog(conn)
         parts = {d: {"node": self.node_id, "day": d, "calls": [], "workflows": {"application": []},
                      "feedback": []} for d in days_between(first, last)}
-        for r in calls:
+        for r in rows:
             parts[r.day]["calls"].append([r.kind, r.resource, r.dept, r.op, int(r.calls), int(r.errors),
                                           int(r.latency_ms)])
         wf: dict[tuple[str, str], dict[str, Any]] = {}
@@ -318,17 +330,23 @@ class FiguresService:
 
     async def dashboard(self, days: int = 7, subtree: bool = False) -> dict[str, Any]:
         first, last = self.window(days)
-        parts = await self.own_parts(first, last)
+        parts = await self.own_parts(first, last, calls=False)
+        scope = [self.node_id]
         nodes: list[dict[str, Any]] = []
+        below: list[str] = []
         if subtree and self.federation.joined:
             below = sorted(self.federation.subtree(self.node_id) - {self.node_id})
-            async with self.engine.connect() as conn:
-                rows = await store.reports(conn, first, last)
+            scope += below
+        async with self.engine.connect() as conn:
+            sums = await conn.run_sync(store.sums, scope, first, last)
+            if below:
+                parts += [{"node": r.node, "day": r.day, **json.loads(r.summary)}
+                          for r in await store.summaries(conn, below, first, last)]
                 last_report = await store.last_reports(conn)
-            docs = [json.loads(r.doc) for r in rows if r.node in below]
-            parts += docs
+        if below:
             nodes = reporting(below, last_report, self.clock(), self.stale_ms)
-        figures = combine(parts, days_between(first, last))
+        days_list = days_between(first, last)
+        figures = {**call_figures(sums, days_list), **combine(parts, days_list)}
         figures.update(first=first, last=last, subtree=subtree, nodes=nodes)
         return figures
 
@@ -342,7 +360,7 @@ class FiguresService:
         first, last = self.window(REPORTED_DAYS)
         parts = await self.own_parts(first, last)
         async with self.engine.connect() as conn:
-            held = {r.day: json.loads(r.doc) for r in await store.reports(conn, first, last) if r.node == self.node_id}
+            held = {r.day: json.loads(r.doc) for r in await store.own_reports(conn, self.node_id, first, last)}
         now = self.clock()
         signed = []
         for part in parts:
@@ -363,7 +381,7 @@ class FiguresService:
         if not signed:
             return 0
         async with write_tx(self.engine) as conn:
-            await _store_reports(conn, signed)
+            await store_reports(conn, signed, self.node_id)
         await fed.notify_neighbours(FEED)
         return len(signed)
 

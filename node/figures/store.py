@@ -22,15 +22,16 @@ from node.ids import resource_node
 figures_daily = sa.Table(
     "figures_daily",
     metadata,
+    sa.Column("node", sa.String(6), nullable=False),  # whose figures: this node's, or a node below (its reports)
     sa.Column("day", sa.String(10), nullable=False),  # the call's date in China Standard Time
-    sa.Column("kind", sa.String(8), nullable=False),  # served (a resource of this node) / made (by its department)
-    sa.Column("resource", sa.String(40), nullable=False),
-    sa.Column("dept", sa.String(80), nullable=False),  # the calling department, <node>/<dept>
+    sa.Column("kind", sa.String(8), nullable=False),  # served (a resource of the node) / made (by its department)
+    sa.Column("resource", sa.String(40), nullable=False),  # served: the resource called ("" for made)
+    sa.Column("dept", sa.String(80), nullable=False),  # made: the calling department, <node>/<dept> ("" for served)
     sa.Column("op", sa.String(16), nullable=False),
     sa.Column("calls", sa.BigInteger, nullable=False),
     sa.Column("errors", sa.BigInteger, nullable=False),
     sa.Column("latency_ms", sa.BigInteger, nullable=False),  # the sum, for the mean
-    sa.PrimaryKeyConstraint("day", "kind", "resource", "dept", "op", name="pk_figures_daily"),
+    sa.PrimaryKeyConstraint("node", "day", "kind", "resource", "dept", "op", name="pk_figures_daily"),
 )
 
 # The signed daily reports (SPEC §5's signed feeds, feed `figures`): this node's own and those its children
@@ -43,6 +44,7 @@ figure_reports = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),  # the doc without its call rows: what a page reads of it
     sa.Column("change_id", sa.BigInteger, nullable=False, unique=True),
     sa.PrimaryKeyConstraint("node", "day", name="pk_figure_reports"),
 )
@@ -82,14 +84,19 @@ def day_of(at_ms: int) -> str:
     return day
 
 
-def tallies(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str, str], list[int]]:
-    """The increments a batch of audit records makes: key (day, kind, resource, dept, op) → [calls, errors,
-    latency_ms]. A department's call (API or portal) is one `made`, and also one `served` when the resource
-    is its own node's; a call delivered from another node (`federation.deliver` of a service.call) is one
-    `served`. A relay's record is neither: a call crossing three nodes is made once and served once."""
-    out: dict[tuple[str, str, str, str, str], list[int]] = {}
+Key = tuple[str, str, str, str, str, str]
 
-    def add(key: tuple[str, str, str, str, str], rec: dict[str, Any]) -> None:
+
+def tallies(records: Iterable[dict[str, Any]]) -> dict[Key, list[int]]:
+    """The increments a batch of audit records makes: key (node, day, kind, resource, dept, op) → [calls, errors,
+    latency_ms]. A department's call (API or portal) is one `made` at its node, by department and op, and
+    also one `served` when the resource is its own node's, by resource and op; a call delivered from another
+    node (`federation.deliver` of a service.call) is one `served`. A relay's record is neither: a call
+    crossing three nodes is made once and served once. (By resource, or by department, not both: the cross
+    product would make a row of nearly every call of a large node, and a page would read them all.)"""
+    out: dict[Key, list[int]] = {}
+
+    def add(key: Key, rec: dict[str, Any]) -> None:
         t = out.get(key)
         if t is None:
             t = out[key] = [0, 0, 0]
@@ -100,29 +107,32 @@ def tallies(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str,
     for rec in records:
         action = rec.get("action")
         op = OPS.get(action)  # type: ignore[arg-type]
-        resource = rec.get("resource") or ""
+        resource = str(rec.get("resource") or "")
         if op is not None:
             actor = str(rec.get("actor") or "")
+            node = actor.split("/", 1)[0]
             day = day_of(int(rec["at"]))
-            add((day, "made", resource, actor, op), rec)
-            if resource and resource_node(resource) == actor.split("/", 1)[0]:
-                add((day, "served", resource, actor, op), rec)
+            add((node, day, "made", "", actor, op), rec)
+            if resource and resource_node(resource) == node:
+                add((node, day, "served", resource, "", op), rec)
         elif action == "federation.deliver":
             details = rec.get("details") or {}
             if not isinstance(details, dict) or details.get("kind") != "service.call" or not details.get("op"):
                 continue
-            dept = str(details.get("requester") or rec.get("actor") or "")
-            add((day_of(int(rec["at"])), "served", resource, dept[:80], str(details["op"])[:16]), rec)
+            node = resource_node(resource) if resource else None
+            if node is None:
+                continue
+            add((node, day_of(int(rec["at"])), "served", resource, "", str(details["op"])[:16]), rec)
     return out
 
 
 def _upsert(insert: Any) -> Any:
-    ins = insert.values(day=sa.bindparam("day"), kind=sa.bindparam("kind"), resource=sa.bindparam("resource"),
+    ins = insert.values(node=sa.bindparam("node"), day=sa.bindparam("day"), kind=sa.bindparam("kind"), resource=sa.bindparam("resource"),
                         dept=sa.bindparam("dept"), op=sa.bindparam("op"), calls=sa.bindparam("calls"),
                         errors=sa.bindparam("errors"), latency_ms=sa.bindparam("latency_ms"))
     c = figures_daily.c
     return ins.on_conflict_do_update(
-        index_elements=[c.day, c.kind, c.resource, c.dept, c.op],
+        index_elements=[c.node, c.day, c.kind, c.resource, c.dept, c.op],
         set_={"calls": c.calls + ins.excluded.calls, "errors": c.errors + ins.excluded.errors,
               "latency_ms": c.latency_ms + ins.excluded.latency_ms})
 
@@ -133,21 +143,53 @@ def tally(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
     counts = tallies(records)
     if not counts:
         return
-    rows = [{"day": k[0], "kind": k[1], "resource": k[2], "dept": k[3], "op": k[4],
+    rows = [{"node": k[0], "day": k[1], "kind": k[2], "resource": k[3], "dept": k[4], "op": k[5],
              "calls": v[0], "errors": v[1], "latency_ms": v[2]} for k, v in sorted(counts.items())]
     conn.execute(on_conflict_statement(conn.dialect.name, figures_daily, "add", _upsert), rows)
 
 
-async def daily(conn: AsyncConnection, first_day: str, last_day: str) -> list[sa.Row]:
+def day_rows(conn: sa.Connection, node: str, first_day: str, last_day: str) -> list[sa.Row]:
+    """A node's rows of the days [first, last]: what its daily reports carry."""
     c = figures_daily.c
-    q = (sa.select(figures_daily).where(c.day >= first_day, c.day <= last_day)
+    q = (sa.select(figures_daily).where(c.node == node, c.day >= first_day, c.day <= last_day)
          .order_by(c.day, c.kind, c.resource, c.dept, c.op))
-    return list((await conn.execute(q)).all())
+    return list(conn.execute(q).all())
 
 
-async def reports(conn: AsyncConnection, first_day: str, last_day: str) -> list[sa.Row]:
+def replace_reported(conn: sa.Connection, node: str, day: str, calls: list[list[Any]]) -> None:
+    """A node's figures of one day as its newest report says (a report replaces the one before it whole)."""
+    c = figures_daily.c
+    conn.execute(sa.delete(figures_daily).where(c.node == node, c.day == day))
+    if calls:
+        conn.execute(sa.insert(figures_daily), [
+            {"node": node, "day": day, "kind": k, "resource": r, "dept": d, "op": o, "calls": n, "errors": e,
+             "latency_ms": lat} for k, r, d, o, n, e, lat in calls])
+
+
+def sums(conn: sa.Connection, nodes: list[str], first_day: str, last_day: str, top: int = 50) -> dict[str, list[Any]]:
+    """The calls of `nodes` over [first, last], added up by the database: per day and kind, per resource
+    served, per department making them, per op served. A page reads a few hundred rows of sums, whatever the
+    number of calls (or of days, nodes, resources and departments) behind them."""
+    c = figures_daily.c
+    where = sa.and_(c.node.in_(nodes), c.day >= first_day, c.day <= last_day)
+    total = (sa.func.sum(c.calls).label("calls"), sa.func.sum(c.errors).label("errors"),
+             sa.func.sum(c.latency_ms).label("latency_ms"))
+
+    def grouped(*cols: Any, kind: str | None = None, limit: int | None = None) -> list[sa.Row]:
+        q = sa.select(*cols, *total).where(where).group_by(*cols)
+        if kind is not None:
+            q = q.where(c.kind == kind)
+        if limit is not None:
+            q = q.order_by(sa.desc("calls")).limit(limit)
+        return list(conn.execute(q).all())
+
+    return {"daily": grouped(c.day, c.kind), "by_resource": grouped(c.resource, kind="served", limit=top),
+            "by_dept": grouped(c.dept, kind="made", limit=top), "by_op": grouped(c.op, kind="served")}
+
+
+async def own_reports(conn: AsyncConnection, node: str, first_day: str, last_day: str) -> list[sa.Row]:
     c = figure_reports.c
-    q = sa.select(figure_reports).where(c.day >= first_day, c.day <= last_day).order_by(c.node, c.day)
+    q = sa.select(figure_reports).where(c.node == node, c.day >= first_day, c.day <= last_day)
     return list((await conn.execute(q)).all())
 
 
@@ -181,6 +223,12 @@ async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[s
          .order_by(c.change_id).limit(limit))
     if nodes_in is not None:
         q = q.where(c.node.in_(sorted(nodes_in)))
+    return list((await conn.execute(q)).all())
+
+
+async def summaries(conn: AsyncConnection, nodes: list[str], first_day: str, last_day: str) -> list[sa.Row]:
+    c = figure_reports.c
+    q = sa.select(c.node, c.day, c.summary).where(c.node.in_(nodes), c.day >= first_day, c.day <= last_day)
     return list((await conn.execute(q)).all())
 
 

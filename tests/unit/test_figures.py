@@ -1,12 +1,16 @@
 """The arithmetic of the figures (issue 16): what each node counts from its audit records, and the sum over a
-subtree of the reports its nodes sent. A call made at one county on another county's resource, relayed by
-their city, is counted once as made (at the caller's county) and once as served (at the provider's county),
-never at the relay; a node that stopped reporting is shown as stale, with the figures it last sent."""
+subtree of its own counts and the reports of the nodes below. A call made at one county on another county's
+resource, relayed by their city, is counted once as made (at the caller's county) and once as served (at the
+provider's county), never at the relay; a node that stopped reporting is shown as stale, with the figures it
+last sent. The running totals are the real tables, on an in-memory SQLite database per node."""
 
 from __future__ import annotations
 
-from node.figures.service import combine, reporting
-from node.figures.store import day_of, tallies
+import sqlalchemy as sa
+
+from node.figures import store
+from node.figures.service import call_figures, combine, reporting
+from node.figures.store import day_of
 
 DAY = "2026-12-03"
 AT = 1_796_256_000_000  # 2026-12-03 08:00 CST
@@ -15,8 +19,28 @@ RES_B = "101001/370303000001"
 RES_A = "101001/370321000001"
 
 
-def part(node: str, records: list[dict]) -> dict:
-    return {"node": node, "day": DAY, "calls": [[*k[1:], *v] for k, v in sorted(tallies(records).items())]}
+def database() -> sa.Connection:
+    engine = sa.create_engine("sqlite://")
+    store.figures_daily.create(engine)
+    return engine.connect()
+
+
+def counted(records: list[dict]) -> sa.Connection:
+    """A node's database after its journal stored `records`."""
+    conn = database()
+    store.tally(conn, records)
+    return conn
+
+
+def report_calls(conn: sa.Connection, node: str) -> list[list]:
+    """What the node's daily report carries (as node.figures.service.FiguresService.own_parts builds it)."""
+    return [[r.kind, r.resource, r.dept, r.op, r.calls, r.errors, r.latency_ms]
+            for r in store.day_rows(conn, node, DAY, DAY)]
+
+
+def figures_at(conn: sa.Connection, nodes: list[str], days: list[str] | None = None) -> dict:
+    days = days or [DAY]
+    return call_figures(store.sums(conn, nodes, days[0], days[-1]), days)
 
 
 def test_day_is_china_standard_time():
@@ -32,11 +56,23 @@ def test_a_relayed_call_is_made_once_and_served_once():
              "details": {"kind": "service.call", "origin": A, "destination": B}}]
     at_b = [{"at": AT, "action": "federation.deliver", "actor": A, "resource": RES_B, "outcome": "ok",
              "latency_ms": 4, "details": {"kind": "service.call", "op": "verify", "requester": f"{A}/DEPT1"}}]
-    figures = combine([part(A, at_a), part(C, at_c), part(B, at_b)], [DAY])
+    a, b, city = counted(at_a), counted(at_b), counted(at_c)
+    assert report_calls(city, C) == []  # the relay counted nothing
+    # The counties' reports reach the city, which adds them to its own (none) over its subtree.
+    store.replace_reported(city, A, DAY, report_calls(a, A))
+    store.replace_reported(city, B, DAY, report_calls(b, B))
+    figures = figures_at(city, [C, A, B])
     assert (figures["made"], figures["served"], figures["errors"]) == (1, 1, 0)
     assert figures["by_resource"] == [{"key": RES_B, "calls": 1, "errors": 0, "mean_ms": 4.0}]
     assert figures["by_dept"] == [{"key": f"{A}/DEPT1", "calls": 1, "errors": 0, "mean_ms": 30.0}]
     assert figures["by_op"] == {"verify": 1}
+    # A newer report of a day replaces the one before it: sent twice, counted once.
+    store.tally(b, at_b)
+    store.replace_reported(city, B, DAY, report_calls(b, B))
+    store.replace_reported(city, B, DAY, report_calls(b, B))
+    assert figures_at(city, [C, A, B])["served"] == 2
+    # The city alone: nothing of its own.
+    assert figures_at(city, [C])["served"] == figures_at(city, [C])["made"] == 0
 
 
 def test_local_calls_portal_and_api_alike_errors_and_latency():
@@ -52,34 +88,40 @@ def test_local_calls_portal_and_api_alike_errors_and_latency():
         {"at": AT, "action": "federation.deliver", "actor": B, "resource": None, "outcome": "ok", "latency_ms": 1,
          "details": {"kind": "application.submit"}},
     ]
-    figures = combine([part(A, records)], [DAY])
-    assert (figures["made"], figures["served"], figures["errors"]) == (3, 3, 1)
-    assert figures["mean_ms"] == 3.0 and figures["error_rate"] == round(1 / 3, 4)
-    assert figures["by_op"] == {"query": 1, "verify": 2}
-    assert figures["days"] == [{"day": DAY, "served": 3, "made": 3, "errors": 1, "latency_ms": 9, "mean_ms": 3.0}]
+    conn = counted(records)
+    store.tally(conn, records[:1])  # a second batch adds to the same rows
+    figures = figures_at(conn, [A])
+    assert (figures["made"], figures["served"], figures["errors"]) == (4, 4, 1)
+    assert figures["mean_ms"] == 2.8 and figures["error_rate"] == 0.25
+    assert figures["by_op"] == {"query": 1, "verify": 3}
+    assert figures["days"] == [{"day": DAY, "served": 4, "made": 4, "errors": 1, "latency_ms": 11, "mean_ms": 2.8}]
 
 
 def test_subtree_sums_nodes_and_days_and_counts_the_catalog_once_per_node():
     days = ["2026-12-02", DAY]
+    city = database()
+    store.replace_reported(city, A, "2026-12-02", [["served", RES_A, "", "query", 5, 1, 50]])
+    store.replace_reported(city, A, DAY, [["served", RES_A, "", "query", 2, 0, 10]])
+    store.replace_reported(city, B, DAY, [["served", RES_B, "", "verify", 3, 0, 3], ["made", "", f"{B}/Y", "query", 1, 0, 9]])
+    store.replace_reported(city, B, "2026-11-20", [["served", RES_B, "", "verify", 100, 0, 0]])  # outside the window
+    f = figures_at(city, [C, A, B], days)
+    assert f["served"] == 10 and f["made"] == 1 and f["errors"] == 1
+    assert [d["served"] for d in f["days"]] == [5, 5]
+    assert [(r["key"], r["calls"]) for r in f["by_resource"]] == [(RES_A, 7), (RES_B, 3)]
+    assert figures_at(city, [C, B], days)["served"] == 3  # scope: only the nodes asked for
+
     parts = [
-        {"node": A, "day": "2026-12-02", "calls": [["served", RES_A, f"{A}/X", "query", 5, 1, 50]],
-         "catalog": {"entries": 9, "with_data": 1, "judged": 9, "fresh": 0},
+        {"node": A, "day": "2026-12-02", "catalog": {"entries": 9, "with_data": 1, "judged": 9, "fresh": 0},
          "workflows": {"application": [{"dept": f"{A}/P", "statuses": {"approved": 1}, "review_done": 1,
                                         "review_on_time": 1, "decision_done": 1, "decision_on_time": 0}]}},
-        {"node": A, "day": DAY, "calls": [["served", RES_A, f"{A}/X", "query", 2, 0, 10]],
-         "catalog": {"entries": 4, "with_data": 3, "judged": 4, "fresh": 2},
+        {"node": A, "day": DAY, "catalog": {"entries": 4, "with_data": 3, "judged": 4, "fresh": 2},
          "workflows": {"application": [{"dept": f"{A}/P", "statuses": {"submitted": 2}, "review_done": 1,
                                         "review_on_time": 0}]},
          "feedback": [{"dept": f"{A}/P", "received": 2, "corrected": 1, "resolved": 1, "resolved_on_time": 1,
                        "resolve_ms": 7_200_000}]},
-        {"node": B, "day": DAY, "calls": [["served", RES_B, f"{A}/X", "verify", 3, 0, 3],
-                                          ["made", RES_A, f"{B}/Y", "query", 1, 0, 9]],
-         "catalog": {"entries": 6, "with_data": 6, "judged": 5, "fresh": 5}},
-        {"node": B, "day": "2026-11-20", "calls": [["served", RES_B, f"{A}/X", "verify", 100, 0, 0]]},  # outside
+        {"node": B, "day": DAY, "catalog": {"entries": 6, "with_data": 6, "judged": 5, "fresh": 5}},
     ]
     f = combine(parts, days)
-    assert f["served"] == 10 and f["made"] == 1 and f["errors"] == 1
-    assert [d["served"] for d in f["days"]] == [5, 5]
     # the catalog is a state: each node's latest day, once (A's 4 entries, not 9 + 4)
     assert f["catalog"] == {"entries": 10, "with_data": 9, "judged": 9, "fresh": 7, "with_data_rate": 0.9,
                             "fresh_rate": round(7 / 9, 4)}

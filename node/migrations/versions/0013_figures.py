@@ -17,6 +17,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "figures_daily",
+        sa.Column("node", sa.String(6), nullable=False),
         sa.Column("day", sa.String(10), nullable=False),
         sa.Column("kind", sa.String(8), nullable=False),
         sa.Column("resource", sa.String(40), nullable=False),
@@ -25,7 +26,7 @@ def upgrade() -> None:
         sa.Column("calls", sa.BigInteger, nullable=False),
         sa.Column("errors", sa.BigInteger, nullable=False),
         sa.Column("latency_ms", sa.BigInteger, nullable=False),
-        sa.PrimaryKeyConstraint("day", "kind", "resource", "dept", "op", name="pk_figures_daily"),
+        sa.PrimaryKeyConstraint("node", "day", "kind", "resource", "dept", "op", name="pk_figures_daily"),
     )
     op.create_table(
         "figure_reports",
@@ -34,6 +35,7 @@ def upgrade() -> None:
         sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.BigInteger, nullable=False),
         sa.Column("doc", sa.Text, nullable=False),
+        sa.Column("summary", sa.Text, nullable=False),
         sa.Column("change_id", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("node", "day", name="pk_figure_reports"),
         sa.UniqueConstraint("change_id", name="uq_figure_reports_change_id"),
