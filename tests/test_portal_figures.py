@@ -97,7 +97,7 @@ async def test_calls_are_counted_once_and_reach_the_city_and_download(tree, port
     await op.goto("/portal/figures")
     assert await number(op, "#served-total") == 4 and await number(op, "#made-total") == 3
     rows = await op.page.locator("#table-resources tbody tr").all_inner_texts()
-    assert len(rows) == 1 and code in rows[0] and "\t4\t" in rows[0]
+    assert len(rows) == 1 and code in rows[0] and "桓台县户籍人口基本信息\t4\t" in rows[0]
     depts = await op.page.locator("#table-depts tbody tr").all_inner_texts()
     assert len(depts) == 1 and f"370321/{CIVIL}" in depts[0]
 
@@ -109,11 +109,11 @@ async def test_calls_are_counted_once_and_reach_the_city_and_download(tree, port
         return (await number(city_op, "#served-total"), await number(city_op, "#made-total")) == (4, 4)
     await wait_for(summed, 30, interval=0.5, what="the counties' figures at the city")
     nodes_table = await city_op.page.locator("#table-nodes tbody tr").all_inner_texts()
-    assert any("370321" in r and "按时报送" in r for r in nodes_table), nodes_table
+    assert any("桓台县（370321）" in r and "按时报送" in r for r in nodes_table), nodes_table
     await city_op.page.locator("svg.chart").first.wait_for()
     assert await city_op.page.locator("svg.chart").count() == 4
     await city_op.screenshot("figures-city-subtree")
-    await city_op.page.locator("#daily-title").scroll_into_view_if_needed()
+    await city_op.page.locator("#daily-title").evaluate("e => window.scrollTo(0, e.getBoundingClientRect().top + window.scrollY - 180)")
     await city_op.screenshot("figures-city-daily")
     # Only the subtree scope adds the children: the city itself served nothing.
     await city_op.goto("/portal/figures?scope=node")
@@ -123,7 +123,7 @@ async def test_calls_are_counted_once_and_reach_the_city_and_download(tree, port
     resp = await city_op.page.request.get(city_op.base_url + "/portal/figures/download.csv?table=resources&scope=subtree")
     assert resp.status == 200 and "text/csv" in resp.headers["content-type"]
     table = list(csv.reader(io.StringIO((await resp.body()).decode("utf-8-sig"))))
-    assert table[0][:2] == ["资源代码", "调用次数"] and table[1][:2] == [code, "4"]
+    assert table[0][:3] == ["资源代码", "资源名称", "调用次数"] and table[1][:3] == [code, "桓台县户籍人口基本信息", "4"]
     resp = await city_op.page.request.get(city_op.base_url + "/portal/figures/download.xlsx?scope=subtree")
     assert resp.status == 200
     book = openpyxl.load_workbook(io.BytesIO(await resp.body()), read_only=True)
@@ -178,5 +178,6 @@ async def test_a_stopped_child_is_down_on_the_picture_alerted_and_stale(tree, po
     async def stale():
         await op.goto("/portal/figures?scope=subtree")
         rows = await op.page.locator("#table-nodes tbody tr").all_inner_texts()
-        return any("370303" in r and "报送中断" in r for r in rows)
+        return any("张店区（370303）" in r and "报送中断" in r for r in rows)
     await wait_for(stale, 20, interval=0.5, what="张店区's reports shown as stopped")
+    assert "1 个下级节点报送中断" in await op.page.get_by_role("status").first.inner_text()

@@ -16,6 +16,8 @@ def _nice(top: float) -> float:
     """A round axis maximum at or above `top` (1, 2, 5 × a power of ten)."""
     if top <= 0:
         return 1
+    if top <= 1:
+        return 1  # counts: an axis step is at least one
     power = 10 ** math.floor(math.log10(top))
     for step in (1, 2, 5, 10):
         if top <= step * power:
@@ -32,7 +34,7 @@ def columns(labels: list[str], series: list[tuple[str, list[float]]], *, title: 
     """Grouped columns: one group a label (a day), one column a series, with a legend and a y axis."""
     left, right, top, bottom = 48, 8, 28, 36
     plot_w, plot_h = width - left - right, height - top - bottom
-    peak = _nice(max([v for _, vs in series for v in vs] + [0]))
+    peak = 4 * _nice(max([v for _, vs in series for v in vs] + [0]) / 4)  # four even steps of a round size
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" aria-hidden="true" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
     for i in range(5):

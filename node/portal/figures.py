@@ -15,7 +15,8 @@ from aiohttp import web
 from node.accounts.people import CST, Person
 from node.audit.http import note
 from node.context import CONFIG
-from node.errors import InvalidInput
+from node.catalog.http import CATALOG
+from node.errors import InvalidInput, NotFound
 from node.federation.http import FEDERATION
 from node.figures import store as figures_store
 from node.figures.http import FIGURES
@@ -49,8 +50,8 @@ def tables(f: dict[str, Any]) -> dict[str, tuple[str, list[str], list[list[Any]]
     out: dict[str, tuple[str, list[str], list[list[Any]]]] = {
         "days": ("每日调用", ["日期", "服务调用次数", "发起调用次数", "出错次数", "平均耗时(毫秒)"],
                  [[d["day"], d["served"], d["made"], d["errors"], d["mean_ms"]] for d in f["days"]]),
-        "resources": ("各资源被调用", ["资源代码", "调用次数", "出错次数", "平均耗时(毫秒)"],
-                      [[r["key"], r["calls"], r["errors"], r["mean_ms"]] for r in f["by_resource"]]),
+        "resources": ("各资源被调用", ["资源代码", "资源名称", "调用次数", "出错次数", "平均耗时(毫秒)"],
+                      [[r["key"], r.get("name", ""), r["calls"], r["errors"], r["mean_ms"]] for r in f["by_resource"]]),
         "depts": ("各部门发起调用", ["部门", "调用次数", "出错次数", "平均耗时(毫秒)"],
                   [[r["key"], r["calls"], r["errors"], r["mean_ms"]] for r in f["by_dept"]]),
     }
@@ -69,7 +70,8 @@ def tables(f: dict[str, Any]) -> dict[str, tuple[str, list[str], list[list[Any]]
                       [[c["entries"], c["with_data"], c["with_data_rate"], c["judged"], c["fresh"], c["fresh_rate"]]])
     if f["nodes"]:
         out["nodes"] = ("下级节点报送", ["节点", "状态", "最近报送"],
-                        [[n["node"], REPORT_STATES[n["state"]], _when(n["last_report"])] for n in f["nodes"]])
+                        [[f"{n.get('name', n['node'])}（{n['node']}）", REPORT_STATES[n["state"]], _when(n["last_report"])]
+                         for n in f["nodes"]])
     return out
 
 
@@ -90,11 +92,28 @@ def _ago(ms: int | None, now: int) -> str:
     return f"{s // 86400} 天前"
 
 
+async def _figures(request: web.Request, days: int, subtree: bool) -> dict[str, Any]:
+    """The figures, with names beside codes: of the nodes below (from their certificates) and of the resources
+    (from the catalog)."""
+    f = await request.app[FIGURES].dashboard(days, subtree)
+    trust = request.app[FEDERATION].trust
+    for n in f["nodes"]:
+        cert = trust.certificate(n["node"]) if trust is not None else None
+        n["name"] = cert["name"] if cert else n["node"]
+    catalog = request.app[CATALOG]
+    for r in f["by_resource"]:
+        try:
+            r["name"] = (await catalog.get(r["key"], include_deleted=True))["name"]
+        except NotFound:
+            r["name"] = ""
+    return f
+
+
 @routes.get("/portal/figures", name="portal.figures", template="figures.html", roles=VIEWERS, nav="绩效统计",
             order=70)
 async def figures(request: web.Request, person: Person | None) -> dict[str, Any]:
     days, subtree = _period(request)
-    f = await request.app[FIGURES].dashboard(days, subtree)
+    f = await _figures(request, days, subtree)
     labels = [d["day"] for d in f["days"]]
     resources = f["by_resource"][:10]
     depts = f["by_dept"][:10]
@@ -109,7 +128,8 @@ async def figures(request: web.Request, person: Person | None) -> dict[str, Any]
         "daily_chart": charts.columns(labels, [("服务调用", [d["served"] for d in f["days"]]),
                                                ("发起调用", [d["made"] for d in f["days"]]),
                                                ("出错", [d["errors"] for d in f["days"]])], title="每日调用"),
-        "resource_chart": charts.bars([(r["key"], r["calls"]) for r in resources], title="各资源被调用次数"),
+        "resource_chart": charts.bars([(r.get("name") or r["key"], r["calls"]) for r in resources],
+                                      title="各资源被调用次数"),
         "dept_chart": charts.bars([(r["key"], r["calls"]) for r in depts], title="各部门发起调用次数"),
         "rate_chart": charts.bars(rates, title="考核比率", percent=True),
         "ops": OPS, "report_states": REPORT_STATES, "when": _when,
@@ -120,7 +140,7 @@ async def figures(request: web.Request, person: Person | None) -> dict[str, Any]
 async def download(request: web.Request, person: Person | None) -> web.StreamResponse:
     days, subtree = _period(request)
     fmt = request.match_info["fmt"]
-    f = await request.app[FIGURES].dashboard(days, subtree)
+    f = await _figures(request, days, subtree)
     all_tables = tables(f)
     name = request.query.get("table", "days")
     if fmt == "csv" and name not in all_tables:
