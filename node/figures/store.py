@@ -282,3 +282,12 @@ async def audit_head(conn: AsyncConnection, after_seq: int, limit: int) -> list[
     from node.audit.store import audit_log
     q = sa.select(audit_log).where(audit_log.c.seq > after_seq).order_by(audit_log.c.seq).limit(limit)
     return list((await conn.execute(q)).all())
+
+
+async def entry_names(conn: AsyncConnection, codes: list[str]) -> dict[str, str]:
+    """The names of catalog entries (withdrawn ones too), in one query."""
+    from node.catalog.store import catalog_entries as ce
+    if not codes:
+        return {}
+    rows = (await conn.execute(sa.select(ce.c.code, ce.c.name).where(ce.c.code.in_(codes)))).all()
+    return {r.code: r.name for r in rows}

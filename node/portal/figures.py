@@ -15,8 +15,7 @@ from aiohttp import web
 from node.accounts.people import CST, Person
 from node.audit.http import note
 from node.context import CONFIG
-from node.catalog.http import CATALOG
-from node.errors import InvalidInput, NotFound
+from node.errors import InvalidInput
 from node.federation.http import FEDERATION
 from node.figures import store as figures_store
 from node.figures.http import FIGURES
@@ -100,12 +99,10 @@ async def _figures(request: web.Request, days: int, subtree: bool) -> dict[str, 
     for n in f["nodes"]:
         cert = trust.certificate(n["node"]) if trust is not None else None
         n["name"] = cert["name"] if cert else n["node"]
-    catalog = request.app[CATALOG]
+    async with request.app[FIGURES].engine.connect() as conn:
+        names = await figures_store.entry_names(conn, [r["key"] for r in f["by_resource"]])
     for r in f["by_resource"]:
-        try:
-            r["name"] = (await catalog.get(r["key"], include_deleted=True))["name"]
-        except NotFound:
-            r["name"] = ""
+        r["name"] = names.get(r["key"], "")
     return f
 
 
