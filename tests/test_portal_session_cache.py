@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.accounts.people import SESSION_CACHE_MS
+from node.accounts.http import PEOPLE
+from node.accounts.people import SESSION_CACHE_MS, digest
 from portal_support import add_person
 from support import CIVIL, add_dept, drop_pg_schema, init_home, start_node, start_worker, wait_for
 
@@ -31,9 +32,13 @@ async def test_a_sign_out_in_one_worker_ends_the_session_in_another(tmp_path, po
         await other.context.add_cookies([cookie])
         await other.goto("/portal/")
         assert other.path == "/portal/"  # the second worker read the session, and keeps it for a moment
+        kept = second.app[PEOPLE]._sessions
+        assert digest(cookie["value"]) in kept
 
         await page.press("退出登录")
         assert page.path == "/portal/login"
+        # The sign-out's announcement made the second worker drop its copy (the bound alone would leave it).
+        await wait_for(lambda: digest(cookie["value"]) not in kept, 10, what="the announcement of the sign-out")
 
         async def ended():
             await other.goto("/portal/")
