@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import (add_dept, cpu_seconds, env_info, free_port, init_node, load,  # noqa: E402
+from benchlib import (add_dept, cpu_seconds, env_info, free_port, init_node, journal_totals, load,  # noqa: E402
                       merged, postgres_cpu_seconds, rss_mb, tree_cpu_seconds, wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
@@ -295,6 +295,9 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
             runs: dict[int, list] = {1: [], args.workers: []}
             cpu = {1: 0.0, args.workers: 0.0}
             pg = {1: 0.0, args.workers: 0.0}
+            # The journal's commits (summed over the workers by /metrics): how many records a commit carries
+            # and how long it takes, which shows whether the workers' journals wait for each other.
+            journal = {1: [0.0, 0.0], args.workers: [0.0, 0.0]}
             for r in range(args.rounds):
                 for n in (1, args.workers):
                     node.workers = n
@@ -302,9 +305,13 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
                     # Warm every worker's caches with a short run first (not measured).
                     load(url, headers, bodies, args.concurrency, 1.0, warmup_s=0.5)
                     cpu0, pg0 = tree_cpu_seconds(node.pid), postgres_cpu_seconds()
+                    commits0, spent0 = journal_totals(node.url)
                     res = load(url, headers, bodies, args.concurrency, args.seconds)
                     cpu[n] += tree_cpu_seconds(node.pid) - cpu0
                     pg[n] += postgres_cpu_seconds() - pg0
+                    commits1, spent1 = journal_totals(node.url)
+                    journal[n][0] += commits1 - commits0
+                    journal[n][1] += spent1 - spent0
                     node.stop()
                     runs[n].append(res)
                     print(res.line(f"round {r + 1}: verify, {n} worker(s)")
@@ -318,6 +325,10 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
                 print(m.line(f"all rounds: {n} worker(s)") + f"   node CPU {figures[n][1]:.2f} ms/request, "
                       f"PostgreSQL CPU {figures[n][2]:.2f} ms/request, load generator "
                       f"{m.client_cpu / (m.seconds * warm):.0%} of a core")
+                commits, spent = journal[n]
+                if commits:
+                    print(f"   journal, {n} worker(s): {m.requests / commits:.1f} requests a commit, "
+                          f"{spent * 1000 / commits:.1f} ms a commit ({commits:.0f} commits)")
             rps_ratio = figures[args.workers][0] / figures[1][0]
             cpu_ratio = figures[args.workers][1] / figures[1][1]
             print()

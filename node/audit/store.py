@@ -28,6 +28,11 @@ audit_log = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("user", sa.String(32), nullable=True),  # the person, when a person acted (portal)
+    # On PostgreSQL each process appends to a segment of the chain of its own (node.audit.service): the
+    # segment, and the record's place in it (1, 2, …); both empty on SQLite and before revision 0015.
+    sa.Column("segment", sa.String(40), nullable=True),
+    sa.Column("segment_seq", sa.BigInteger, nullable=True),
+    sa.Index("ix_audit_log_segment", "segment", "segment_seq", unique=True),
 )
 
 # The fields a record's hash covers, in a fixed order (prev_hash is chained in separately).
@@ -44,8 +49,37 @@ _HASH_AT = sa.select(audit_log.c.hash).where(audit_log.c.seq == sa.bindparam("se
 _INSERT = sa.insert(audit_log)
 
 
+_SEGMENT_HASH_AT = sa.select(audit_log.c.hash).where(audit_log.c.segment == sa.bindparam("segment"),
+                                                      audit_log.c.segment_seq == sa.bindparam("pos"))
+_NEXT_SEQS = sa.text("SELECT nextval('audit_seq') FROM generate_series(1, :n)")
+_LAST_SEQ = sa.text("SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM audit_seq")
+
+
 def hash_at(conn: sa.Connection, seq: int) -> str | None:
     return conn.execute(_HASH_AT, {"seq": seq}).scalar()
+
+
+def segment_hash_at(conn: sa.Connection, segment: str, pos: int) -> str | None:
+    return conn.execute(_SEGMENT_HASH_AT, {"segment": segment, "pos": pos}).scalar()
+
+
+def next_seqs(conn: sa.Connection, n: int) -> list[int]:
+    """`n` places in the node's order of records (PostgreSQL), increasing; other processes' batches may take
+    places between them, and a batch that rolls back leaves its places unused."""
+    return sorted(int(r[0]) for r in conn.execute(_NEXT_SEQS, {"n": n}).all())
+
+
+async def last_seq(conn: AsyncConnection) -> int:
+    """The last place the sequence handed out (PostgreSQL): records above it cannot exist."""
+    return int((await conn.execute(_LAST_SEQ)).scalar() or 0)
+
+
+async def segment_heads(conn: AsyncConnection, prefix: str) -> dict[str, int]:
+    """Each segment's count of records, as its counter holds it (`<prefix><segment>`)."""
+    from node.db import counters
+
+    q = sa.select(counters.c.name, counters.c.value).where(counters.c.name.startswith(prefix, autoescape=True))
+    return {name[len(prefix):]: int(value) for name, value in (await conn.execute(q)).all()}
 
 
 def insert_many(conn: sa.Connection, rows: list[dict]) -> None:

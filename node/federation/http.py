@@ -32,7 +32,8 @@ async def _check(request: web.Request, allow_self: bool = False) -> tuple[str, A
     of its nonce, not yet durable). Anyone can reach these endpoints: the header is checked as far as it
     can be without the body before the body is read, and the body's size and nesting before it is parsed."""
     fed = request.app[FEDERATION]
-    fed.precheck_hop(request.headers.get("Authorization"))
+    header = request.headers.get("Authorization")
+    prechecked = fed.precheck_hop(header)
     raw = await read_body(request, MAX_FEDERATION_BODY)
     content = canonical = None
     if raw.strip():
@@ -41,10 +42,8 @@ async def _check(request: web.Request, allow_self: bool = False) -> tuple[str, A
             canonical = encode_canonical_json(content)  # checks the value; the signature covers these bytes
         except CanonicalJSONError as exc:
             raise InvalidInput(exc.message, exc.details) from None
-    origin, claim = fed.check_hop(
-        request.method, request.raw_path, request.headers.get("Authorization"), content, allow_self=allow_self,
-        content_json=canonical,
-    )
+    origin, claim = fed.check_hop(request.method, request.raw_path, header, content, allow_self=allow_self,
+                                  content_json=canonical, prechecked=prechecked)
     return origin, content, claim
 
 

@@ -222,8 +222,10 @@ class FederationService:
         return self.hops.precheck_hop(header)
 
     def check_hop(self, method: str, uri: str, header: str | None, content: Any,
-                  allow_self: bool = False, *, content_json: bytes | None = None) -> tuple[str, Claim]:
-        return self.hops.check_hop(method, uri, header, content, allow_self, content_json=content_json)
+                  allow_self: bool = False, *, content_json: bytes | None = None,
+                  prechecked: tuple[AuthParams, VerifyKey, int] | None = None) -> tuple[str, Claim]:
+        return self.hops.check_hop(method, uri, header, content, allow_self, content_json=content_json,
+                                   prechecked=prechecked)
 
     # Replication --------------------------------------------------------------------------------------
 
