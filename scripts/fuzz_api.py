@@ -196,6 +196,7 @@ def fuzz(node: ThreadedNode, roles: list[str], args: argparse.Namespace) -> int:
                             body = response.text[:600] if hasattr(response, "text") else ""
                             failures[key] = (f"{one}\n   answered {response.status_code}: {body}\n   reproduce: "
                                              f"{case.as_curl_command(headers=headers)}")
+                            print(f"found [{role}] {key}", flush=True)
                         failure_roles.setdefault(key, set()).add(role)
                     raise
 
