@@ -23,7 +23,8 @@ from node.homelock import HomeBusy
 Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
 
 # Modules whose `register(sub, home)` adds their commands, in the order `govnode --help` lists them.
-COMMAND_MODULES = ("node.commands", "node.accounts.commands", "node.federation.commands", "node.demo")
+COMMAND_MODULES = ("node.commands", "node.accounts.commands", "node.federation.commands", "node.demo",
+                   "node.backup")
 
 
 def command(sub: Any, name: str, handler: Handler, **kw: Any) -> argparse.ArgumentParser:

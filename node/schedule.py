@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -19,7 +20,9 @@ log = logging.getLogger("govnode.schedule")
 # maintenance work, and the warnings say the node is overloaded.
 JOB_DEFAULTS = {"max_instances": 1, "coalesce": True}
 
-Job = Callable[[], Awaitable[Any]]
+# A job is a coroutine function, or a plain function for work that never waits (forgetting old replay claims
+# held in memory): awaiting a plain function's None logged a TypeError trace every minute on every node.
+Job = Callable[[], Awaitable[Any] | None]
 
 
 class PeriodicJobs:
@@ -55,7 +58,9 @@ class PeriodicJobs:
 
     async def _run(self, job: Job) -> None:
         try:
-            await job()
+            result = job()
+            if inspect.isawaitable(result):
+                await result
         except asyncio.CancelledError:
             # Stopping cancels a run under way (waiting for the database, say). The work is picked up at the
             # next start; without this, APScheduler logs every such run as a job that "raised an exception".

@@ -75,3 +75,25 @@ async def test_a_paused_job_does_not_run_until_resumed():
     finally:
         jobs.stop()
     assert jobs.next_run("tick") is None
+
+
+async def test_a_plain_function_job_runs_without_an_error(caplog):
+    """The node's own minute job that forgets old replay claims is a plain function; it logged a TypeError
+    trace every minute on every node (seen in the fault drill's logs)."""
+    runs = 0
+
+    def forget():
+        nonlocal runs
+        runs += 1
+
+    jobs = PeriodicJobs()
+    jobs.start((forget, 0.02, "forget"))
+    try:
+        for _ in range(250):
+            if runs >= 2:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        jobs.stop()
+    assert runs >= 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
