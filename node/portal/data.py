@@ -246,7 +246,7 @@ async def compare_template(request: web.Request, person: Person | None) -> web.S
     return _download(_csv_bytes([header]), f"比对模板-{ctx['entry']['name']}", "csv")
 
 
-@routes.post(f"{BASE}/compare", name="portal.compare.post", template="compare.html")
+@routes.post(f"{BASE}/compare", name="portal.compare.post", template="compare.html", upload=True)
 async def compare(request: web.Request, person: Person | None) -> web.StreamResponse:
     assert person is not None
     ctx = await _context(request, person, "compare")
