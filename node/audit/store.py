@@ -28,6 +28,11 @@ audit_log = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("user", sa.String(32), nullable=True),  # the person, when a person acted (portal)
+    # The auditor's filters (person, operation, outcome) page newest first: each index holds the column and
+    # the sequence number, so a filtered page is one ordered index range however long the log is.
+    sa.Index("ix_audit_log_user_seq", "user", "seq"),
+    sa.Index("ix_audit_log_action_seq", "action", "seq"),
+    sa.Index("ix_audit_log_outcome_seq", "outcome", "seq"),
 )
 
 # The fields a record's hash covers, in a fixed order (prev_hash is chained in separately).
@@ -62,10 +67,19 @@ async def query(
     message_id: str | None,
     after_seq: int | None,
     limit: int,
+    user: str | None = None,
+    action: str | None = None,
+    outcome: str | None = None,
 ) -> list[sa.Row]:
     q = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
     if actor:
         q = q.where(audit_log.c.actor == actor)
+    if user:
+        q = q.where(audit_log.c.user == user)
+    if action:
+        q = q.where(audit_log.c.action == action)
+    if outcome:
+        q = q.where(audit_log.c.outcome == outcome)
     if resource:
         q = q.where(audit_log.c.resource == resource)
     if since is not None:
@@ -77,6 +91,10 @@ async def query(
     if after_seq is not None:
         q = q.where(audit_log.c.seq < after_seq)
     return list((await conn.execute(q)).all())
+
+
+async def get(conn: AsyncConnection, seq: int) -> sa.Row | None:
+    return (await conn.execute(sa.select(audit_log).where(audit_log.c.seq == seq))).first()
 
 
 async def scan(conn: AsyncConnection, from_seq: int, batch: int) -> list[sa.Row]:
