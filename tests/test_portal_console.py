@@ -1,10 +1,13 @@
-"""The operator console and the auditor's view (issue 16), in a real Chromium on the four-node tree (山东省 →
+"""The operator console, the auditor's view, and the licence, feedback and subscription pages (issue 16), in a real Chromium on the four-node tree (山东省 →
 淄博市 → 桓台县, 张店区): the province's operator sees the review queue with an overdue review marked
 overdue, a table source's progress and its last error, and the keys; adds a department (its token shown
 once, and it works), a person (the initial password shown once), resets and disables them, and invites a
 child node; the province's auditor filters the audit log down to those actions, opens a record, exports the
 CSV, runs the chain check, and finds a record edited in the database; an auditor's POST to a management
-action and a clerk's visit to the console or the log are refused; a multipart sign-in is answered, never 500."""
+action and a clerk's visit to the console or the log are refused; a multipart sign-in is answered, never 500.
+A county clerk issues a licence and prints its page, finds it by its holder and verifies it, and the province's
+auditor finds it across the federation; reports a wrong value from a query result and follows it to its
+correction; subscribes a webhook, sees its state, lag and last error, and cancels it."""
 
 from __future__ import annotations
 
@@ -20,13 +23,16 @@ from node.applications.http import APPLICATIONS
 from node.exchange.http import EXCHANGE
 from node.ids import make_gb11643, make_gb32100, now_ms
 from portal_support import add_person_async
-from support import SAMPLE_ENTRY, add_dept_async, raw_sql, start_federation, stop_all, wait_for
+from support import SAMPLE_ENTRY, add_dept_async, free_port, raw_sql, start_federation, stop_all, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 POLICE = make_gb32100("11370000MB", 1)
 CIVIL = make_gb32100("11370000MB", 2)
 COUNTY_CIVIL = make_gb32100("11370321MB", 2)
+COUNTY_POLICE = make_gb32100("11370321MB", 1)
+LICENCE_TYPE = "11100000000013338W011"  # SPEC §13's example: the defining body's code + 3 digits
+HOLDER = make_gb11643("370321", "19800101", 17)
 NEW_PASSWORD = "运营控制台-2026ab"
 # The people: username -> (node, department, name).
 PEOPLE = {"wangwu": ("370000", "OPERATOR", "王五"), "zhaoliu": ("370000", "AUDITOR", "赵六"),
@@ -47,7 +53,9 @@ async def tree(tmp_path_factory):
                 (province, POLICE, "山东省公安厅", "dept", "police"), (province, CIVIL, "山东省民政厅", "dept", "civil"),
                 (province, "OPERATOR", "山东省大数据局", "operator", "operator"),
                 (province, "AUDITOR", "山东省审计厅", "auditor", "auditor"),
-                (county, COUNTY_CIVIL, "桓台县民政局", "dept", "civil")):
+                (county, COUNTY_CIVIL, "桓台县民政局", "dept", "civil"),
+                (county, COUNTY_POLICE, "桓台县公安局", "dept", "police"),
+                (county, "AUDITOR", "桓台县审计局", "auditor", "auditor")):
             node.tokens[key] = await add_dept_async(node.config.home, code, name, role)
         initial = {}
         for username, (node_id, dept, name) in PEOPLE.items():
@@ -121,7 +129,9 @@ async def test_the_operator_runs_the_node_from_the_console(tree, portal_page):
     code = await _overdue_application(province)
     source = await _bound_source(province, code, base / "frontend.db")
     exchange = province.app[EXCHANGE]
-    await wait_for(lambda: exchange.sources[source].state["phase"] == "incremental", what="the initial load")
+    # The first run over (a sync asked for while a run is under way is folded into that run).
+    await wait_for(lambda: exchange.sources[source].state.get("last_success_at") and exchange.tasks.running(source) is None,
+                   what="the initial load")
     # The source's table goes away: the next sync fails, and the console shows why.
     db = sqlite3.connect(base / "frontend.db")
     db.execute("ALTER TABLE rk RENAME TO rk_old")
@@ -319,3 +329,153 @@ async def test_multipart_forms_are_answered_not_failed(tree, portal_page):
     response = await page.page.request.post(county.url + "/portal/password", max_redirects=0,
                                             data='{"new": "x"}', headers={"Content-Type": "application/json"})
     assert response.status == 403
+
+
+async def test_a_clerk_issues_prints_finds_and_verifies_a_licence(tree, portal_page):
+    nodes, _, _ = tree
+    clerk = await signed_in(portal_page, tree, "zhangsan")
+    await clerk.page.get_by_role("navigation", name="主导航").get_by_role("link", name="电子证照", exact=True).click()
+    await clerk.page.wait_for_load_state()
+    await labelled(clerk)
+    await clerk.page.get_by_role("link", name="签发证照").click()
+    await clerk.page.wait_for_load_state()
+    await labelled(clerk)
+    await clerk.fill("证照类型代码", "12345")
+    await clerk.fill("证照类型名称", "最低生活保障证")
+    await clerk.fill("持证主体名称", "张小明")
+    await clerk.fill("持证主体代码", HOLDER)
+    await clerk.fill("照面信息", "保障人数：3\n月保障金额：1560元")
+    assert (await clerk.press("签发")).status == 400
+    assert await clerk.page.get_by_label("持证主体名称", exact=True).input_value() == "张小明"
+    await clerk.fill("证照类型代码", LICENCE_TYPE)
+    await clerk.fill("有效期截止", "2031-12-31")
+    await clerk.press("签发")
+    assert clerk.path.startswith("/portal/licences/1.2.156.3005.2." + LICENCE_TYPE)
+    identifier = clerk.path.rsplit("/", 1)[1]
+    sheet = clerk.page.get_by_role("article", name="证照")
+    text = await sheet.inner_text()
+    assert "张小明" in text and "1560元" in text and "桓台县民政局" in text and "有效" in text
+    assert await sheet.locator("svg").count() == 1  # the QR code of the identifier
+    await clerk.screenshot("licence")
+    # On paper: the licence alone, without the portal's bars and buttons.
+    await clerk.page.emulate_media(media="print")
+    assert await sheet.is_visible()
+    for chrome in ("header.topbar", "nav.side", "footer.foot"):
+        assert not await clerk.page.locator(chrome).is_visible(), chrome
+    assert not await clerk.page.get_by_role("button", name="打印").is_visible()
+    await clerk.screenshot("licence-print")
+    await clerk.page.emulate_media(media="screen")
+
+    await clerk.goto("/portal/licences")
+    await clerk.fill("持证主体代码", HOLDER)
+    await clerk.press("查找")
+    found = clerk.page.get_by_role("table", name=re.compile("该持证主体的证照"))
+    assert "最低生活保障证" in await found.inner_text() and identifier in await found.inner_text()
+    assert HOLDER not in clerk.page.url
+    await clerk.fill("证照标识", identifier)
+    await clerk.press("核验")
+    assert "证照有效" in await clerk.text()
+    await clerk.fill("证照标识", identifier[:-1] + ("A" if identifier[-1] != "A" else "B"))
+    await clerk.press("核验")
+    assert "证照无效" in await clerk.alert()
+
+    # The index reaches the province; its auditor finds the licence there.
+    province = nodes["370000"]
+
+    async def indexed():
+        status, body = await province.call("GET", f"/api/v1/licences?holder={HOLDER}", "auditor")
+        return status == 200 and body["total"] == 1
+    await wait_for(indexed, what="the licence index at the province")
+    auditor = await signed_in(portal_page, tree, "zhaoliu")
+    await auditor.goto("/portal/licences")
+    await auditor.fill("持证主体代码", HOLDER)
+    await auditor.press("查找")
+    assert identifier in await auditor.page.get_by_role("table", name=re.compile("该持证主体的证照")).inner_text()
+
+
+async def test_a_clerk_reports_a_wrong_value_from_a_query_and_follows_it(tree, portal_page):
+    nodes, _, _ = tree
+    county = nodes["370321"]
+    status, entry = await county.call("POST", "/api/v1/catalog", "police", json_body={
+        **SAMPLE_ENTRY, "name": "桓台县户籍人口姓名", "items": ITEMS,
+        "share": {"type": "unconditional", "methods": ["api"]}})
+    assert status == 201, entry
+    code = entry["code"]
+    status, body = await county.call("POST", f"/api/v1/resources/{code}/records", "police",
+                                     json_body=[{"id_number": HOLDER, "name": "张小名"}])
+    assert status == 200, body
+    clerk = await signed_in(portal_page, tree, "zhangsan")
+    await clerk.goto(f"/portal/catalog/{code}/query")
+    await clerk.fill("公民身份号码", HOLDER)
+    await clerk.fill("用途", "最低生活保障资格复核")
+    await clerk.press("查询")
+    assert "张小名" in await clerk.text()
+    await clerk.page.get_by_role("link", name="报告数据有误").click()
+    await clerk.page.wait_for_load_state()
+    assert clerk.path == "/portal/feedback/new"
+    await labelled(clerk)
+    assert await clerk.page.get_by_label("记录主键", exact=True).input_value() == HOLDER
+    assert (await clerk.press("提交纠错")).status == 400  # no item chosen, no description
+    await clerk.page.get_by_label("姓名", exact=True).check()
+    await clerk.fill("问题说明", "姓名应为“张小明”，见户口簿。")
+    await clerk.press("提交纠错")
+    assert clerk.path.startswith("/portal/feedback/")
+    assert "待处理" in await clerk.text()
+    fb_id = clerk.path.rsplit("/", 1)[1]
+    await clerk.screenshot("feedback")
+    status, doc = await county.call("POST", f"/api/v1/feedback/{fb_id}/correct", "police",
+                                    json_body={"reason": "已按户口簿更正"})
+    assert status == 200, doc
+    await clerk.goto("/portal/feedback")
+    row = clerk.page.locator("tbody tr").filter(has_text=code)
+    assert "已更正" in await row.inner_text()
+    await row.get_by_role("link").click()
+    await clerk.page.wait_for_load_state()
+    assert "已按户口簿更正" in await clerk.text()
+    submitted = await audit_at(county, "portal.feedback.submit")
+    assert [(r["user"], r["outcome"]) for r in submitted] == [("zhangsan", "ok"), ("zhangsan", "INVALID_INPUT")]
+
+
+async def audit_at(node, action: str) -> list[dict]:
+    status, body = await node.call("GET", f"/api/v1/audit?limit=100&action={action}", node.tokens["auditor"])
+    assert status == 200, body
+    return body["records"]
+
+
+async def test_a_clerk_subscribes_sees_the_lag_and_cancels(tree, portal_page):
+    nodes, _, _ = tree
+    county = nodes["370321"]
+    status, entry = await county.call("POST", "/api/v1/catalog", "civil", json_body={
+        **SAMPLE_ENTRY, "name": "桓台县低保对象", "items": ITEMS, "share": {"type": "unconditional", "methods": ["api"]}})
+    assert status == 201, entry
+    code = entry["code"]
+    status, body = await county.call("POST", f"/api/v1/resources/{code}/records", "civil",
+                                     json_body=[{"id_number": HOLDER, "name": "张小明"}])
+    assert status == 200, body
+    clerk = await signed_in(portal_page, tree, "zhangsan")
+    await clerk.page.get_by_role("navigation", name="主导航").get_by_role("link", name="数据订阅", exact=True).click()
+    await clerk.page.wait_for_load_state()
+    await labelled(clerk)
+    await clerk.fill("资源代码", code)
+    await clerk.page.get_by_label("订阅方式", exact=True).select_option("webhook")
+    assert (await clerk.press("订阅")).status == 400  # a webhook needs its URL
+    closed = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens: every delivery fails
+    await clerk.fill("推送地址", closed)
+    await clerk.press("订阅")
+    secret = (await clerk.page.locator("#secret").inner_text()).strip()
+    assert len(secret) >= 32
+    await clerk.page.get_by_role("link", name="已妥善保存，返回").click()
+    await clerk.page.wait_for_load_state()
+    assert secret not in await clerk.page.content()
+
+    async def failing():
+        await clerk.goto("/portal/subscriptions")
+        row = clerk.page.locator("tbody tr").filter(has_text=code)
+        return "出错" in await row.inner_text() and await row.inner_text()
+    text = await wait_for(failing, 30, 0.5, "the failed delivery shown")
+    assert "推送到本部门接口" in text and "尚未追平" in text and "ClientConnectorError" in text  # lag, last error
+    await clerk.screenshot("subscriptions")
+    await clerk.page.get_by_role("button", name=f"取消订阅 {code}").click()
+    await clerk.page.wait_for_load_state()
+    assert "订阅已取消" in await clerk.text()
+    assert await clerk.page.locator("tbody tr").filter(has_text=code).count() == 0
