@@ -14,12 +14,12 @@ audit_log = sa.Table(
     sa.Column("at", sa.BigInteger, nullable=False, index=True),
     sa.Column("request_id", sa.String(64), nullable=False),
     sa.Column("message_id", sa.String(26), nullable=True, index=True),
-    sa.Column("actor", sa.String(80), nullable=False, index=True),
+    sa.Column("actor", sa.String(80), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("method", sa.String(8), nullable=False),
     sa.Column("path", sa.String(400), nullable=False),
-    sa.Column("resource", sa.String(40), nullable=True, index=True),
+    sa.Column("resource", sa.String(40), nullable=True),
     sa.Column("keys_digest", sa.String(64), nullable=True),
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("status", sa.Integer, nullable=False),
@@ -28,8 +28,12 @@ audit_log = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("user", sa.String(32), nullable=True),  # the person, when a person acted (portal)
-    # The auditor's filters (person, operation, outcome) page newest first: each index holds the column and
-    # the sequence number, so a filtered page is one ordered index range however long the log is.
+    # The auditor's filters page newest first: each index holds the column and the sequence number, so a
+    # filtered page is one ordered index range however long the log is. With the column alone, SQLite read
+    # every record of the department and sorted them: 68 ms a page against 1 ms unfiltered, on 300,000
+    # records (scripts/bench_audit_filters.py).
+    sa.Index("ix_audit_log_actor_seq", "actor", "seq"),
+    sa.Index("ix_audit_log_resource_seq", "resource", "seq"),
     sa.Index("ix_audit_log_user_seq", "user", "seq"),
     sa.Index("ix_audit_log_action_seq", "action", "seq"),
     sa.Index("ix_audit_log_outcome_seq", "outcome", "seq"),

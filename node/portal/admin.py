@@ -82,7 +82,8 @@ async def console(request: web.Request, person: Person | None) -> dict[str, Any]
                                                           resource=None, page=1, page_size=SHOWN)
     overdue_total, overdue = await apps.list_applications(acct, role=None, status=None, overdue=True,
                                                           resource=None, page=1, page_size=SHOWN)
-    overdue = [d for d in overdue if d["status"] in ("submitted", "accepted")]
+    # A review past its due date is in the queue above, marked so; this list adds the decisions past theirs.
+    overdue = [d for d in overdue if d["status"] == "accepted"]
     names, dept_names = await names_for(request, waiting + overdue)
     sources = await request.app[EXCHANGE].list_all(acct)
     return {"waiting": waiting, "waiting_total": waiting_total, "overdue": overdue, "overdue_total": overdue_total,
@@ -116,10 +117,10 @@ async def add_department(request: web.Request, person: Person | None) -> web.Str
                    "请立即复制并安全地交给该部门的系统管理员。令牌只显示这一次，本节点只保存其摘要，之后无法再查看。")
 
 
-@routes.post(r"/portal/admin/departments/{code:[0-9A-Z]{1,32}}/token", name="portal.admin.departments.token",
+@routes.post(r"/portal/admin/departments/{dept:[0-9A-Z]{1,32}}/token", name="portal.admin.departments.token",
              roles=MANAGERS)
 async def issue_token(request: web.Request, person: Person | None) -> web.StreamResponse:
-    code = request.match_info["code"]
+    code = request.match_info["dept"]
     show_on_error(request, "admin_departments.html", **await _departments_context(request, done=None))
     note(request, dept=code)
     token = await request.app[ACCOUNTS].issue_token(code)
@@ -127,10 +128,10 @@ async def issue_token(request: web.Request, person: Person | None) -> web.Stream
                    "原有令牌仍然有效；如需作废原有令牌，请停用该部门。新令牌只显示这一次。")
 
 
-@routes.post(r"/portal/admin/departments/{code:[0-9A-Z]{1,32}}/revoke", name="portal.admin.departments.revoke",
+@routes.post(r"/portal/admin/departments/{dept:[0-9A-Z]{1,32}}/revoke", name="portal.admin.departments.revoke",
              roles=MANAGERS)
 async def revoke_department(request: web.Request, person: Person | None) -> web.StreamResponse:
-    code = request.match_info["code"]
+    code = request.match_info["dept"]
     show_on_error(request, "admin_departments.html", **await _departments_context(request, done=None))
     revoked = await request.app[ACCOUNTS].revoke(code)
     note(request, dept=code, tokens_revoked=revoked)
