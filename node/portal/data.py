@@ -134,7 +134,7 @@ def _in_chinese(err: ApiError, schema: RecordSchema, field_of: dict[str, str]) -
 
 
 def _form(request: web.Request) -> Any:
-    """The urlencoded form of a POST (a multipart body sent here instead is no form these pages read)."""
+    """The form of a POST (urlencoded or multipart alike: node.portal.pages reads either whole)."""
     form = request.get(FORM)
     if form is None:
         raise InvalidInput("表单格式不正确，请在页面上重新填写后提交")
