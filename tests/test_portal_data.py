@@ -324,9 +324,13 @@ async def test_without_javascript_an_xlsx_comes_back_as_an_xlsx(fed, portal_page
     response = await clerk.page.request.post(clerk.base_url + f"/portal/catalog/{code}/compare",
                                              form={"csrf": token, "purpose": "核对"})
     assert response.status == 400 and "请选择要比对的文件" in await response.text()
+    # A form without a file sent as multipart is read like the urlencoded one, and answered the same.
+    plain = await clerk.page.request.post(clerk.base_url + f"/portal/catalog/{code}/verify",
+                                          form={"csrf": token, "key": PEOPLE[0]})
     response = await clerk.page.request.post(clerk.base_url + f"/portal/catalog/{code}/verify",
                                              multipart={"csrf": token, "key": PEOPLE[0]})
-    assert response.status == 400 and "表单格式不正确" in await response.text()
+    assert response.status == plain.status == 400
+    assert "请至少填写一项要核验的内容" in await response.text() and "请至少填写一项要核验的内容" in await plain.text()
 
 
 # The purpose in the audit, at both ends ---------------------------------------------------------------------

@@ -144,6 +144,9 @@ class AuditQuery(BaseModel):
     dept: str | None = Field(None, description="actor as <node>/<dept> or a department code of this node")
     resource: str | None = None
     message_id: str | None = None
+    user: str | None = Field(None, max_length=32, description="the person who acted (portal username)")
+    action: str | None = Field(None, max_length=64, description="the operation, as records name it (e.g. catalog.create)")
+    outcome: str | None = Field(None, max_length=32, description="ok, or the error code the call ended with")
     since: Instant
     until: Instant
     before_seq: int | None = Field(None, ge=1, le=MAX_INT64,
@@ -177,15 +180,18 @@ class AuditPage(BaseModel):
     next_before_seq: int | None
 
 
+def filters_of(q: AuditQuery, node: str) -> dict[str, Any]:
+    """The store's filters for a query: a department code alone names a department of this node."""
+    actor = q.dept if q.dept is None or "/" in q.dept else f"{node}/{q.dept}"
+    return dict(actor=actor, resource=q.resource, since=to_ms(q.since), until=to_ms(q.until),
+                message_id=q.message_id, user=q.user, action=q.action, outcome=q.outcome)
+
+
 @routes.get("/api/v1/audit", name="audit.list", summary="Audit records, newest first (operator, auditor)",
             query=AuditQuery, response=AuditPage, roles=("operator", "auditor"), tags=("audit",))
 async def list_audit(request: web.Request) -> web.Response:
     acct = account(request, "operator", "auditor")
     q = query_model(request, AuditQuery)
-    actor = q.dept if q.dept is None or "/" in q.dept else f"{acct.node}/{q.dept}"
-    rows = await request.app[AUDIT].query(
-        actor=actor, resource=q.resource, since=to_ms(q.since), until=to_ms(q.until),
-        message_id=q.message_id, after_seq=q.before_seq, limit=q.limit,
-    )
+    rows = await request.app[AUDIT].query(**filters_of(q, acct.node), after_seq=q.before_seq, limit=q.limit)
     nxt = rows[-1]["seq"] if len(rows) == q.limit else None
     return json_response({"records": rows, "next_before_seq": nxt})

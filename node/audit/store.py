@@ -14,12 +14,12 @@ audit_log = sa.Table(
     sa.Column("at", sa.BigInteger, nullable=False, index=True),
     sa.Column("request_id", sa.String(64), nullable=False),
     sa.Column("message_id", sa.String(26), nullable=True, index=True),
-    sa.Column("actor", sa.String(80), nullable=False, index=True),
+    sa.Column("actor", sa.String(80), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("method", sa.String(8), nullable=False),
     sa.Column("path", sa.String(400), nullable=False),
-    sa.Column("resource", sa.String(40), nullable=True, index=True),
+    sa.Column("resource", sa.String(40), nullable=True),
     sa.Column("keys_digest", sa.String(64), nullable=True),
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("status", sa.Integer, nullable=False),
@@ -33,6 +33,15 @@ audit_log = sa.Table(
     sa.Column("segment", sa.String(40), nullable=True),
     sa.Column("segment_seq", sa.BigInteger, nullable=True),
     sa.Index("ix_audit_log_segment", "segment", "segment_seq", unique=True),
+    # The auditor's filters page newest first: each index holds the column and the sequence number, so a
+    # filtered page is one ordered index range however long the log is. With the column alone, SQLite read
+    # every record of the department and sorted them: 68 ms a page against 1 ms unfiltered, on 300,000
+    # records (scripts/bench_audit_filters.py).
+    sa.Index("ix_audit_log_actor_seq", "actor", "seq"),
+    sa.Index("ix_audit_log_resource_seq", "resource", "seq"),
+    sa.Index("ix_audit_log_user_seq", "user", "seq"),
+    sa.Index("ix_audit_log_action_seq", "action", "seq"),
+    sa.Index("ix_audit_log_outcome_seq", "outcome", "seq"),
 )
 
 # The fields a record's hash covers, in a fixed order (prev_hash is chained in separately).
@@ -96,10 +105,19 @@ async def query(
     message_id: str | None,
     after_seq: int | None,
     limit: int,
+    user: str | None = None,
+    action: str | None = None,
+    outcome: str | None = None,
 ) -> list[sa.Row]:
     q = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
     if actor:
         q = q.where(audit_log.c.actor == actor)
+    if user:
+        q = q.where(audit_log.c.user == user)
+    if action:
+        q = q.where(audit_log.c.action == action)
+    if outcome:
+        q = q.where(audit_log.c.outcome == outcome)
     if resource:
         q = q.where(audit_log.c.resource == resource)
     if since is not None:
@@ -111,6 +129,10 @@ async def query(
     if after_seq is not None:
         q = q.where(audit_log.c.seq < after_seq)
     return list((await conn.execute(q)).all())
+
+
+async def get(conn: AsyncConnection, seq: int) -> sa.Row | None:
+    return (await conn.execute(sa.select(audit_log).where(audit_log.c.seq == seq))).first()
 
 
 async def scan(conn: AsyncConnection, from_seq: int, batch: int) -> list[sa.Row]:

@@ -307,6 +307,15 @@ class ExchangeService:
         schema = self.data.schema(entry)
         return [self.view(s, schema) for s in self.sources.values() if s.resource == code]
 
+    async def list_all(self, acct: Account) -> list[dict[str, Any]]:
+        """Every source of this node (operators and auditors): read from the database, where the worker that
+        reads the sources keeps their progress, so any worker shows it as stored."""
+        if acct.node != self.node_id or acct.role not in ("operator", "auditor"):
+            raise Forbidden("the sources of every resource are shown to this node's operators and auditors")
+        async with self.engine.connect() as conn:
+            rows = await store.all_sources(conn)
+        return [self.view(Source(row, None)) for row in rows]
+
     def _source_of(self, code: str, source_id: str) -> Source:
         src = self.sources.get(source_id)
         if src is None or src.resource != code:

@@ -36,6 +36,7 @@ log = logging.getLogger("govnode.federation")
 
 CERT_VALIDITY_MS = 5 * 365 * 24 * 3600 * 1000
 INVITE_TTL_MS = 24 * 3600 * 1000
+MAX_INVITE_TTL_MS = 7 * 24 * 3600 * 1000
 ANCHOR_KEY_FILE = "anchor.key"  # the root's original key, which signs every root certificate
 HOLDER_KEY_STATE = "holder_key"  # the federation-wide key of holder digests (licences), made by the root
 # A rotated key's secret half still opens bodies sealed for it this long (SPEC §15): a message can wait in an
@@ -243,6 +244,14 @@ class Membership:
 
     @staticmethod
     async def create_invite(engine: AsyncEngine, node: str, ttl_ms: int = INVITE_TTL_MS) -> str:
+        """A one-time join token for the child `node` (a GB/T 2260 code), valid `ttl_ms` (at most a week:
+        a token is a secret handed over by hand, and an unused one should not outlive the hand-over)."""
+        if not (isinstance(node, str) and len(node) == 6 and node.isascii() and node.isdigit()):
+            raise ApiError(f"{node!r} is not a 6-digit node code", [{"field": "code", "error": "not a 6-digit code"}],
+                           code="INVALID_INPUT")
+        if not 0 < ttl_ms <= MAX_INVITE_TTL_MS:
+            raise ApiError("an invite is valid for more than 0 and at most 168 hours",
+                           [{"field": "ttl_hours", "error": "out of range"}], code="INVALID_INPUT")
         token = "gni_" + secrets.token_urlsafe(24)
         now = now_ms()
         async with write_tx(engine) as conn:

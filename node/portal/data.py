@@ -134,7 +134,7 @@ def _in_chinese(err: ApiError, schema: RecordSchema, field_of: dict[str, str]) -
 
 
 def _form(request: web.Request) -> Any:
-    """The urlencoded form of a POST (a multipart body sent here instead is no form these pages read)."""
+    """The form of a POST (urlencoded or multipart alike: node.portal.pages reads either whole)."""
     form = request.get(FORM)
     if form is None:
         raise InvalidInput("表单格式不正确，请在页面上重新填写后提交")
@@ -246,7 +246,7 @@ async def compare_template(request: web.Request, person: Person | None) -> web.S
     return _download(_csv_bytes([header]), f"比对模板-{ctx['entry']['name']}", "csv")
 
 
-@routes.post(f"{BASE}/compare", name="portal.compare.post", template="compare.html")
+@routes.post(f"{BASE}/compare", name="portal.compare.post", template="compare.html", upload=True)
 async def compare(request: web.Request, person: Person | None) -> web.StreamResponse:
     assert person is not None
     ctx = await _context(request, person, "compare")

@@ -101,10 +101,12 @@ class PortalRoutes:
 
     def page(self, method: str, path: str, *, name: str, template: str | None = None, roles: tuple[str, ...] = (),
              public: bool = False, nav: str | None = None, order: int = 100,
-             before_password_change: bool = False) -> Callable[[PageHandler], PageHandler]:
+             before_password_change: bool = False, upload: bool = False) -> Callable[[PageHandler], PageHandler]:
         """A page. `public`: open without signing in. `roles`: refuse (403) other people. `nav`: its label in
         the navigation, at `order`, for people of `roles`. `before_password_change`: open to a person who
-        must still change the initial password (everything else sends them to change it first)."""
+        must still change the initial password (everything else sends them to change it first). `upload`: a
+        form with a file, read part by part (`request[UPLOAD]`); every other form is read whole, urlencoded
+        or multipart alike (`request[FORM]`), so a form sent either way gets the same answer."""
 
         def deco(fn: PageHandler) -> PageHandler:
             async def handler(request: web.Request) -> web.StreamResponse:
@@ -119,7 +121,7 @@ class PortalRoutes:
                     raise Forbidden("请先修改初始密码")
                 # A form from elsewhere is refused as such (and audited so) before anything else is said of it.
                 if request.method == "POST":
-                    await _check_csrf(request, person)
+                    await _check_csrf(request, person, upload)
                 if roles and (person is None or person.account.role not in roles):
                     raise Forbidden(f"此功能仅供{'、'.join(ROLE_NAMES[r] for r in roles)}使用")
                 result = await fn(request, person)
@@ -217,17 +219,20 @@ def new_signin_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-async def _check_csrf(request: web.Request, person: Person | None) -> None:
-    """Refuse (403, audited) a POST whose form lacks the token of the session (or of the sign-in form)."""
+async def _check_csrf(request: web.Request, person: Person | None, upload: bool = False) -> None:
+    """Refuse (403, audited) a POST whose form lacks the token of the session (or of the sign-in form).
+    An upload page reads a multipart form part by part (the file is streamed, never held whole); any other
+    page reads its form whole, whichever of the two encodings a browser or a script chose, within the
+    node's request size limit."""
     expected = person.csrf if person else request.cookies.get(SIGNIN_COOKIE)
     sent: str | None = None
-    if request.content_type == "multipart/form-data":
+    if upload and request.content_type == "multipart/form-data":
         reader = await request.multipart()
         part = await reader.next()
         if isinstance(part, BodyPartReader) and part.name == CSRF_FIELD:
             sent = (await part.read_chunk(256)).decode("utf-8", "replace")  # a token is 64 characters
         request[UPLOAD] = reader
-    else:
+    elif request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded", ""):
         form = await request.post()
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None

@@ -244,13 +244,16 @@ async def records(request: web.Request, person: Person | None) -> dict[str, Any]
     return await _records_context(request, await _own(request, person))
 
 
-@routes.post(f"/portal/resources/{CODE}/records", name="portal.resource.upload", roles=("dept",))
+@routes.post(f"/portal/resources/{CODE}/records", name="portal.resource.upload", roles=("dept",), upload=True)
 async def upload(request: web.Request, person: Person | None) -> web.StreamResponse:
     assert person is not None
     entry = await _own(request, person)
     context = {**await _records_context(request, entry), "done": None}
     try:
-        result = await receive_upload(request, request[UPLOAD])
+        reader = request.get(UPLOAD)
+        if reader is None:  # a form sent without its file (urlencoded) cannot carry one
+            raise InvalidInput("请选择要上传的文件。", [{"field": "file", "error": "未选择文件"}])
+        result = await receive_upload(request, reader)
     except ApiError as exc:
         # The same refusal (its status, its rows) in words a clerk reads, the rows in a table under the form.
         refused = [d for d in exc.details if isinstance(d, dict)] if isinstance(exc.details, list) else []

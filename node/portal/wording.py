@@ -147,3 +147,17 @@ _upload_message = _sub([
 
 def upload_message(message: str) -> str:
     return _upload_message(message) or message
+
+
+# Why the audit chain check stopped (node.audit.service.AuditLog.verify).
+_chain_break = _sub([
+    (r"its contents do not match its hash \(altered\)", "记录内容与其哈希值不符：该记录在写入后被改动过"),
+    (r"its link to the previous record does not match", "记录中保存的前一条记录哈希与前一条记录不符：记录被改动、删除或插入"),
+    (r"record (\d+) is missing \(the log ends at (\d+), its head is (\d+)\)",
+     "第 {0} 条记录缺失：日志止于第 {1} 条，而链头为第 {2} 条（末尾的记录被删除）"),
+    (r"record (\d+) is missing", "第 {0} 条记录缺失（被删除）"),
+])
+
+
+def chain_break(reason: str) -> str:
+    return _chain_break(reason) or reason
