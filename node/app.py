@@ -66,9 +66,11 @@ def _capabilities() -> list:
     from node.exchange.http import setup as exchange
     from node.subscriptions.http import setup as subscriptions
     from node.quality.http import setup as quality
+    from node.items.http import setup as items
     from node.portal.http import setup as portal
 
-    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, portal]
+    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, items,
+            portal]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

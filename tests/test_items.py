@@ -1,0 +1,306 @@
+"""Service items and 一证通办 (SPEC §16) on the four-node tree: population data at the province, a marriage
+register at the city, a licence issued at the other county. An item implemented at a county with four
+materials (one not shareable) gathers the three others for a valid ID in one call, each with its `via`; an
+implemented item whose elements differ from its basic item is refused with the field named; items replicate
+signed to every node; XLSX export and import (all or none, refusals by row); 材料减免率 counted; and with the
+city stopped, the city's material is `unreachable` within the peer timeout while the others still arrive."""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import date, timedelta
+
+import pytest
+import pytest_asyncio
+from openpyxl import Workbook, load_workbook
+
+from node.ids import make_gb11643, make_gb32100
+from support import add_dept_async, error_code, start_federation, stop_all, wait_for
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PROVINCE_POLICE = make_gb32100("11370000MB", 1)   # 山东省公安厅: the population register
+CITY_CIVIL = make_gb32100("11370300MB", 2)        # 淄博市民政局: the marriage register
+OTHER_MARKET = make_gb32100("11370303MB", 5)      # 张店区市场监督管理局: issues the licence
+COUNTY_MARKET = make_gb32100("11370321MB", 5)     # 桓台县市场监督管理局: implements the item
+PROVINCE_HALL = make_gb32100("11370000MB", 9)     # 山东省政务服务中心: a clerk at the province
+FOOD_LICENCE = make_gb32100("11100000MB", 3) + "017"
+PERSON = make_gb11643("370321", "19900101", 4)
+STRANGER = make_gb11643("370303", "19851111", 7)
+PEER_TIMEOUT_S = 5.0  # FAST_FEDERATION's
+
+POPULATION = {
+    "classification": "101001", "name": "山东省户籍人口基本信息", "category": "base", "format": "database",
+    "items": [{"name": "公民身份号码", "field": "id_number", "type": "C", "length": 18, "key": True, "sensitive": True},
+              {"name": "姓名", "field": "name", "type": "C", "length": 50},
+              {"name": "住址", "field": "address", "type": "C", "length": 200}],
+    "share": {"type": "unconditional", "methods": ["api"]}, "update_cycle": "realtime",
+}
+MARRIAGE = {
+    "classification": "102003", "name": "淄博市婚姻登记信息", "category": "theme", "format": "database",
+    "items": [{"name": "公民身份号码", "field": "id_number", "type": "C", "length": 18, "key": True, "sensitive": True},
+              {"name": "姓名", "field": "name", "type": "C", "length": 50},
+              {"name": "婚姻状况", "field": "marital_status", "type": "C", "length": 10}],
+    "share": {"type": "unconditional", "methods": ["api"]}, "update_cycle": "daily",
+}
+BASIC = {"kind": "basic", "name": "食品经营许可", "type": "XK",
+         "basis": "《中华人民共和国食品安全法》第三十五条"}
+
+
+def implemented(basic_code: str, population: str, marriage: str, **kw) -> dict:  # noqa: ANN003
+    body = {**BASIC, "kind": "implemented", "basic_code": basic_code, "time_limit": 10, "materials": [
+        {"id": "m1", "name": "居民户口簿", "by_sharing": {"resource": population, "op": "query",
+                                                          "fields": ["name", "address"]}},
+        {"id": "m2", "name": "婚姻状况证明", "by_sharing": {"resource": marriage, "op": "verify",
+                                                             "fields": ["name", "marital_status"]}},
+        {"id": "m3", "name": "营业执照", "by_sharing": {"licence_type": FOOD_LICENCE}},
+        {"id": "m4", "name": "经营场所使用证明", "by_sharing": None},
+    ]}
+    body.update(kw)
+    return body
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fed(tmp_path_factory):
+    nodes = await start_federation(tmp_path_factory.mktemp("items"))
+    try:
+        province, city, county, other = (nodes[c] for c in ("370000", "370300", "370321", "370303"))
+        province.tokens.update(police=await add_dept_async(province.config.home, PROVINCE_POLICE, "山东省公安厅"),
+                               hall=await add_dept_async(province.config.home, PROVINCE_HALL, "山东省政务服务中心"),
+                               operator=await add_dept_async(province.config.home, "OPERATOR", "山东省大数据局",
+                                                             "operator"))
+        city.tokens["civil"] = await add_dept_async(city.config.home, CITY_CIVIL, "淄博市民政局")
+        other.tokens["market"] = await add_dept_async(other.config.home, OTHER_MARKET, "张店区市场监督管理局")
+        county.tokens.update(market=await add_dept_async(county.config.home, COUNTY_MARKET, "桓台县市场监督管理局"),
+                             operator=await add_dept_async(county.config.home, "OPERATOR", "桓台县大数据中心",
+                                                           "operator"))
+        status, pop = await province.call("POST", "/api/v1/catalog", "police", json_body=POPULATION)
+        assert status == 201, pop
+        status, pushed = await province.call("POST", f"/api/v1/resources/{pop['code']}/records", "police", json_body=[
+            {"id_number": PERSON, "name": "张三", "address": "山东省淄博市桓台县索镇"}])
+        assert status == 200, pushed
+        status, mar = await city.call("POST", "/api/v1/catalog", "civil", json_body=MARRIAGE)
+        assert status == 201, mar
+        status, pushed = await city.call("POST", f"/api/v1/resources/{mar['code']}/records", "civil", json_body=[
+            {"id_number": PERSON, "name": "张三", "marital_status": "已婚"}])
+        assert status == 200, pushed
+        status, licence = await other.call("POST", "/api/v1/licences", "market", json_body={
+            "licence_type": {"code": FOOD_LICENCE, "name": "食品经营许可证"},
+            "holder": {"name": "张三", "code": PERSON},
+            "valid_until": (date.today() + timedelta(days=1800)).isoformat(), "face": {"经营项目": "预包装食品销售"}})
+        assert status == 201, licence
+        status, basic = await province.call("POST", "/api/v1/items", "operator", json_body=BASIC)
+        assert status == 201, basic
+
+        async def everything_at_county() -> bool:
+            for path in (f"/api/v1/catalog/{pop['code']}", f"/api/v1/catalog/{mar['code']}",
+                         f"/api/v1/items/{basic['code']}"):
+                if (await county.call("GET", path, "market"))[0] != 200:
+                    return False
+            status, found = await county.call("GET", f"/api/v1/licences?holder={PERSON}", "market")
+            return status == 200 and found["total"] == 1
+
+        await wait_for(everything_at_county, 30, what="the resources, the licence index and the basic item at the county")
+        nodes["ctx"] = {"population": pop["code"], "marriage": mar["code"], "basic": basic,
+                        "licence": licence["identifier"]}
+        yield nodes
+    finally:
+        nodes.pop("ctx", None)
+        await stop_all(nodes)
+
+
+async def publish_item(fed) -> dict:  # noqa: ANN001
+    ctx = fed["ctx"]
+    if "item" not in ctx:
+        status, item = await fed["370321"].call("POST", "/api/v1/items", "market", json_body=implemented(
+            ctx["basic"]["code"], ctx["population"], ctx["marriage"]))
+        assert status == 201, item
+        ctx["item"] = item
+    return ctx["item"]
+
+
+async def gather(node, token: str, code: str, subject: str, **values) -> dict:  # noqa: ANN001, ANN003
+    status, result = await node.call("POST", f"/api/v1/items/{code}/materials", token, json_body={
+        "subject": {"code": subject}, "purpose": "办理食品经营许可", "values": values})
+    assert status == 200, result
+    return result
+
+
+async def test_basic_items_are_defined_at_the_province_and_implemented_ones_copy_them_unchanged(fed):
+    province, county = fed["370000"], fed["370321"]
+    basic = fed["ctx"]["basic"]
+    assert basic["code"] == basic["basic_code"] and basic["code"].startswith("370000-XK-")
+    assert basic["scope"] == "province" and set(basic["signatures"]) == {"370000"}
+    # Not at a county, and not by a department.
+    status, answer = await county.call("POST", "/api/v1/items", "operator", json_body=BASIC)
+    assert status == 403 and error_code(answer) == "FORBIDDEN", answer
+    status, answer = await province.call("POST", "/api/v1/items", "police", json_body=BASIC)
+    assert status == 403, answer
+
+    ctx = fed["ctx"]
+    for field, value in (("name", "食品经营许可（告知承诺）"), ("type", "QR"), ("basis", "《食品经营许可管理办法》")):
+        body = implemented(basic["code"], ctx["population"], ctx["marriage"], **{field: value})
+        status, answer = await county.call("POST", "/api/v1/items", "market", json_body=body)
+        assert status == 400 and error_code(answer) == "INVALID_INPUT", answer
+        assert [d["field"] for d in answer["error"]["details"]] == [field], answer
+    body = implemented(basic["code"], ctx["population"], ctx["marriage"])
+    body["materials"][1]["by_sharing"]["fields"] = ["name", "spouse"]
+    status, answer = await county.call("POST", "/api/v1/items", "market", json_body=body)
+    assert status == 400 and answer["error"]["details"][0]["field"] == "materials.1.by_sharing.fields", answer
+    status, answer = await county.call("POST", "/api/v1/items", "market", json_body=implemented(
+        "370000-XK-99999", ctx["population"], ctx["marriage"]))
+    assert status == 400 and answer["error"]["details"][0]["field"] == "basic_code", answer
+    status, page = await county.call("GET", "/api/v1/items?kind=implemented", "market")
+    assert status == 200 and page["total"] == 0, page  # nothing refused was stored
+
+    item = await publish_item(fed)
+    assert item["code"] == f"{basic['code']}/370321001" and item["dept"] == {"dept": COUNTY_MARKET,
+                                                                             "name": "桓台县市场监督管理局"}
+    assert {k: item[k] for k in ("name", "type", "basis", "basic_code")} == {
+        k: basic[k] for k in ("name", "type", "basis", "basic_code")}
+    # Replicated, signed by the county, to every node of the province.
+    for code in ("370000", "370300", "370303"):
+        node = fed[code]
+        got = await wait_for(lambda node=node: _get(node, item["code"]), 20, what=f"the item at {code}")
+        assert got == item
+    status, page = await province.call("GET", "/api/v1/items?q=食品经营", "hall")
+    assert status == 200 and {i["code"] for i in page["items"]} == {basic["code"], item["code"]}, page
+
+
+async def _get(node, code: str) -> dict | None:  # noqa: ANN001
+    token = next(iter(node.tokens))
+    status, got = await node.call("GET", f"/api/v1/items/{code.replace('/', '%2F')}", token)
+    return got if status == 200 else None
+
+
+async def test_one_id_gathers_three_materials_from_three_nodes_in_one_call(fed):
+    county, province = fed["370321"], fed["370000"]
+    item = await publish_item(fed)
+    result = await gather(county, "market", item["code"], PERSON, name="张三", marital_status="已婚")
+    by_id = {m["id"]: m for m in result["materials"]}
+    assert by_id["m1"]["outcome"] == "obtained" and by_id["m1"]["via"] == ["370300", "370000"], by_id["m1"]
+    assert by_id["m1"]["record"] == {"name": "张三", "address": "山东省淄博市桓台县索镇"}
+    assert by_id["m2"]["outcome"] == "verified" and by_id["m2"]["via"] == ["370300"], by_id["m2"]
+    assert by_id["m2"]["fields"] == {"name": True, "marital_status": True}
+    assert by_id["m3"]["outcome"] == "verified" and by_id["m3"]["via"] == ["370303"], by_id["m3"]
+    assert by_id["m3"]["licence"]["identifier"] == fed["ctx"]["licence"]
+    assert by_id["m3"]["licence"]["source"] == "issuer"
+    assert by_id["m4"]["outcome"] == "not_shareable" and by_id["m4"]["via"] == []
+    assert (result["total"], result["shareable"], result["replaced"], result["to_bring"]) == (4, 3, 3, ["经营场所使用证明"])
+    assert PERSON not in str(result["subject"])
+
+    # A statement that the register does not confirm, and an applicant nobody holds anything on.
+    result = await gather(county, "market", item["code"], PERSON, name="张三", marital_status="未婚")
+    assert {m["id"]: m["outcome"] for m in result["materials"]} == {
+        "m1": "obtained", "m2": "mismatch", "m3": "verified", "m4": "not_shareable"}
+    assert result["materials"][1]["fields"] == {"name": True, "marital_status": False}
+    result = await gather(county, "market", item["code"], STRANGER, name="李四", marital_status="未婚")
+    assert {m["id"]: m["outcome"] for m in result["materials"]} == {
+        "m1": "not_found", "m2": "mismatch", "m3": "not_found", "m4": "not_shareable"}
+
+    # Bad input: a code that fails its check, a verified material's value left out, no purpose.
+    for body, field in (({"subject": {"code": PERSON[:-1] + ("0" if PERSON[-1] != "0" else "1")}, "purpose": "x",
+                          "values": {"name": "张三", "marital_status": "已婚"}}, "subject"),
+                        ({"subject": {"code": PERSON}, "purpose": "x", "values": {"name": "张三"}},
+                         "values.marital_status"),
+                        ({"subject": {"code": PERSON}, "purpose": " ", "values": {}}, "purpose")):
+        status, answer = await county.call("POST", f"/api/v1/items/{item['code']}/materials", "market", json_body=body)
+        assert status == 400 and error_code(answer) == "INVALID_INPUT", answer
+        assert any(d["field"].startswith(field) for d in answer["error"]["details"]), answer
+
+    # 材料减免率: three calls of four materials, 3 + 2 + 0 obtained or verified.
+    status, stats = await county.call("GET", "/api/v1/items/stats", "market")
+    assert status == 200, stats
+    (fig,) = stats["items"]
+    assert (fig["code"], fig["calls"], fig["materials"], fig["shareable"], fig["replaced"]) == (
+        item["code"], 3, 4, 3, 5), fig
+    assert fig["design_rate"] == 0.75 and fig["reduction_rate"] == round(5 / 12, 4)
+    assert fig["obtained_rate"] == round(5 / 9, 4)
+    assert fig["outcomes"]["mismatch"] == 2 and fig["outcomes"]["not_found"] == 2
+    assert stats["depts"] == [{"dept": COUNTY_MARKET, "name": "桓台县市场监督管理局", "items": 1, "materials": 4,
+                               "shareable": 3, "design_rate": 0.75, "calls": 3, "replaced": 5,
+                               "reduction_rate": round(5 / 12, 4)}]
+
+    # Audited with the purpose at the clerk's node, and at the provider with the requester.
+    status, audit = await county.call("GET", f"/api/v1/audit?resource={item['code']}", "operator")
+    assert status == 200, audit
+    record = next(r for r in audit["records"] if r["action"] == "items.materials" and r["status"] == 200)
+    assert record["details"]["purpose"] == "办理食品经营许可" and record["keys_digest"]
+    assert record["details"]["outcomes"]["m1"] in ("obtained", "not_found")
+    status, audit = await province.call("GET", f"/api/v1/audit?resource={fed['ctx']['population']}&limit=20",
+                                        "operator")
+    assert status == 200, audit
+    assert any(r["actor"] == "370321" and r["action"] == "federation.deliver"
+               and r["details"].get("requester") == f"370321/{COUNTY_MARKET}"
+               and r["details"].get("purpose") == "办理食品经营许可" for r in audit["records"]), audit
+
+
+async def test_items_export_and_import_as_xlsx_all_or_none(fed):
+    county = fed["370321"]
+    item = await publish_item(fed)
+    url = county.url + "/api/v1/items/export.xlsx?node=370321"
+    async with county.session.get(url, headers={"Authorization": f"Bearer {county.tokens['market']}"}) as resp:
+        assert resp.status == 200 and resp.content_type.endswith("spreadsheetml.sheet")
+        data = await resp.read()
+    rows = list(load_workbook(io.BytesIO(data)).active.iter_rows(values_only=True))
+    assert rows[0][:3] == ("基本编码", "实施编码", "事项名称") and len(rows) == 5
+    assert rows[1][1] == item["code"] and rows[1][7:12] == ("m1", "居民户口簿", "是", "查询", fed["ctx"]["population"])
+
+    def sheet(code: str, edit=None) -> bytes:  # noqa: ANN001
+        wb = Workbook()
+        ws = wb.active
+        ws.append(list(rows[0]))
+        for r in rows[1:]:
+            r = list(r)
+            r[1] = code
+            if edit:
+                edit(r)
+            ws.append(r)
+        buf = io.BytesIO()
+        wb.save(buf)
+        return buf.getvalue()
+
+    xlsx = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    new_code = item["code"][:-3] + "002"
+
+    def bad_row(r: list) -> None:  # the 3rd material (row 4) names an unknown way of sharing
+        if r[7] == "m3":
+            r[10] = "邮寄"
+
+    status, answer = await county.call("POST", "/api/v1/items/import", "market", data=sheet(new_code, bad_row),
+                                       headers={"Content-Type": xlsx})
+    assert status == 400 and answer["error"]["details"][0]["row"] == 4, answer
+    assert await _get(county, new_code) is None
+    status, answer = await county.call("POST", "/api/v1/items/import", "market", data=sheet(new_code),
+                                       headers={"Content-Type": xlsx})
+    assert status == 201 and answer["published"] == [new_code], answer
+    got = await _get(county, new_code)
+    assert got["materials"] == item["materials"] and got["dept"] == item["dept"]
+    status, answer = await county.call("POST", "/api/v1/items/import", "market", data=b"PK not a workbook",
+                                       headers={"Content-Type": xlsx})
+    assert status == 400 and error_code(answer) == "INVALID_INPUT", answer
+
+
+async def test_with_the_city_stopped_its_material_is_unreachable_and_the_others_arrive(fed):
+    """Run last: it stops the city. The clerk is at the province (全省通办): the population register is its own,
+    the licence's index reached it before, and the city's register is beyond the stopped node."""
+    province, county = fed["370000"], fed["370321"]
+    item = await publish_item(fed)
+    await fed["370300"].stop()
+    fed.pop("370300")
+    started = time.monotonic()
+    result = await gather(province, "hall", item["code"], PERSON, name="张三", marital_status="已婚")
+    elapsed = time.monotonic() - started
+    by_id = {m["id"]: m for m in result["materials"]}
+    assert by_id["m2"]["outcome"] == "unreachable", by_id["m2"]
+    assert by_id["m2"]["error"]["code"] in ("PEER_UNREACHABLE", "PEER_TIMEOUT")
+    assert by_id["m1"]["outcome"] == "obtained" and by_id["m1"]["via"] == ["370000"], by_id["m1"]
+    assert by_id["m3"]["outcome"] == "verified" and by_id["m3"]["licence"]["source"] == "replicated index"
+    assert elapsed < PEER_TIMEOUT_S + 2, elapsed
+    # At the county, beyond the city, every shareable material says so on its own, within the timeout.
+    started = time.monotonic()
+    result = await gather(county, "market", item["code"], PERSON, name="张三", marital_status="已婚")
+    assert time.monotonic() - started < PEER_TIMEOUT_S + 2
+    assert {m["id"]: m["outcome"] for m in result["materials"]} == {
+        "m1": "unreachable", "m2": "unreachable", "m3": "verified", "m4": "not_shareable"}, result
