@@ -16,6 +16,7 @@ import pytest_asyncio
 from openpyxl import Workbook, load_workbook
 
 from node.ids import make_gb11643, make_gb32100
+from portal_support import add_person_async
 from support import add_dept_async, error_code, start_federation, stop_all, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -25,7 +26,7 @@ CITY_CIVIL = make_gb32100("11370300MB", 2)        # 淄博市民政局: the marr
 OTHER_MARKET = make_gb32100("11370303MB", 5)      # 张店区市场监督管理局: issues the licence
 COUNTY_MARKET = make_gb32100("11370321MB", 5)     # 桓台县市场监督管理局: implements the item
 PROVINCE_HALL = make_gb32100("11370000MB", 9)     # 山东省政务服务中心: a clerk at the province
-FOOD_LICENCE = make_gb32100("11100000MB", 3) + "017"
+BUSINESS_LICENCE = make_gb32100("11100000MB", 3) + "001"
 PERSON = make_gb11643("370321", "19900101", 4)
 STRANGER = make_gb11643("370303", "19851111", 7)
 PEER_TIMEOUT_S = 5.0  # FAST_FEDERATION's
@@ -54,7 +55,7 @@ def implemented(basic_code: str, population: str, marriage: str, **kw) -> dict: 
                                                           "fields": ["name", "address"]}},
         {"id": "m2", "name": "婚姻状况证明", "by_sharing": {"resource": marriage, "op": "verify",
                                                              "fields": ["name", "marital_status"]}},
-        {"id": "m3", "name": "营业执照", "by_sharing": {"licence_type": FOOD_LICENCE}},
+        {"id": "m3", "name": "营业执照", "by_sharing": {"licence_type": BUSINESS_LICENCE}},
         {"id": "m4", "name": "经营场所使用证明", "by_sharing": None},
     ]}
     body.update(kw)
@@ -86,9 +87,9 @@ async def fed(tmp_path_factory):
             {"id_number": PERSON, "name": "张三", "marital_status": "已婚"}])
         assert status == 200, pushed
         status, licence = await other.call("POST", "/api/v1/licences", "market", json_body={
-            "licence_type": {"code": FOOD_LICENCE, "name": "食品经营许可证"},
+            "licence_type": {"code": BUSINESS_LICENCE, "name": "营业执照"},
             "holder": {"name": "张三", "code": PERSON},
-            "valid_until": (date.today() + timedelta(days=1800)).isoformat(), "face": {"经营项目": "预包装食品销售"}})
+            "valid_until": (date.today() + timedelta(days=1800)).isoformat(), "face": {"经营范围": "预包装食品销售"}})
         assert status == 201, licence
         status, basic = await province.call("POST", "/api/v1/items", "operator", json_body=BASIC)
         assert status == 201, basic
@@ -280,6 +281,59 @@ async def test_items_export_and_import_as_xlsx_all_or_none(fed):
     status, answer = await county.call("POST", "/api/v1/items/import", "market", data=b"PK not a workbook",
                                        headers={"Content-Type": xlsx})
     assert status == 400 and error_code(answer) == "INVALID_INPUT", answer
+
+
+async def test_a_clerk_finds_the_item_and_gathers_its_materials_in_the_portal(fed, portal_page):
+    county = fed["370321"]
+    item = await publish_item(fed)
+    initial = await add_person_async(county.config.home, "wangfang", COUNTY_MARKET, name="王芳")
+    portal = await portal_page(county.url)
+    await portal.first_sign_in("wangfang", initial, "Zibo-Huantai-2026")
+
+    await portal.goto("/portal/items")
+    await portal.fill("关键词", "食品经营")
+    await portal.press("搜索")
+    text = await portal.text()
+    status, page = await county.call("GET", "/api/v1/items?q=食品经营", "market")
+    assert status == 200 and page["total"] >= 2
+    assert f"找到 {page['total']} 项事项" in text and "桓台县市场监督管理局" in text and "10 个工作日" in text, text
+    await portal.screenshot("items-search")
+    href = "/portal/items/" + item["code"].replace("/", "%2F")
+    await portal.page.locator(f'a[href="{href}"]').click()
+    await portal.page.wait_for_load_state()
+    assert item["code"] in (await portal.text()), portal.page.url
+    text = await portal.text()
+    for words in ("申请材料（共 4 项，其中 3 项可由数据共享替代）", "居民户口簿", "数据查询", "山东省户籍人口基本信息",
+                  "数据核验", "淄博市婚姻登记信息", "电子证照查验", "需申请人提交", "《中华人民共和国食品安全法》第三十五条"):
+        assert words in text, (words, text)
+    await portal.screenshot("item-page")
+
+    await portal.page.get_by_role("link", name="一证通办").click()
+    await portal.page.wait_for_load_state()
+    await portal.press("获取材料")  # nothing filled in: refused, each control named
+    assert "请填写申请人的证件号码" in await portal.alert()
+    await portal.fill("证件号码", PERSON)
+    await portal.fill("姓名", "张三")
+    await portal.fill("婚姻状况", "已婚")
+    await portal.fill("用途", "办理食品经营许可")
+    await portal.press("获取材料")
+    text = await portal.text()
+    assert "结果：3 / 4 项材料无需申请人提交" in text and "仍需申请人提交：经营场所使用证明" in text, text
+    rows = portal.page.locator("table.materials tbody tr")
+    assert "已获取" in await rows.nth(0).inner_text() and "淄博市 → 山东省" in await rows.nth(0).inner_text()
+    assert "住址：山东省淄博市桓台县索镇" in await rows.nth(0).inner_text()
+    assert "已核验" in await rows.nth(1).inner_text() and "淄博市" in await rows.nth(1).inner_text()
+    assert "已核验" in await rows.nth(2).inner_text() and "张店区" in await rows.nth(2).inner_text()
+    assert "需申请人提交" in await rows.nth(3).inner_text()
+    await portal.screenshot("item-gather")
+
+    await portal.goto("/portal/items/stats")
+    text = await portal.text()
+    assert "实际材料减免率" in text and "桓台县市场监督管理局" in text, text
+    await portal.screenshot("item-stats")
+    status, audit = await county.call("GET", f"/api/v1/audit?resource={item['code']}", "operator")
+    assert any(r["user"] == "wangfang" and r["action"] == "portal.item.gather.post" and r["status"] == 200
+               and r["details"]["purpose"] == "办理食品经营许可" for r in audit["records"]), audit
 
 
 async def test_with_the_city_stopped_its_material_is_unreachable_and_the_others_arrive(fed):

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import BodyPartReader, MultipartReader, web
 from pydantic import BaseModel, ConfigDict, Field
 
 from node.accounts.http import account
 from node.audit.http import note
 from node.catalog.http import CATALOG
+from node.errors import ApiError, InvalidInput, TooLarge
 from node.context import CONFIG, DB, SIGNING_KEY, add_routes, json_limit
 from node.federation.http import FEDERATION
 from node.items.models import (BASIC_CODE, GatherBody, GatherResult, ImportResult, ItemBody, ItemDoc, ItemPage,
@@ -30,6 +31,9 @@ TAGS = ("items",)
 # A basic code, or an implemented item's code (its slash sent as it is or percent-encoded).
 ITEM = rf"{{item:{BASIC_CODE}(?:(?:/|%2F)[0-9]{{9}})?}}"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+MULTIPART = "multipart/form-data"
+# A county's whole 实施清单 (a few thousand materials) is well under a megabyte as XLSX.
+SHEET_LIMIT = 16 * 1024 * 1024
 
 
 def item_code(request: web.Request) -> str:
@@ -78,13 +82,36 @@ async def export(request: web.Request) -> web.Response:
         "Content-Disposition": 'attachment; filename="items.xlsx"'})
 
 
+async def read_sheet(request: web.Request, reader: MultipartReader | None, limit: int) -> bytes:
+    """The XLSX sent as the body, or as the one file of a multipart form (the portal's upload)."""
+    if reader is None and request.content_type != MULTIPART:
+        if request.content_type != XLSX:
+            raise ApiError(f"send the sheet as {XLSX} or as a file of a {MULTIPART} form",
+                           code="UNSUPPORTED_MEDIA_TYPE")
+        return await read_body(request, limit)
+    try:
+        reader = reader or await request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, BodyPartReader) and part.filename:
+                data = bytearray()
+                while chunk := await part.read_chunk(65536):
+                    data += chunk
+                    if len(data) > limit:
+                        raise TooLarge(f"the sheet is larger than {limit} bytes")
+                return bytes(data)
+    except ValueError as exc:  # aiohttp's word for a malformed multipart stream
+        raise InvalidInput(f"the multipart body is malformed: {exc}") from None
+    raise InvalidInput("the form holds no file", [{"field": "file", "error": "required"}])
+
+
 @routes.post("/api/v1/items/import", name="items.upload",
              summary="Publish the caller's implemented items from an XLSX sheet (the export's columns); all or none",
-             content_types=(XLSX,), response=ImportResult, roles=("dept",), status=201, errors=(409, 413), tags=TAGS)
+             content_types=(XLSX, MULTIPART), response=ImportResult, roles=("dept",), status=201,
+             errors=(409, 413, 415), tags=TAGS)
 async def import_items(request: web.Request) -> web.Response:
     acct = account(request, "dept")
     limits = request.app[CONFIG].limits
-    data = await read_body(request, min(limits.max_upload_bytes, 64 * 1024 * 1024))
+    data = await read_sheet(request, None, SHEET_LIMIT)
     codes = await sheet.import_items(request.app[ITEMS], acct, data, limits.xlsx)
     note(request, keys=codes)
     return json_response({"published": codes, "total": len(codes)}, status=201)

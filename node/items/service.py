@@ -440,7 +440,8 @@ class ItemService:
         summary = current[0]
         identifier = summary["identifier"]
         issuer = summary["issuer"]["node"]
-        out["licence"] = {"identifier": identifier, "issuer": summary["issuer"], "valid_until": summary["valid_until"]}
+        out["licence"] = {"identifier": identifier, "type_name": summary["licence_type"].get("name"),
+                          "issuer": summary["issuer"], "valid_until": summary["valid_until"]}
         try:
             async with asyncio.timeout(self.peer_timeout_s):
                 result = await self.licences.verify({"identifier": identifier})
