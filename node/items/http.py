@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, Field
 
 from node.accounts.http import account
-from node.audit.http import note
+from node.audit.http import AUDIT, note
 from node.catalog.http import CATALOG
 from node.errors import ApiError, InvalidInput, TooLarge
 from node.context import CONFIG, DB, SIGNING_KEY, add_routes, json_limit
@@ -92,15 +93,20 @@ async def read_sheet(request: web.Request, reader: MultipartReader | None, limit
     try:
         reader = reader or await request.multipart()
         while (part := await reader.next()) is not None:
-            if isinstance(part, BodyPartReader) and part.filename:
-                data = bytearray()
-                while chunk := await part.read_chunk(65536):
-                    data += chunk
-                    if len(data) > limit:
-                        raise TooLarge(f"the sheet is larger than {limit} bytes")
+            if not isinstance(part, BodyPartReader):
+                raise InvalidInput("nested multipart bodies are not accepted")
+            data = bytearray()
+            while chunk := await part.read_chunk(65536):
+                data += chunk
+                if len(data) > limit:
+                    raise TooLarge(f"the sheet is larger than {limit} bytes")
+            if part.filename:  # an ordinary form field is read past
                 return bytes(data)
-    except ValueError as exc:  # aiohttp's word for a malformed multipart stream
+    except ValueError as exc:  # aiohttp's word for a malformed multipart stream …
         raise InvalidInput(f"the multipart body is malformed: {exc}") from None
+    except HttpProcessingError as exc:  # … or, for a part's header lines, BadHttpMessage (it quotes them: not said)
+        raise InvalidInput(f"the multipart body is malformed: a part's headers cannot be read "
+                           f"({type(exc).__name__})") from None
     raise InvalidInput("the form holds no file", [{"field": "file", "error": "required"}])
 
 
@@ -172,7 +178,7 @@ async def materials(request: web.Request) -> web.Response:
 async def _service(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     svc = ItemService(app[DB], config.node.id, app[SIGNING_KEY], app[CATALOG], app[FEDERATION], app[SHARING],
-                      app[LICENCES], config.federation.peer_timeout_s)
+                      app[LICENCES], config.federation.peer_timeout_s, app[AUDIT].journal)
     svc.connect()
     app[ITEMS] = svc
     yield

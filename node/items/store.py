@@ -139,14 +139,20 @@ def _count_statement(ins: Any) -> Any:
               **{o: item_stats.c[o] + excluded[o] for o in OUTCOMES}})
 
 
-async def count(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Add one call's outcomes: rows of {item, material, dept, outcome}."""
-    if not rows:
-        return
-    stmt = on_conflict_statement(conn.dialect.name, item_stats, "count", _count_statement)
-    params = [{"item": r["item"], "material": r["material"], "dept": r["dept"], "calls": 1,
-               **{o: int(o == r["outcome"]) for o in OUTCOMES}} for r in rows]
-    await conn.execute(stmt, params)
+def count(conn: sa.Connection, calls: list[list[dict[str, Any]]]) -> None:
+    """Journal writer: add the outcomes of a batch of calls, each a list of {item, material, dept, outcome}.
+    Summed per (item, material) first, so a batch of many calls is one upsert a row."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for call in calls:
+        for r in call:
+            row = rows.setdefault((r["item"], r["material"]), {"item": r["item"], "material": r["material"],
+                                                               "dept": r["dept"], "calls": 0,
+                                                               **dict.fromkeys(OUTCOMES, 0)})
+            row["calls"] += 1
+            row[r["outcome"]] += 1
+    if rows:
+        stmt = on_conflict_statement(conn.dialect.name, item_stats, "count", _count_statement)
+        conn.execute(stmt, list(rows.values()))
 
 
 async def stats(conn: AsyncConnection, *, dept: str | None, item: str | None) -> list[sa.Row]:
