@@ -111,6 +111,39 @@ async def fed(tmp_path_factory):
         await stop_all(nodes)
 
 
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+async def exported(node, token: str) -> list[tuple]:  # noqa: ANN001
+    url = node.url + f"/api/v1/items/export.xlsx?node={node.config.node.id}"
+    async with node.session.get(url, headers={"Authorization": f"Bearer {node.tokens[token]}"}) as resp:
+        assert resp.status == 200 and resp.content_type == XLSX
+        return list(load_workbook(io.BytesIO(await resp.read())).active.iter_rows(values_only=True))
+
+
+def item_sheet(rows: list[tuple], of: str, code: str, edit=None) -> bytes:  # noqa: ANN001
+    """The exported rows of item `of` under a new code, each changed by `edit`, as an XLSX file."""
+    wb = Workbook()
+    ws = wb.active
+    ws.append(list(rows[0]))
+    for r in rows[1:]:
+        if r[1] != of:
+            continue
+        r = list(r)
+        r[1] = code
+        if edit:
+            edit(r)
+        ws.append(r)
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+def unknown_way_of_sharing(r: list) -> None:
+    if r[7] == "m3":  # the 3rd material (row 4)
+        r[10] = "邮寄"
+
+
 async def publish_item(fed) -> dict:  # noqa: ANN001
     ctx = fed["ctx"]
     if "item" not in ctx:
@@ -240,47 +273,82 @@ async def test_one_id_gathers_three_materials_from_three_nodes_in_one_call(fed):
 async def test_items_export_and_import_as_xlsx_all_or_none(fed):
     county = fed["370321"]
     item = await publish_item(fed)
-    url = county.url + "/api/v1/items/export.xlsx?node=370321"
-    async with county.session.get(url, headers={"Authorization": f"Bearer {county.tokens['market']}"}) as resp:
-        assert resp.status == 200 and resp.content_type.endswith("spreadsheetml.sheet")
-        data = await resp.read()
-    rows = list(load_workbook(io.BytesIO(data)).active.iter_rows(values_only=True))
-    assert rows[0][:3] == ("基本编码", "实施编码", "事项名称") and len(rows) == 5
-    assert rows[1][1] == item["code"] and rows[1][7:12] == ("m1", "居民户口簿", "是", "查询", fed["ctx"]["population"])
+    rows = await exported(county, "market")
+    assert rows[0][:3] == ("基本编码", "实施编码", "事项名称")
+    mine = [r for r in rows if r[1] == item["code"]]
+    assert len(mine) == 4 and mine[0][7:12] == ("m1", "居民户口簿", "是", "查询", fed["ctx"]["population"])
+    assert mine[2][10:12] == ("证照", BUSINESS_LICENCE) and mine[3][10] is None
 
-    def sheet(code: str, edit=None) -> bytes:  # noqa: ANN001
-        wb = Workbook()
-        ws = wb.active
-        ws.append(list(rows[0]))
-        for r in rows[1:]:
-            r = list(r)
-            r[1] = code
-            if edit:
-                edit(r)
-            ws.append(r)
-        buf = io.BytesIO()
-        wb.save(buf)
-        return buf.getvalue()
-
-    xlsx = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     new_code = item["code"][:-3] + "002"
-
-    def bad_row(r: list) -> None:  # the 3rd material (row 4) names an unknown way of sharing
-        if r[7] == "m3":
-            r[10] = "邮寄"
-
-    status, answer = await county.call("POST", "/api/v1/items/import", "market", data=sheet(new_code, bad_row),
-                                       headers={"Content-Type": xlsx})
+    status, answer = await county.call("POST", "/api/v1/items/import", "market",
+                                       data=item_sheet(rows, item["code"], new_code, unknown_way_of_sharing),
+                                       headers={"Content-Type": XLSX})
     assert status == 400 and answer["error"]["details"][0]["row"] == 4, answer
+    assert answer["error"]["details"][0]["field"] == "共享方式"
     assert await _get(county, new_code) is None
-    status, answer = await county.call("POST", "/api/v1/items/import", "market", data=sheet(new_code),
-                                       headers={"Content-Type": xlsx})
+    status, answer = await county.call("POST", "/api/v1/items/import", "market",
+                                       data=item_sheet(rows, item["code"], new_code), headers={"Content-Type": XLSX})
     assert status == 201 and answer["published"] == [new_code], answer
     got = await _get(county, new_code)
     assert got["materials"] == item["materials"] and got["dept"] == item["dept"]
+    # The same file again: the code is taken, and nothing is written twice.
+    status, answer = await county.call("POST", "/api/v1/items/import", "market",
+                                       data=item_sheet(rows, item["code"], new_code), headers={"Content-Type": XLSX})
+    assert status == 409 and error_code(answer) == "CONFLICT", answer
     status, answer = await county.call("POST", "/api/v1/items/import", "market", data=b"PK not a workbook",
-                                       headers={"Content-Type": xlsx})
+                                       headers={"Content-Type": XLSX})
     assert status == 400 and error_code(answer) == "INVALID_INPUT", answer
+
+
+async def test_a_conditional_source_says_no_grant_and_items_change_and_withdraw_everywhere(fed):
+    province, county = fed["370000"], fed["370321"]
+    ctx = fed["ctx"]
+    status, entry = await province.call("POST", "/api/v1/catalog", "police", json_body={
+        **POPULATION, "classification": "101003", "name": "山东省不动产登记信息",
+        "share": {"type": "conditional", "condition": "须经自然资源部门同意", "methods": ["api"]}})
+    assert status == 201, entry
+    await wait_for(lambda: _catalog_at(county, entry["code"]), 20, what="the conditional entry at the county")
+    body = implemented(ctx["basic"]["code"], ctx["population"], ctx["marriage"], code=ctx["basic"]["code"] + "/370321010")
+    body["materials"] = [{"id": "p1", "name": "不动产权证书", "by_sharing": {"resource": entry["code"], "op": "query",
+                                                                        "fields": ["name"]}}]
+    status, item = await county.call("POST", "/api/v1/items", "market", json_body=body)
+    assert status == 201 and item["code"].endswith("/370321010"), item
+    result = await gather(county, "market", item["code"], PERSON)
+    (p1,) = result["materials"]
+    assert (p1["outcome"], p1["error"]["code"]) == ("no_grant", "GRANT_REQUIRED"), p1
+
+    # Changed (a new version, replicated) and withdrawn (a tombstone, replicated): only by its department.
+    path = f"/api/v1/items/{item['code']}"
+    status, answer = await county.call("PUT", path, "operator", json_body={**body, "time_limit": 5})
+    assert status == 403, answer
+    status, changed = await county.call("PUT", path, "market", json_body={**body, "time_limit": 5})
+    assert status == 200 and (changed["version"], changed["time_limit"]) == (2, 5), changed
+    status, answer = await county.call("PUT", path, "market", json_body={**body, "name": "别的名称"})
+    assert status == 400 and answer["error"]["details"][0]["field"] == "name", answer
+    got = await wait_for(lambda: _version_at(province, item["code"], 2), 20, what="version 2 at the province")
+    assert got == changed
+    status, answer = await province.call("DELETE", path, "operator")
+    assert status == 403, answer  # only its origin changes it
+    status, gone = await county.call("DELETE", path, "market")
+    assert status == 200 and gone["deleted"] is True, gone
+    await wait_for(lambda: _gone_at(province, item["code"]), 20, what="the tombstone at the province")
+    status, answer = await county.call("POST", f"{path}/materials", "market", json_body={
+        "subject": {"code": PERSON}, "purpose": "办理", "values": {}})
+    assert status == 404 and error_code(answer) == "NOT_FOUND", answer
+
+
+async def _catalog_at(node, code: str) -> bool:  # noqa: ANN001
+    return (await node.call("GET", f"/api/v1/catalog/{code}", next(iter(node.tokens))))[0] == 200
+
+
+async def _version_at(node, code: str, version: int) -> dict | None:  # noqa: ANN001
+    got = await _get(node, code)
+    return got if got is not None and got["version"] == version else None
+
+
+async def _gone_at(node, code: str) -> bool:  # noqa: ANN001
+    status, _ = await node.call("GET", f"/api/v1/items/{code.replace('/', '%2F')}", next(iter(node.tokens)))
+    return status == 404
 
 
 async def test_a_clerk_finds_the_item_and_gathers_its_materials_in_the_portal(fed, portal_page):
@@ -326,6 +394,23 @@ async def test_a_clerk_finds_the_item_and_gathers_its_materials_in_the_portal(fe
     assert "已核验" in await rows.nth(2).inner_text() and "张店区" in await rows.nth(2).inner_text()
     assert "需申请人提交" in await rows.nth(3).inner_text()
     await portal.screenshot("item-gather")
+
+    # Import from XLSX in the portal: a refused file shows its rows, and nothing is published; then a good one.
+    rows = await exported(county, "market")
+    new_code = item["code"][:-3] + "020"
+    for data, expected in ((item_sheet(rows, item["code"], new_code, unknown_way_of_sharing), "整个文件未导入"),
+                           (item_sheet(rows, item["code"], new_code), "已导入 1 项实施清单事项")):
+        await portal.goto("/portal/items")
+        await portal.page.get_by_text("从 XLSX 导入本部门的实施清单事项").click()
+        await portal.page.get_by_label("事项文件").set_input_files(
+            files=[{"name": "items.xlsx", "mimeType": XLSX, "buffer": data}])
+        await portal.press("导入")
+        text = await portal.text()
+        assert expected in text, text
+        if expected == "整个文件未导入":
+            assert "应为 核验、查询、证照 或留空" in text and await _get(county, new_code) is None
+            await portal.screenshot("items-import-refused")
+    assert (await _get(county, new_code))["materials"] == item["materials"]
 
     await portal.goto("/portal/items/stats")
     text = await portal.text()

@@ -18,10 +18,12 @@ from node.accounts.people import Person
 from node.audit.http import note
 from node.catalog.http import CATALOG
 from node.errors import InvalidInput, NotFound
-from node.items.http import ITEM, ITEMS
+from node.context import CONFIG
+from node.items import sheet
+from node.items.http import ITEM, ITEMS, SHEET_LIMIT, XLSX, read_sheet
 from node.items.models import TYPE_NAMES, GatherBody
 from node.portal.catalog import node_namer, resource_url
-from node.portal.pages import FORM, PortalRoutes, show_on_error, url
+from node.portal.pages import FORM, UPLOAD, PortalRoutes, redirect, show_on_error, url
 from node.web import validation_details
 
 routes = PortalRoutes()
@@ -79,7 +81,10 @@ async def items_page(request: web.Request, person: Person | None) -> dict[str, A
         return url(request, "portal.items") + "?" + urlencode({k: v for k, v in (("q", q), ("kind", kind or ""),
                                                                                   ("page", n)) if v})
 
-    return {"q": q, "kind": kind or "", "kinds": KINDS, "total": total, "items": items, "page": page, "last": last,
+    imported = request.query.get("imported", "")
+    return {"q": q, "kind": kind or "", "kinds": KINDS, "imported": int(imported) if imported.isdigit() else None,
+            "can_import": person is not None and person.account.role == "dept",
+            "export_url": url(request, "portal.items.export") + ("?" + urlencode({"q": q}) if q else ""), "total": total, "items": items, "page": page, "last": last,
             "prev": link(page - 1) if page > 1 else None, "next": link(page + 1) if page < last else None,
             "type_names": TYPE_NAMES, "item_url": item_url, "node_name": node_namer(request)}
 
@@ -156,6 +161,30 @@ async def gather(request: web.Request, person: Person | None) -> dict[str, Any]:
     note(request, outcomes={m["id"]: m["outcome"] for m in result["materials"]})
     ctx["result"] = result
     return ctx
+
+
+@routes.get("/portal/items/export.xlsx", name="portal.items.export")
+async def export_page(request: web.Request, person: Person | None) -> web.StreamResponse:
+    """The items of this search as the XLSX the API exports (one row a material)."""
+    q = request.query.get("q", "").strip()[:200] or None
+    data = await sheet.export(request.app[ITEMS], q=q, node=None, dept=None)
+    return web.Response(body=data, content_type=XLSX, headers={
+        "Content-Disposition": 'attachment; filename="items.xlsx"'})
+
+
+@routes.post("/portal/items/import", name="portal.items.upload", template="items.html", roles=("dept",))
+async def import_page(request: web.Request, person: Person | None) -> web.StreamResponse:
+    """The department's implemented items from an XLSX sheet (the export's columns): all or none, a refusal
+    naming each row."""
+    assert person is not None
+    reader = request.get(UPLOAD)
+    if reader is None:
+        raise InvalidInput("请选择要导入的 XLSX 文件", [{"field": "file", "error": "未选择文件"}])
+    show_on_error(request, "items.html", **await items_page(request, person))
+    data = await read_sheet(request, reader, SHEET_LIMIT)
+    codes = await sheet.import_items(request.app[ITEMS], person.account, data, request.app[CONFIG].limits.xlsx)
+    note(request, keys=codes)
+    return redirect(url(request, "portal.items") + "?" + urlencode({"imported": len(codes)}))
 
 
 @routes.get("/portal/items/stats", name="portal.items.stats", template="item_stats.html", nav="材料减免率", order=26)
