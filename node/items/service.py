@@ -267,8 +267,7 @@ class ItemService:
                     raise
                 problems += [{**d, "row": where[i] if where else i} for d in err.details or [{"error": err.message}]]
         if problems:
-            raise InvalidInput(f"{len(problems)} problem(s) in the items sent; nothing was published (有 "
-                               f"{len(problems)} 处问题，均未发布)", problems)
+            raise InvalidInput(f"{len(problems)} problem(s) in the items sent; nothing was published", problems)
         out = []
         async with write_tx(self.engine) as conn:
             for body in bodies:

@@ -86,7 +86,7 @@ def parse(rows: list[tuple[int, list[Any]]]) -> tuple[list[ImplementedItemBody],
     header = [_cell(rows[0][1], i) for i in range(len(rows[0][1]))]
     missing = [c for c in COLUMNS if c not in header and c != "实施部门"]
     if missing:
-        raise InvalidInput(f"the first row names the columns; missing: {', '.join(missing)} (首行缺少这些列)",
+        raise InvalidInput(f"the first row names the columns; missing: {', '.join(missing)}",
                            [{"row": rows[0][0], "field": c, "error": "缺少此列"} for c in missing])
     col = {c: header.index(c) for c in COLUMNS if c in header}
     groups: dict[str, dict[str, Any]] = {}
@@ -131,8 +131,7 @@ def parse(rows: list[tuple[int, list[Any]]]) -> tuple[list[ImplementedItemBody],
                     row = g["materials"][int(parts[1])][0]
                 problems.append({"row": row, "field": d["field"], "error": d["error"]})
     if problems:
-        raise InvalidInput(f"{len(problems)} problem(s) in the sheet; nothing was published (表中有 {len(problems)} "
-                           "处问题，整个文件未导入)", problems[:200])
+        raise InvalidInput(f"{len(problems)} problem(s) in the sheet; nothing was published", problems[:200])
     return bodies, where
 
 

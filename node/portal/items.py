@@ -17,13 +17,13 @@ from pydantic import ValidationError
 from node.accounts.people import Person
 from node.audit.http import note
 from node.catalog.http import CATALOG
-from node.errors import InvalidInput, NotFound
+from node.errors import ApiError, InvalidInput, NotFound
 from node.context import CONFIG
 from node.items import sheet
 from node.items.http import ITEM, ITEMS, SHEET_LIMIT, XLSX, read_sheet
 from node.items.models import TYPE_NAMES, GatherBody
 from node.portal.catalog import node_namer, resource_url
-from node.portal.pages import FORM, UPLOAD, PortalRoutes, redirect, show_on_error, url
+from node.portal.pages import ERROR_TITLES, FORM, UPLOAD, PortalRoutes, redirect, show_on_error, url
 from node.web import validation_details
 
 routes = PortalRoutes()
@@ -181,8 +181,18 @@ async def import_page(request: web.Request, person: Person | None) -> web.Stream
     if reader is None:
         raise InvalidInput("请选择要导入的 XLSX 文件", [{"field": "file", "error": "未选择文件"}])
     show_on_error(request, "items.html", **await items_page(request, person))
-    data = await read_sheet(request, reader, SHEET_LIMIT)
-    codes = await sheet.import_items(request.app[ITEMS], person.account, data, request.app[CONFIG].limits.xlsx)
+    try:
+        data = await read_sheet(request, reader, SHEET_LIMIT)
+        codes = await sheet.import_items(request.app[ITEMS], person.account, data, request.app[CONFIG].limits.xlsx)
+    except ApiError as err:  # the same refusal, its rows listed under the form, its message in a clerk's words
+        rows = [d for d in err.details if isinstance(d, dict)] if isinstance(err.details, list) else []
+        if err.code == "INVALID_INPUT" and rows:
+            message = f"文件中有 {len(rows)} 处问题，整个文件未导入；请按下表修改后重新导入"
+        elif err.code == "INVALID_INPUT":
+            message = f"无法读取该文件，整个文件未导入（{err.message}）"
+        else:
+            message = f"{ERROR_TITLES.get(err.code, '出错了')}，整个文件未导入（{err.message}）"
+        raise ApiError(message, err.details, code=err.code) from None
     note(request, keys=codes)
     return redirect(url(request, "portal.items") + "?" + urlencode({"imported": len(codes)}))
 
