@@ -7,6 +7,7 @@ city stopped, the city's material is `unreachable` within the peer timeout while
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from datetime import date, timedelta
@@ -424,23 +425,45 @@ async def test_a_clerk_finds_the_item_and_gathers_its_materials_in_the_portal(fe
 
 async def test_with_the_city_stopped_its_material_is_unreachable_and_the_others_arrive(fed):
     """Run last: it stops the city. The clerk is at the province (全省通办): the population register is its own,
-    the licence's index reached it before, and the city's register is beyond the stopped node."""
+    the licence's index reached it before, and the city's register is beyond the stopped node. First the city's
+    address answers nothing at all (a hung node: a listener that accepts and never replies), then it refuses."""
     province, county = fed["370000"], fed["370321"]
     item = await publish_item(fed)
-    await fed["370300"].stop()
-    fed.pop("370300")
-    started = time.monotonic()
-    result = await gather(province, "hall", item["code"], PERSON, name="张三", marital_status="已婚")
-    elapsed = time.monotonic() - started
+    await wait_for(lambda: _get(province, item["code"]), 20, what="the item at the province")
+    city = fed.pop("370300")
+    await city.stop()
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    hung = await asyncio.start_server(hold, "127.0.0.1", city.config.port)
+    try:
+        started = time.monotonic()
+        result = await gather(province, "hall", item["code"], PERSON, name="张三", marital_status="已婚")
+        elapsed = time.monotonic() - started
+    finally:
+        hung.close()
+        for w in held:
+            w.transport.abort()
+        await hung.wait_closed()
     by_id = {m["id"]: m for m in result["materials"]}
-    assert by_id["m2"]["outcome"] == "unreachable", by_id["m2"]
-    assert by_id["m2"]["error"]["code"] in ("PEER_UNREACHABLE", "PEER_TIMEOUT")
+    assert (by_id["m2"]["outcome"], by_id["m2"]["error"]["code"]) == ("unreachable", "PEER_TIMEOUT"), by_id["m2"]
     assert by_id["m1"]["outcome"] == "obtained" and by_id["m1"]["via"] == ["370000"], by_id["m1"]
     assert by_id["m3"]["outcome"] == "verified" and by_id["m3"]["licence"]["source"] == "replicated index"
-    assert elapsed < PEER_TIMEOUT_S + 2, elapsed
+    # The hung source cost the peer timeout and no more; the others did not wait for it.
+    assert PEER_TIMEOUT_S - 0.5 < elapsed < PEER_TIMEOUT_S + 2.5, elapsed
+    assert by_id["m1"]["elapsed_ms"] < 2000 and by_id["m2"]["elapsed_ms"] >= (PEER_TIMEOUT_S - 0.5) * 1000
+
+    # Stopped (connections refused): the same outcome at once.
+    started = time.monotonic()
+    result = await gather(province, "hall", item["code"], PERSON, name="张三", marital_status="已婚")
+    assert time.monotonic() - started < PEER_TIMEOUT_S
+    assert {m["id"]: m["outcome"] for m in result["materials"]} == {
+        "m1": "obtained", "m2": "unreachable", "m3": "verified", "m4": "not_shareable"}, result
     # At the county, beyond the city, every shareable material says so on its own, within the timeout.
     started = time.monotonic()
     result = await gather(county, "market", item["code"], PERSON, name="张三", marital_status="已婚")
-    assert time.monotonic() - started < PEER_TIMEOUT_S + 2
+    assert time.monotonic() - started < PEER_TIMEOUT_S + 2.5
     assert {m["id"]: m["outcome"] for m in result["materials"]} == {
         "m1": "unreachable", "m2": "unreachable", "m3": "verified", "m4": "not_shareable"}, result
