@@ -12,7 +12,9 @@ slowest of their p50s.
 
 Target (issue 19): p50 of the gathering ≤ 1.5 × the slowest single call's p50, judged at concurrency 1 (the
 path's own cost: the six calls overlap, so the gathering should cost about its slowest call plus its own
-commit). Concurrency 16 is printed beside it: there a gathering is six calls' work, so the tree's two cores
+commit). Printed beside it: what six calls made at once would cost if running them together cost nothing
+(the p50 of the maximum of one latency drawn from each single call's run), the floor that the spread of
+the machine's latencies alone sets. Concurrency 16 is printed beside it: there a gathering is six calls' work, so the tree's two cores
 are shared six ways more than in a single call's run.
 """
 
@@ -121,6 +123,16 @@ def prepare(province: NodeProcess, city: NodeProcess, county: NodeProcess, other
     return people, licences, materials, item["code"], ctok
 
 
+def parallel_floor(runs: list[LoadResult], draws: int = 20_000) -> float:
+    """p50 of the slowest of six calls made at once if they cost nothing more together than alone: the
+    maximum of one latency drawn from each single call's run. A gathering waits for its slowest material, so
+    even free parallelism costs more than one call's p50 (the six draws' maximum sits near each call's 89th
+    percentile, 0.5 ** (1 / 6)): how much more depends on how wide the machine's latencies spread."""
+    rng = random.Random(6)
+    samples = sorted(max(rng.choice(r.latencies_ms) for r in runs) for _ in range(draws))
+    return samples[len(samples) // 2]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, default=300)
@@ -159,10 +171,12 @@ def main() -> int:
             outcomes = {m["id"]: m["outcome"] for m in one["materials"]}
             assert set(outcomes.values()) <= {"obtained", "verified"}, outcomes
             print(f"  one gathering: {outcomes}")
-            verdicts = {}
+            verdicts: dict[int, tuple[float, float]] = {}
+            floor_ratio: dict[int, float] = {}
             for conc in (1, 16):
-                ratios99 = []
-                ratios = []
+                ratios99: list[float] = []
+                ratios: list[float] = []
+                floors: list[float] = []
                 for r in range(args.rounds):
                     single_runs: dict[str, LoadResult] = {}
                     for label, (url, bodies) in singles.items():
@@ -173,13 +187,19 @@ def main() -> int:
                     for label, res in single_runs.items():
                         print("  " + res.line(label + (" (slowest)" if label == slowest else "")))
                     print("  " + gathered.line("一证通办 (6 materials)"))
+                    floor = parallel_floor(list(single_runs.values()))
+                    print(f"  six independent calls at once, if free: p50 {floor:.2f} ms "
+                          f"({floor / single_runs[slowest].pct(50):.2f} × slowest single)")
+                    floors.append(floor / single_runs[slowest].pct(50))
                     ratios.append(gathered.pct(50) / single_runs[slowest].pct(50))
                     ratios99.append(gathered.pct(99) / single_runs[slowest].pct(99))
                     print(f"  ratio p50 {ratios[-1]:.2f} × slowest single, p99 {ratios99[-1]:.2f} ×")
                 verdicts[conc] = (statistics.median(ratios), statistics.median(ratios99))
+                floor_ratio[conc] = statistics.median(floors)
             for conc, (r50, r99) in verdicts.items():
                 print(f"concurrency {conc}: 一证通办 p50 = {r50:.2f} × the slowest single call's p50 "
-                      f"(p99 {r99:.2f} ×; median of {args.rounds} rounds)")
+                      f"(p99 {r99:.2f} ×; median of {args.rounds} rounds); six free parallel calls would be "
+                      f"{floor_ratio[conc]:.2f} ×")
             ok = verdicts[1][0] <= 1.5
             print(f"target p50 ≤ 1.5 × slowest single call at concurrency 1: {'met' if ok else 'missed'} "
                   f"({verdicts[1][0]:.2f} ×)")
