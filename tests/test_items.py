@@ -18,7 +18,8 @@ from openpyxl import Workbook, load_workbook
 
 from node.ids import make_gb11643, make_gb32100
 from portal_support import add_person_async
-from support import add_dept_async, error_code, start_federation, stop_all, wait_for
+from support import (add_dept_async, error_code, init_home, start_federation, start_node, start_worker, stop_all,
+                     wait_for)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -421,6 +422,41 @@ async def test_a_clerk_finds_the_item_and_gathers_its_materials_in_the_portal(fe
     status, audit = await county.call("GET", f"/api/v1/audit?resource={item['code']}", "operator")
     assert any(r["user"] == "wangfang" and r["action"] == "portal.item.gather.post" and r["status"] == 200
                and r["details"]["purpose"] == "办理食品经营许可" for r in audit["records"]), audit
+
+
+async def test_the_totals_add_up_across_workers_on_postgresql(tmp_path):
+    """材料减免率 counted by two workers of one node at once (PostgreSQL): no call is lost or counted twice."""
+    config = init_home(tmp_path / "province", "370000", "山东省", backend="postgresql")
+    police = await add_dept_async(config.home, PROVINCE_POLICE, "山东省公安厅")
+    hall = await add_dept_async(config.home, PROVINCE_HALL, "山东省政务服务中心")
+    operator = await add_dept_async(config.home, "OPERATOR", "山东省大数据局", "operator")
+    workers = {"a": await start_node(config)}
+    try:
+        workers["b"] = await start_worker(config)
+        a, b = workers.values()
+        status, pop = await a.call("POST", "/api/v1/catalog", police, json_body=POPULATION)
+        assert status == 201, pop
+        await a.call("POST", f"/api/v1/resources/{pop['code']}/records", police, json_body=[
+            {"id_number": PERSON, "name": "张三", "address": "山东省济南市历下区"}])
+        status, basic = await b.call("POST", "/api/v1/items", operator, json_body={**BASIC, "type": "GG"})
+        assert status == 201, basic
+        status, item = await a.call("POST", "/api/v1/items", hall, json_body={
+            **BASIC, "type": "GG", "kind": "implemented", "basic_code": basic["code"], "time_limit": 1, "materials": [
+                {"id": "m1", "name": "居民户口簿", "by_sharing": {"resource": pop["code"], "op": "query",
+                                                                  "fields": ["name"]}},
+                {"id": "m2", "name": "申请表", "by_sharing": None}]})
+        assert status == 201, item
+        subjects = [PERSON if i % 2 else STRANGER for i in range(24)]
+        results = await asyncio.gather(*(gather(workers["ab"[i % 2]], hall, item["code"], s)
+                                         for i, s in enumerate(subjects)))
+        assert [r["replaced"] for r in results] == [1 if s == PERSON else 0 for s in subjects]
+        status, stats = await b.call("GET", f"/api/v1/items/stats?item={item['code']}", hall)
+        assert status == 200, stats
+        (fig,) = stats["items"]
+        assert (fig["calls"], fig["replaced"], fig["outcomes"]["not_found"], fig["outcomes"]["not_shareable"]) == (
+            24, 12, 12, 24), fig
+    finally:
+        await stop_all(workers)
 
 
 async def test_with_the_city_stopped_its_material_is_unreachable_and_the_others_arrive(fed):
