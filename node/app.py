@@ -66,10 +66,12 @@ def _capabilities() -> list:
     from node.exchange.http import setup as exchange
     from node.subscriptions.http import setup as subscriptions
     from node.quality.http import setup as quality
+    from node.items.http import setup as items
     from node.portal.http import setup as portal
     from node.figures.http import setup as figures
 
     return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, figures,
+            items,
             portal]
 
 

@@ -66,6 +66,7 @@ class DemoNode:
     depts: list[Dept] = field(default_factory=list)
     people: list[Person] = field(default_factory=list)
     runner: web.AppRunner | None = None
+    item: str = ""  # the implemented service item of the demo (一证通办), at 桓台县
 
     @property
     def url(self) -> str:
@@ -280,6 +281,7 @@ async def build(base: Path, base_port: int, out: Any = print) -> tuple[list[Demo
         out(f"started {n.node} {n.name} at {n.url}")
     rng = random.Random(2260)
     province_code, citizen = "", {}
+    codes: dict[str, str] = {}
     async with aiohttp.ClientSession() as session:
         for n in nodes:
             provider = n.depts[0]
@@ -288,10 +290,54 @@ async def build(base: Path, base_port: int, out: Any = print) -> tuple[list[Demo
                 await _api(session, "POST", f"{n.url}/api/v1/resources/{created['code']}/records", provider.token,
                            records, ndjson=True)
                 out(f"  {n.name}: {created['name']} {created['code']} ({len(records)} records)")
+                codes[n.node] = created["code"]
                 if n.node == "370000":
                     province_code, citizen = created["code"], records[0]
         await _wait_converged(session, nodes)
+        await _items(session, by_code, codes, citizen, out)
     return nodes, province_code, citizen
+
+
+BASIC_ITEMS = [
+    {"kind": "basic", "name": "最低生活保障金给付", "type": "JF", "basis": "《社会救助暂行办法》第九条、第十一条"},
+    {"kind": "basic", "name": "食品经营许可", "type": "XK", "basis": "《中华人民共和国食品安全法》第三十五条"},
+]
+
+
+async def _items(session: aiohttp.ClientSession, by_code: dict[str, DemoNode], codes: dict[str, str],
+                 citizen: dict[str, Any], out: Any) -> None:
+    """Two basic items defined at the province, and 桓台县民政局's implemented item of the first, whose
+    materials the province's population register and 张店区's social insurance records replace (一证通办)."""
+    province, county, zhangdian = by_code["370000"], by_code["370321"], by_code["370303"]
+    operator = next(d for d in province.depts if d.role == "operator")
+    basics = [await _api(session, "POST", f"{province.url}/api/v1/items", operator.token, b) for b in BASIC_ITEMS]
+    # The sample citizen is insured at 张店区 too, so that 一证通办 finds both of their records.
+    await _api(session, "POST", f"{zhangdian.url}/api/v1/resources/{codes['370303']}/records", zhangdian.depts[0].token,
+               [{"id_number": citizen["id_number"], "name": citizen["name"], "status": "参保", "since": "2015-03-15"}])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:  # the basic item replicates down to the county
+        async with session.get(f"{county.url}/api/v1/items/{basics[0]['code']}",
+                               headers={"Authorization": f"Bearer {county.depts[0].token}"}) as resp:
+            if resp.status == 200:
+                break
+        if loop.time() > deadline:
+            raise RuntimeError("the demo's basic items did not reach the county within 30 s")
+        await asyncio.sleep(0.2)
+    basic = basics[0]
+    item = await _api(session, "POST", f"{county.url}/api/v1/items", county.depts[0].token, {
+        "kind": "implemented", "basic_code": basic["code"], "name": basic["name"], "type": basic["type"],
+        "basis": basic["basis"], "time_limit": 15, "materials": [
+            {"id": "m1", "name": "居民户口簿", "by_sharing": {"resource": codes["370000"], "op": "query",
+                                                              "fields": ["name", "gender", "birth_date"]}},
+            {"id": "m2", "name": "身份证明", "by_sharing": {"resource": codes["370000"], "op": "verify",
+                                                             "fields": ["name"]}},
+            {"id": "m3", "name": "社会保险参保证明", "by_sharing": {"resource": codes["370303"], "op": "query",
+                                                                     "fields": ["name", "status"]}},
+            {"id": "m4", "name": "家庭收入及财产状况说明", "by_sharing": None},
+        ]})
+    county.item = item["code"]
+    out(f"  桓台县: 实施清单事项 {item['name']} {item['code']} (4 materials, 3 by sharing)")
 
 
 async def _wait_converged(session: aiohttp.ClientSession, nodes: list[DemoNode], timeout_s: float = 30) -> None:
@@ -337,6 +383,12 @@ def _banner(nodes: list[DemoNode], province_entry: str, people_sample: dict[str,
         f"  curl -s -X POST {county.url}/api/v1/resources/{province_entry}/query \\",
         f"    -H 'Authorization: Bearer {tok}' -H 'Content-Type: application/json' \\",
         f"    -d '{json.dumps({'key': people_sample['id_number']})}'",
+        "",
+        "一证通办: one ID, every material sharing replaces for 桓台县's 最低生活保障金给付 (also in the portal:",
+        "政务服务事项 → the item → 一证通办):",
+        f"  curl -s -X POST {county.url}/api/v1/items/{county.item}/materials \\",
+        f"    -H 'Authorization: Bearer {county.depts[0].token}' -H 'Content-Type: application/json' \\",
+        f"    -d '{json.dumps({'subject': {'code': people_sample['id_number']}, 'purpose': '最低生活保障资格审核', 'values': {'name': people_sample['name']}}, ensure_ascii=False)}'",
         "",
         "Health, peers and outboxes of the city:",
         f"  curl -s {nodes[1].url}/healthz",

@@ -120,8 +120,8 @@ def test_demo_runs_answers_its_printed_calls_stops_cleanly_and_restarts(tmp_path
             assert re.search(rf"^  {code} {name}\s+http://127\.0\.0\.1:{base + off}\b", text, re.M), text
         assert len(re.findall(r"^      dept\s+\S{18} .+: gnt_\S+$", text, re.M)) >= 8, text
         calls = [c.replace("\\\n", " ") for c in re.findall(r"^  (curl .*?)(?=\n\n)", text, re.M | re.S)]
-        assert len(calls) == 4, calls
-        verify, catalog, query, health = calls
+        assert len(calls) == 5, calls
+        verify, catalog, query, gather, health = calls
         # A 桓台县 clerk verifies a citizen held by the province, routed county → city → province.
         answer = curl(verify)
         assert answer["match"] is True and answer["via"] == ["370300", "370000"], answer
@@ -132,6 +132,11 @@ def test_demo_runs_answers_its_printed_calls_stops_cleanly_and_restarts(tmp_path
         answer = curl(query)
         (record,) = answer["records"]
         assert answer["via"] == ["370300", "370000"] and "*" in record["id_number"], answer
+        # 一证通办 at the county: the province's register and 张店区's insurance records replace three of four.
+        answer = curl(gather)
+        outcomes = {m["id"]: (m["outcome"], m["via"]) for m in answer["materials"]}
+        assert outcomes == {"m1": ("obtained", ["370300", "370000"]), "m2": ("verified", ["370300", "370000"]),
+                            "m3": ("obtained", ["370300", "370303"]), "m4": ("not_shareable", [])}, answer
         status = curl(health)
         # Each node's portal, with a login for a clerk, an operator and an auditor; the 桓台县 clerk's works.
         portals = re.findall(r"^  (http://127\.0\.0\.1:(\d+)/portal/) ", text, re.M)

@@ -67,6 +67,12 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
                        "percent-encoded (101001%2F370321000001)",
         "schema": {"type": "string", "pattern": "^[0-9]{6,9}/[0-9]{7,18}$"},  # what the route matches (web.CODE)
     },
+    "item": {
+        "description": "service item code: a basic code <node>-<type>-<5 digits>, or an implemented item's "
+                       "<basic code>/<node><3 digits>; the slash may be sent as it is or percent-encoded",
+        "schema": {"type": "string", "pattern": "^[0-9]{6}-(?:XK|CF|QZ|ZS|SF|JF|CJ|QR|JL|JC|QT|GG)-[0-9]{5}"
+                                                "(?:/[0-9]{9})?$"},  # what the route matches (node.items.http.ITEM)
+    },
 }
 
 WRITING = frozenset({"post", "put", "delete", "patch"})
