@@ -392,17 +392,9 @@ class ApplicationService:
 
     async def _received(self, sub: SubmittedApplication, now: int) -> dict[str, Any]:
         submitted = self.flow.submitted_at(sub.submitted_at, now)
-        problem: ApiError | None = None
-        entry = None
-        try:
-            entry = await self.catalog.get(sub.resource)
-        except NotFound as exc:
-            problem = exc
-        if entry is not None:
-            if entry["node"] != self.node_id:
-                problem = NotFound(f"{sub.resource} is held at node {entry['node']}, not here")
-            else:
-                problem = self._problem(entry, list(sub.ops), list(sub.fields))
+        entry, problem = await self.flow.named_entry(self.catalog, sub.resource)
+        if entry is not None and problem is None:
+            problem = self._problem(entry, list(sub.ops), list(sub.fields))
         provider = {"node": self.node_id,
                     "dept": entry["provider"]["dept"] if entry is not None else sub.provider.dept}
         doc = self._new_doc(app_id=sub.id, body=sub, name=entry["name"] if entry else None,

@@ -28,7 +28,7 @@ from node.audit.service import AuditLog
 from node.catalog.service import CatalogService
 from node.data.rows import RowError
 from node.data.service import DataService
-from node.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
+from node.errors import ApiError, Conflict, Forbidden, InvalidInput
 from node.federation.service import FederationService
 from node.ids import new_id
 from node.mirror import history_event
@@ -173,18 +173,10 @@ class FeedbackService:
 
     async def _received(self, sub: SubmittedFeedback, now: int) -> dict[str, Any]:
         sub = sub.model_copy(update={"submitted_at": self.flow.submitted_at(sub.submitted_at, now)})
-        entry = None
-        problem: ApiError | None = None
-        try:
-            entry = await self.catalog.get(sub.resource)
-        except NotFound as exc:
-            problem = exc
-        if entry is not None:
-            if entry["node"] != self.node_id:
-                problem = NotFound(f"{sub.resource} is held at node {entry['node']}, not here")
-            else:
-                problem = self._problem(entry, list(sub.fields), sub.key)
-                sub = sub.model_copy(update={"provider": Party(node=self.node_id, dept=entry["provider"]["dept"])})
+        entry, problem = await self.flow.named_entry(self.catalog, sub.resource)
+        if entry is not None and problem is None:
+            problem = self._problem(entry, list(sub.fields), sub.key)
+            sub = sub.model_copy(update={"provider": Party(node=self.node_id, dept=entry["provider"]["dept"])})
         doc = self._new_doc(sub, entry["name"] if entry else None, now)
         if problem is not None:
             self.flow.refuse(doc, problem, now)

@@ -284,6 +284,17 @@ class Workflow:
         """The requester's clock, trusted within the time a message may travel."""
         return min(max(sent, now - ASYNC_TTL_MS), now)
 
+    async def named_entry(self, catalog: Any, code: str) -> tuple[dict[str, Any] | None, ApiError | None]:
+        """The catalog entry a submission is about, and why it cannot be served here (None: the entry is
+        this node's own; the kind checks the rest)."""
+        try:
+            entry = await catalog.get(code)
+        except NotFound as exc:
+            return None, exc
+        if entry["node"] != self.node_id:
+            return entry, NotFound(f"{code} is held at node {entry['node']}, not here")
+        return entry, None
+
     def refuse(self, doc: dict[str, Any], problem: ApiError, now: int) -> None:
         """A submission that cannot be served is rejected on receipt, with the reason."""
         doc["status"] = "rejected"
