@@ -14,6 +14,7 @@ from datetime import datetime
 import pytest
 import pytest_asyncio
 
+from node.federation.http import FEDERATION
 from node.ids import make_gb32100
 from node.requests.http import DATA_REQUESTS
 from node.workdays import CST
@@ -142,6 +143,24 @@ async def test_a_request_to_a_department_unknown_there_is_rejected_on_receipt(tr
     # To a node in no known subtree: refused at once, nothing stored.
     status, body = await county.call("POST", "/api/v1/data-requests", "civil", json_body=ask("450000"))
     assert (status, error_code(body)) == (404, "NODE_UNKNOWN"), body
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_node_that_does_not_take_data_requests_is_shown_as_not_delivered(tree):
+    """A city still on a version without data requests answers KIND_UNSUPPORTED: the federation gives up on
+    the submit, and the requester's copy says so instead of waiting for ever."""
+    city, county = tree["370300"], tree["370321"]
+    handlers = city.app[FEDERATION].handlers
+    taken = handlers.pop("data_request.submit")
+    try:
+        status, req = await county.call("POST", "/api/v1/data-requests", "civil", json_body=ask("370300"))
+        assert status == 201 and req["status"] == "submitted", req
+        copy = await copy_at(county, "civil", req["id"], lambda d: d["status"] == "rejected")
+    finally:
+        handlers["data_request.submit"] = taken
+    last = copy["history"][-1]
+    assert (last["event"], last["by"]) == ("not_delivered", "370321/platform") and "KIND_UNSUPPORTED" in last["reason"]
+    assert copy["version"] == 0 and copy["assigned_at"]
 
 
 # On one node -----------------------------------------------------------------------------------------------

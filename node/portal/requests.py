@@ -19,7 +19,7 @@ from node.context import CONFIG
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
 from node.federation.http import FEDERATION
 from node.mirror import PLATFORM
-from node.portal.applications import form_text, node_name, page_number, pager
+from node.portal.applications import form_text, list_filters, node_name, pager
 from node.ids import level_of
 from node.portal.pages import FORM, LEVEL_NAMES, PortalRoutes, redirect, show_on_error
 from node.portal.wording import REQUEST_EVENTS, REQUEST_STATUSES, parse_form
@@ -66,14 +66,7 @@ async def requests_list(request: web.Request, person: Person | None) -> dict[str
     assert person is not None
     acct = person.account
     views = LIST_VIEWS[acct.role]
-    view = request.query.get("view", views[0][0])
-    if view not in dict(views):
-        view = views[0][0]
-    status = request.query.get("status") or None
-    if status not in REQUEST_STATUSES:
-        status = None
-    overdue = True if request.query.get("overdue") == "1" else None
-    page = page_number(request)
+    view, status, overdue, page = list_filters(request, views, REQUEST_STATUSES)
     total, docs = await request.app[DATA_REQUESTS].list_requests(acct, role=view, status=status, overdue=overdue,
                                                                  page=page, page_size=PAGE_SIZE)
     return {"docs": docs, "total": total, "page": page, "page_size": PAGE_SIZE, "views": views, "view": view,
