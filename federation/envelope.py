@@ -41,6 +41,8 @@ KINDS = frozenset(
         "application.update",
         "feedback.submit",
         "feedback.update",
+        "data_request.submit",
+        "data_request.update",
         "licence.verify",
     }
 )

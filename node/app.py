@@ -67,12 +67,12 @@ def _capabilities() -> list:
     from node.subscriptions.http import setup as subscriptions
     from node.quality.http import setup as quality
     from node.items.http import setup as items
+    from node.requests.http import setup as requests
     from node.portal.http import setup as portal
     from node.figures.http import setup as figures
 
-    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, figures,
-            items,
-            portal]
+    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, requests,
+            figures, items, portal]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

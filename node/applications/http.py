@@ -21,6 +21,8 @@ from node.ids import now_ms
 from node.ops.http import STATS_SECTIONS
 from node.sharing.http import SHARING
 from node.web import ApiRoutes, json_response, parse_model, query_model, read_body, read_model
+from node.workflow import WORKFLOWS
+from node.workflow import setup as workflows
 
 APPLICATIONS = web.AppKey("applications", ApplicationService)
 routes = ApiRoutes()
@@ -152,6 +154,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     app[CLUSTER].on_lead(svc.take_up, svc.give_up)
     app[CLUSTER].on("grants", svc.forget)
     app[APPLICATIONS] = svc
+    app[WORKFLOWS]["applications"] = svc.flow
     try:
         yield
     finally:
@@ -159,5 +162,6 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
+    workflows(app)
     app.cleanup_ctx.append(_service)
     add_routes(app, routes)

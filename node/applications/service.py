@@ -15,21 +15,21 @@ Deadlines (China Standard Time, official working days through node.workdays): th
 due on the 3rd working day after the submission day, the department's decision on the 10th working day
 after the review. A scheduled job flags a step past its due date once (`overdue: true`, a history entry,
 an audit record for the node's operators, an update to the applicant's node).
+
+The document, its mirror, its messages, its steps under lock, the deadlines and the statistics are
+node.workflow's mechanism; this module says what an application is and what its steps do (a grant).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import statistics
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from federation.canonical import encode_canonical_json
 from federation.errors import FederationError, SignatureError, TrustError
@@ -43,12 +43,13 @@ from node.catalog.service import CatalogService
 from node.cluster import announce
 from node.db import write_tx
 from node.errors import ApiError, Conflict, Forbidden, GrantRequired, InvalidInput, NotFound, ShareForbidden
-from node.federation.service import ASYNC_TTL_MS, FederationService
+from node.federation.service import FederationService
 from node.ids import new_id, now_ms
-from node.mirror import Mirror, history_event
+from node.mirror import history_event
 from node.web import validation_details
-from node.workdays import add_working_days, cst_date, cst_iso, end_of_day_ms, iso_ms
-from node.schedule import PeriodicJobs
+from node.workdays import cst_date, cst_iso, end_of_day_ms, iso_ms
+from node.workflow import store as documents
+from node.workflow.flow import Kind, Step, Workflow
 
 log = logging.getLogger("govnode.applications")
 
@@ -57,21 +58,15 @@ DECISION_DAYS = 10
 DEFAULT_GRANT_DAYS = 365
 _CACHE_LIMIT = 10_000
 
-
-
-def row_of(doc: dict[str, Any], pending: bool) -> dict[str, Any]:
-    """The columns of an application's row, all derived from its document."""
-    return {
-        "id": doc["id"], "resource": doc["resource"],
-        "applicant_node": doc["applicant"]["node"], "applicant_dept": doc["applicant"]["dept"],
-        "provider_node": doc["provider"]["node"], "provider_dept": doc["provider"]["dept"],
-        "status": doc["status"], "overdue": doc["overdue"],
-        "submitted_at": iso_ms(doc["submitted_at"]), "received_at": iso_ms(doc.get("received_at")),
-        "review_due": doc["review_due"], "reviewed_at": iso_ms(doc.get("reviewed_at")),
-        "decision_due": doc.get("decision_due"), "decided_at": iso_ms(doc.get("decided_at")),
-        "version": doc["version"], "notify_pending": pending, "updated_at": now_ms(),
-        "doc": json.dumps(doc, ensure_ascii=False),
-    }
+APPLICATION = Kind(
+    name="application", noun="application", table=store.applications, requester="applicant", audit="applications",
+    statuses=("submitted", "accepted", "approved", "rejected", "withdrawn"),
+    steps=(Step("review", ("submitted",), due="review_due", started="submitted_at", done="reviewed_at",
+                late=lambda due: f"the platform review was due on {due}"),
+           Step("decision", ("accepted",), due="decision_due", started="reviewed_at", done="decided_at",
+                late=lambda due: f"the providing department's decision was due on {due}")),
+    columns=lambda doc: {"resource": doc["resource"], "received_at": iso_ms(doc.get("received_at"))},
+)
 
 
 def grant_row(grant: dict[str, Any], application_id: str, provider_dept: str, revoked_at: int | None = None,
@@ -95,9 +90,6 @@ def grant_status(valid_from: int, valid_until: int, revoked_at: int | None, now:
     return "active"
 
 
-def _median_hours(values: list[int]) -> float | None:
-    return round(statistics.median(values) / 3_600_000, 2) if values else None
-
 
 class ApplicationService:
     def __init__(self, engine: AsyncEngine, node_id: str, catalog: CatalogService, federation: FederationService,
@@ -106,14 +98,8 @@ class ApplicationService:
         self.node_id = node_id
         self.catalog = catalog
         self.federation = federation
-        self.mirror = Mirror(engine, store.applications, federation, node_id, "application.update", "application",
-                             "applicant")
-        self.audit = audit
-        # Now, in epoch milliseconds: submissions, reviews, decisions, deadlines and grant validity all read
-        # this clock (tests set it to a chosen day); trust checks of certificates use the real time.
-        self.clock: Callable[[], int] = now_ms
-        self.check_interval_s = 60.0
-        self._jobs = PeriodicJobs()
+        self.flow = Workflow(APPLICATION, engine, node_id, federation, audit, log)
+        self.mirror = self.flow.mirror
         # Grants issued here: id -> revoked_at (None while live). The provider is the authority on
         # revocation, and every revocation goes through this service, so the cache is never stale.
         self._revoked: dict[str, int | None] = {}
@@ -121,6 +107,16 @@ class ApplicationService:
         self._verified_with = ""
         # Grants held by (resource, consumer node, consumer dept), for attaching to calls.
         self._held: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+
+    @property
+    def clock(self) -> Callable[[], int]:
+        """Now, in epoch milliseconds: submissions, reviews, decisions, deadlines and grant validity all read
+        this clock (tests set it to a chosen day); trust checks of certificates use the real time."""
+        return self.flow.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], int]) -> None:
+        self.flow.clock = value
 
     # Life cycle -------------------------------------------------------------------------------------
 
@@ -134,52 +130,36 @@ class ApplicationService:
 
     def connect(self, sharing: Any) -> None:
         """Register the federation's message handlers and the sharing service's grant hooks."""
-        self.federation.handlers["application.submit"] = self.on_submit
-        self.federation.handlers["application.update"] = self.on_update
+        self.flow.connect(self.on_submit, self.on_update)
         sharing.grant_checker = self.check_grant
         sharing.grant_finder = self.find_grant
 
     async def take_up(self) -> None:
-        """Deadline checks and re-sends are background work: one worker of the node runs them (node.cluster)."""
-        self._jobs.start((self._scheduled_check, self.check_interval_s, "deadlines"),
-                         (self.mirror.resend_pending, 30, "resend"))
+        await self.flow.take_up()
 
     async def give_up(self) -> None:
-        self._jobs.stop()
+        await self.flow.give_up()
 
     async def close(self) -> None:
-        self._jobs.stop()
-
-    async def _scheduled_check(self) -> None:
-        try:
-            await self.check_deadlines()
-        except Exception:  # noqa: BLE001 - the next run tries again
-            log.exception("deadline check failed")
+        await self.flow.close()
 
     # Documents ----------------------------------------------------------------------------------------
 
-    def _calendar_note(self, doc: dict[str, Any], at: int, deadline: Any, step: str) -> None:
-        note = deadline.note()
-        if note:
-            doc["history"].append(history_event(at, self.mirror.platform, doc["status"], "calendar", f"{step}: {note}"))
-
     def _new_doc(self, *, app_id: str, body: ApplicationCreate, name: str | None, applicant: dict[str, str],
                  provider: dict[str, str], submitted: int, received: int | None) -> dict[str, Any]:
-        deadline = add_working_days(cst_date(submitted), REVIEW_DAYS)
         doc: dict[str, Any] = {
             "id": app_id, "resource": body.resource, "resource_name": name, "applicant": applicant,
             "provider": provider, "ops": list(body.ops), "fields": list(body.fields), "purpose": body.purpose,
             "basis": body.basis, "wanted_until": body.wanted_until, "status": "submitted",
-            "submitted_at": cst_iso(submitted),
-            "received_at": cst_iso(received) if received is not None else None,
-            "review_due": deadline.due.isoformat(), "reviewed_at": None, "decision_due": None, "decided_at": None,
+            "submitted_at": cst_iso(submitted), "received_at": None,
+            "review_due": None, "reviewed_at": None, "decision_due": None, "decided_at": None,
             "overdue": False, "grant": None, "revoked_at": None,
             "history": [history_event(submitted, f"{applicant['node']}/{applicant['dept']}", "submitted", "submitted")],
             "version": 0,
         }
-        if received is not None and provider["node"] != applicant["node"]:
-            doc["history"].append(history_event(received, self.mirror.platform, "submitted", "received"))
-        self._calendar_note(doc, received if received is not None else submitted, deadline, "review_due")
+        if received is not None:
+            self.flow.received(doc, received)
+        self.flow.due(submitted, REVIEW_DAYS, doc, "review_due", at=received if received is not None else submitted)
         return doc
 
     @staticmethod
@@ -195,18 +175,8 @@ class ApplicationService:
                                 [{"field": f"fields.{f}", "error": "not an item of this resource"} for f in unknown])
         return None
 
-    def _may_see(self, acct: Account, doc: dict[str, Any]) -> bool:
-        if acct.role in ("operator", "auditor"):
-            return True
-        a, p = doc["applicant"], doc["provider"]
-        return (acct.node, acct.dept) in ((a["node"], a["dept"]), (p["node"], p["dept"]))
 
-    async def _load(self, app_id: str) -> dict[str, Any]:
-        async with self.engine.connect() as conn:
-            row = await store.get_application(conn, app_id)
-        if row is None:
-            raise NotFound(f"no application {app_id} at node {self.node_id}")
-        return json.loads(row.doc)
+    # The department API ---------------------------------------------------------------------------------
 
     # The department API ---------------------------------------------------------------------------------
 
@@ -224,83 +194,58 @@ class ApplicationService:
         provider = {"node": entry["node"], "dept": entry["provider"]["dept"]}
         applicant = {"node": acct.node, "dept": acct.dept}
         remote = provider["node"] != self.node_id
-        if remote:
-            self.federation.require_joined()
-            if self.federation.route(provider["node"]) is None:
-                raise ApiError(f"node {provider['node']} is in no known subtree", {"node": provider["node"]},
-                               code="NODE_UNKNOWN")
         doc = self._new_doc(app_id=new_id(), body=body, name=entry["name"], applicant=applicant, provider=provider,
                             submitted=now, received=None if remote else now)
-        doc["version"] = 0 if remote else 1
         async with self.engine.connect() as conn:
             existing = await store.open_application(conn, body.resource, acct.node, acct.dept)
         if existing is not None:
             raise Conflict(f"application {existing} for {body.resource} still awaits its decision",
                            {"application": existing})
-        if remote:
-            # Queued durably before anything is stored here: if storing fails, the provider's first update
-            # creates this copy anyway; if queueing fails, nothing was made.
-            await self.federation.send_async("application.submit", provider["node"], {"application": {
-                "id": doc["id"], "resource": body.resource, "applicant": applicant, "provider": provider,
-                "ops": doc["ops"], "fields": doc["fields"], "purpose": body.purpose, "basis": body.basis,
-                "submitted_at": now,
-                # Only when given, so that a provider node that predates the field still takes the rest.
-                **({"wanted_until": body.wanted_until} if body.wanted_until else {}),
-            }})
-        async with write_tx(self.engine) as conn:
-            held = await store.get_application(conn, doc["id"])
-            if held is None:
-                await store.insert_application(conn, row_of(doc, pending=False))
-        return doc if held is None else json.loads(held.doc)  # the provider's first update came first
+        return await self.flow.create(doc, {
+            "id": doc["id"], "resource": body.resource, "applicant": applicant, "provider": provider,
+            "ops": doc["ops"], "fields": doc["fields"], "purpose": body.purpose, "basis": body.basis,
+            "submitted_at": now,
+            # Only when given, so that a provider node that predates the field still takes the rest.
+            **({"wanted_until": body.wanted_until} if body.wanted_until else {}),
+        })
 
     async def get(self, acct: Account, app_id: str) -> dict[str, Any]:
-        doc = await self._load(app_id)
-        if not self._may_see(acct, doc):
-            raise Forbidden(f"application {app_id} is neither the caller's nor on the caller's resource")
-        return doc
+        return await self.flow.get(acct, app_id)
 
     async def list_applications(self, acct: Account, *, role: str | None, status: str | None, overdue: bool | None,
                    resource: str | None, page: int, page_size: int) -> tuple[int, list[dict[str, Any]]]:
-        dept = None if acct.role in ("operator", "auditor") else acct.dept
-        async with self.engine.connect() as conn:
-            total, docs = await store.list_applications(
-                conn, node=self.node_id, dept=dept, role=role, status=status, overdue=overdue, resource=resource,
-                offset=(page - 1) * page_size, limit=page_size)
-        return total, [json.loads(d) for d in docs]
+        return await self.flow.list(acct, role=role, status=status, overdue=overdue, page=page, page_size=page_size,
+                                    resource=resource)
 
     async def withdraw(self, acct: Account, app_id: str, reason: str) -> dict[str, Any]:
-        doc = await self._load(app_id)
-        a = doc["applicant"]
-        if acct.role != "dept" or (acct.node, acct.dept) != (a["node"], a["dept"]):
+        doc = await self.flow.load(app_id)
+        if not self.flow.is_requester(acct, doc):
             raise Forbidden("only the applicant department withdraws its application")
         if doc["status"] not in OPEN_STATUSES:
             raise Conflict(f"application {app_id} is {doc['status']}; only one awaiting a decision can be withdrawn")
-        if doc["provider"]["node"] == self.node_id:
+        if self.flow.held_here(doc):
             return await self._apply_withdrawal(app_id, acct.dept, reason, acct.node)
         # The provider's node decides (a decision may cross the request); this copy shows the withdrawal
         # at once and is replaced by the provider's answer (withdrawn, or withdraw_refused).
         await self.federation.send_async("application.update", doc["provider"]["node"],
                                          {"withdraw": {"id": app_id, "dept": acct.dept, "reason": reason}})
         async with write_tx(self.engine) as conn:
-            row = await store.get_application(conn, app_id, for_update=True)
+            row = await documents.get(conn, store.applications, app_id, for_update=True)
             assert row is not None
             doc = json.loads(row.doc)
             if doc["status"] in OPEN_STATUSES:
                 doc["status"] = "withdrawn"
                 doc["history"].append(history_event(self.clock(), acct.principal, "withdrawn", "withdrawn", reason))
-                await store.update_application(conn, app_id, row_of(doc, pending=False))
+                await documents.update(conn, store.applications, app_id, self.flow.row_of(doc, pending=False))
         return doc
 
     async def review(self, acct: Account, app_id: str, body: Review) -> dict[str, Any]:
         if acct.role != "operator":
             raise Forbidden("the platform review is made by the provider node's operator")
-        async with write_tx(self.engine) as conn:
-            row = await store.get_application(conn, app_id, for_update=True)
-            if row is None:
-                raise NotFound(f"no application {app_id} at node {self.node_id}")
-            if row.provider_node != self.node_id:
-                raise Forbidden(f"application {app_id} is reviewed by the operator of node {row.provider_node}")
-            doc = json.loads(row.doc)
+
+        async def change(doc: dict[str, Any], conn: AsyncConnection) -> None:
+            if not self.flow.held_here(doc):
+                raise Forbidden(f"application {app_id} is reviewed by the operator of node {doc['provider']['node']}")
             if doc["status"] != "submitted":
                 raise Conflict(f"application {app_id} is {doc['status']}; only a submitted one is reviewed")
             now = self.clock()
@@ -308,39 +253,28 @@ class ApplicationService:
             doc["overdue"] = False
             if body.decision == "accept":
                 doc["status"] = "accepted"
-                deadline = add_working_days(cst_date(now), DECISION_DAYS)
-                doc["decision_due"] = deadline.due.isoformat()
                 doc["history"].append(history_event(now, acct.principal, "accepted", "accepted", body.reason))
-                self._calendar_note(doc, now, deadline, "decision_due")
+                self.flow.due(now, DECISION_DAYS, doc, "decision_due")
             else:
                 doc["status"] = "rejected"
                 doc["history"].append(history_event(now, acct.principal, "rejected", "rejected", body.reason))
-            doc["version"] += 1
-            await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
-        await self.mirror.notify(doc)
-        return doc
+
+        return await self.flow.transition(app_id, change)
 
     async def decide(self, acct: Account, app_id: str, body: Decision) -> dict[str, Any]:
-        doc = await self._load(app_id)
+        doc = await self.flow.load(app_id)
         p = doc["provider"]
-        if doc["provider"]["node"] != self.node_id:
+        if not self.flow.held_here(doc):
             raise Forbidden(f"application {app_id} is decided at node {p['node']} by its providing department")
-        if acct.role != "dept" or acct.dept != p["dept"]:
+        if not self.flow.is_provider(acct, doc):
             raise Forbidden(f"the decision is made by the providing department {p['node']}/{p['dept']}")
-        if doc["status"] != "accepted":
-            hint = "; the platform review comes first" if doc["status"] == "submitted" else ""
-            raise Conflict(f"application {app_id} is {doc['status']}{hint}")
-        grant = None
+        self._decidable(doc)
         now = self.clock()
-        if body.decision == "approve":
-            grant = await self._issue(doc, body, now)
-        async with write_tx(self.engine) as conn:
-            row = await store.get_application(conn, app_id, for_update=True)
-            assert row is not None
-            doc = json.loads(row.doc)
-            if doc["status"] != "accepted":
-                hint = "; the platform review comes first" if doc["status"] == "submitted" else ""
-                raise Conflict(f"application {app_id} is {doc['status']}{hint}")
+        # Signed before the transition (it reads the catalog); used only if the transition is made.
+        grant = await self._issue(doc, body, now) if body.decision == "approve" else None
+
+        async def change(doc: dict[str, Any], conn: AsyncConnection) -> None:
+            self._decidable(doc)
             doc["decided_at"] = cst_iso(now)
             doc["overdue"] = False
             if grant is not None:
@@ -351,13 +285,18 @@ class ApplicationService:
             else:
                 doc["status"] = "rejected"
             doc["history"].append(history_event(now, acct.principal, doc["status"], doc["status"], body.reason))
-            doc["version"] += 1
-            await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
+
+        doc = await self.flow.transition(app_id, change)
         if grant is not None:
             self._revoked[grant["id"]] = None
             self._held.clear()
-        await self.mirror.notify(doc)
         return doc
+
+    @staticmethod
+    def _decidable(doc: dict[str, Any]) -> None:
+        if doc["status"] != "accepted":
+            hint = "; the platform review comes first" if doc["status"] == "submitted" else ""
+            raise Conflict(f"application {doc['id']} is {doc['status']}{hint}")
 
     async def _issue(self, doc: dict[str, Any], body: Decision, now: int) -> dict[str, Any]:
         """The signed grant of an approval (checked against what was asked: narrower, never wider)."""
@@ -429,14 +368,15 @@ class ApplicationService:
             await store.revoke_grant(conn, grant_id, now, reason)
             # The other workers of this node refuse the grant from the moment this commits.
             await announce(conn, "grants", grant_id)
-            app = await store.get_application(conn, row.application_id, for_update=True)
+            app = await documents.get(conn, store.applications, row.application_id, for_update=True)
             doc = None
             if app is not None:
                 doc = json.loads(app.doc)
                 doc["revoked_at"] = cst_iso(now)
                 doc["history"].append(history_event(now, acct.principal, doc["status"], "revoked", reason))
                 doc["version"] += 1
-                await store.update_application(conn, app.id, row_of(doc, pending=self.mirror.remote(doc)))
+                await documents.update(conn, store.applications, app.id,
+                                       self.flow.row_of(doc, pending=self.mirror.remote(doc)))
             row = await store.get_grant(conn, grant_id)
         self._revoked[grant_id] = now
         self._held.clear()
@@ -448,48 +388,20 @@ class ApplicationService:
 
     async def on_submit(self, env: dict[str, Any]) -> dict[str, Any]:
         """application.submit at the provider's node: store it (refused on receipt if it cannot be served)."""
-        try:
-            sub = SubmittedApplication.model_validate((env.get("body") or {}).get("application"))
-        except ValidationError as exc:
-            raise InvalidInput("the application is malformed", validation_details(exc)) from None
-        if sub.applicant.node != env["origin"]:
-            raise Forbidden(f"{env['origin']} cannot submit for a department of node {sub.applicant.node}")
-        async with self.engine.connect() as conn:
-            held = await store.get_application(conn, sub.id)
-        if held is not None:
-            if held.applicant_node != sub.applicant.node:
-                raise Conflict(f"application id {sub.id} is taken")
-            await self.mirror.notify(json.loads(held.doc))  # the applicant's node asked again: answer again
-            return {"accepted": True, "duplicate": True}
-        now = self.clock()
-        submitted = min(max(sub.submitted_at, now - ASYNC_TTL_MS), now)
-        problem: ApiError | None = None
-        entry = None
-        try:
-            entry = await self.catalog.get(sub.resource)
-        except NotFound as exc:
-            problem = exc
-        if entry is not None:
-            if entry["node"] != self.node_id:
-                problem = NotFound(f"{sub.resource} is held at node {entry['node']}, not here")
-            else:
-                problem = self._problem(entry, list(sub.ops), list(sub.fields))
+        return await self.flow.receive(env, SubmittedApplication, self._received)
+
+    async def _received(self, sub: SubmittedApplication, now: int) -> dict[str, Any]:
+        submitted = self.flow.submitted_at(sub.submitted_at, now)
+        entry, problem = await self.flow.named_entry(self.catalog, sub.resource)
+        if entry is not None and problem is None:
+            problem = self._problem(entry, list(sub.ops), list(sub.fields))
         provider = {"node": self.node_id,
                     "dept": entry["provider"]["dept"] if entry is not None else sub.provider.dept}
         doc = self._new_doc(app_id=sub.id, body=sub, name=entry["name"] if entry else None,
                             applicant=sub.applicant.model_dump(), provider=provider, submitted=submitted, received=now)
         if problem is not None:
-            doc["status"] = "rejected"
-            doc["history"].append(history_event(now, self.mirror.platform, "rejected", "rejected",
-                                              f"refused on receipt: {problem.message}"))
-        doc["version"] = 1
-        try:
-            async with write_tx(self.engine) as conn:
-                await store.insert_application(conn, row_of(doc, pending=self.mirror.remote(doc)))
-        except IntegrityError:  # the same submission delivered twice at once
-            return {"accepted": True, "duplicate": True}
-        await self.mirror.notify(doc)
-        return {"accepted": True}
+            self.flow.refuse(doc, problem, now)
+        return doc
 
     async def on_update(self, env: dict[str, Any]) -> dict[str, Any]:
         body = env.get("body") or {}
@@ -500,48 +412,31 @@ class ApplicationService:
                 raise InvalidInput("the withdrawal is malformed", validation_details(exc)) from None
             doc = await self._apply_withdrawal(w.id, w.dept, w.reason, env["origin"])
             return {"accepted": True, "status": doc["status"]}
-        try:
-            app = Application.model_validate(body.get("application"))
-        except ValidationError as exc:
-            raise InvalidInput("the application is malformed", validation_details(exc)) from None
-        if app.provider.node != env["origin"]:
-            raise Forbidden(f"{env['origin']} cannot update an application held at node {app.provider.node}")
-        if app.applicant.node != self.node_id:
-            raise InvalidInput(f"application {app.id} was made at node {app.applicant.node}, not here")
-        doc = app.model_dump()
-        grant = doc.get("grant")
-        if grant is not None:
-            self._verify_received_grant(grant, doc, env["origin"])
-        async with write_tx(self.engine) as conn:
-            held = await store.get_application(conn, app.id, for_update=True)
-            if held is not None and (held.provider_node, held.applicant_node, held.applicant_dept) != (
-                    app.provider.node, app.applicant.node, app.applicant.dept):
-                raise Forbidden(f"application {app.id} held here is not {env['origin']}'s to update")
-            if held is not None and held.version >= app.version:
-                return {"accepted": True, "stale": True}
-            if held is None:
-                await store.insert_application(conn, row_of(doc, pending=False))
-            else:
-                await store.update_application(conn, app.id, row_of(doc, pending=False))
+        def check_grant(doc: dict[str, Any]) -> None:
+            if doc.get("grant") is not None:
+                self._verify_received_grant(doc["grant"], doc, env["origin"])
+
+        async def keep_grant(doc: dict[str, Any], conn: AsyncConnection) -> None:
+            grant = doc.get("grant")
             if grant is not None:
                 revoked = iso_ms(doc.get("revoked_at"))
                 reason = next((h["reason"] for h in reversed(doc["history"]) if h["event"] == "revoked"), None)
-                await store.put_grant(conn, grant_row(grant, app.id, app.provider.dept, revoked, reason))
+                await store.put_grant(conn, grant_row(grant, doc["id"], doc["provider"]["dept"], revoked, reason))
                 await announce(conn, "grants", grant["id"])
-        self._held.clear()
-        return {"accepted": True}
+
+        answer = await self.flow.on_update(env, Application, keep_grant, check_grant)
+        if not answer.get("stale"):
+            self._held.clear()
+        return answer
 
     async def _apply_withdrawal(self, app_id: str, dept: str, reason: str, origin: str) -> dict[str, Any]:
         """At the provider's node: withdraw if no decision was made yet, else record the refusal."""
-        async with write_tx(self.engine) as conn:
-            row = await store.get_application(conn, app_id, for_update=True)
-            if row is None:
-                raise NotFound(f"no application {app_id} at node {self.node_id}")
-            if row.provider_node != self.node_id:
-                raise Forbidden(f"application {app_id} is held at node {row.provider_node}")
-            if (row.applicant_node, row.applicant_dept) != (origin, dept):
+
+        async def change(doc: dict[str, Any], conn: AsyncConnection) -> None:
+            if not self.flow.held_here(doc):
+                raise Forbidden(f"application {app_id} is held at node {doc['provider']['node']}")
+            if (doc["applicant"]["node"], doc["applicant"]["dept"]) != (origin, dept):
                 raise Forbidden("only the applicant department withdraws its application")
-            doc = json.loads(row.doc)
             now = self.clock()
             by = f"{origin}/{dept}"
             if doc["status"] in OPEN_STATUSES:
@@ -550,50 +445,16 @@ class ApplicationService:
                 doc["history"].append(history_event(now, by, "withdrawn", "withdrawn", reason))
             else:
                 doc["history"].append(history_event(now, by, doc["status"], "withdraw_refused",
-                                                  f"the application was already {doc['status']}"))
-            doc["version"] += 1
-            await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
-        await self.mirror.notify(doc)
-        return doc
+                                                    f"the application was already {doc['status']}"))
+
+        return await self.flow.transition(app_id, change)
 
     # Deadlines ----------------------------------------------------------------------------------------------
 
     async def check_deadlines(self) -> list[str]:
         """Flag every open step past its due date (once a step); returns the ids flagged."""
-        now = self.clock()
-        today = cst_date(now).isoformat()
-        async with self.engine.connect() as conn:
-            ids = await store.overdue_candidates(conn, self.node_id, today)
-        flagged = []
-        for app_id in ids:
-            async with write_tx(self.engine) as conn:
-                row = await store.get_application(conn, app_id, for_update=True)
-                if row is None or row.overdue:
-                    continue
-                doc = json.loads(row.doc)
-                if doc["status"] == "submitted" and doc["review_due"] < today:
-                    step, due = "the platform review", doc["review_due"]
-                elif doc["status"] == "accepted" and (doc.get("decision_due") or today) < today:
-                    step, due = "the providing department's decision", doc["decision_due"]
-                else:
-                    continue
-                doc["overdue"] = True
-                doc["history"].append(history_event(now, self.mirror.platform, doc["status"], "overdue",
-                                                  f"{step} was due on {due}"))
-                doc["version"] += 1
-                await store.update_application(conn, app_id, row_of(doc, pending=self.mirror.remote(doc)))
-            await self.audit.record(
-                request_id=new_id(), actor=self.mirror.platform, role="system", action="applications.overdue",
-                method="", path="", outcome="ok", status=0, resource=doc["resource"],
-                details={"application": app_id, "step": "review" if doc["status"] == "submitted" else "decision",
-                         "due": due, "applicant": f"{doc['applicant']['node']}/{doc['applicant']['dept']}",
-                         "provider": f"{doc['provider']['node']}/{doc['provider']['dept']}"},
-            )
-            await self.mirror.notify(doc)
-            flagged.append(app_id)
-        if flagged:
-            log.warning("%d application step(s) overdue at %s: %s", len(flagged), self.node_id, ", ".join(flagged))
-        return flagged
+        return await self.flow.check_deadlines()
+
 
     # Grants in calls (the sharing service's hooks) ------------------------------------------------------------
 
@@ -697,42 +558,17 @@ class ApplicationService:
             total = (await store.call_stats(conn, since, until, None))[0]
             by_resource = await store.call_stats(conn, since, until, "resource")
             by_actor = await store.call_stats(conn, since, until, "actor")
-            rows = await store.approval_rows(conn, self.node_id, since, until)
 
         def calls(r: Any) -> dict[str, Any]:
             return {"key": r.key, "calls": int(r.calls), "errors": int(r.errors or 0),
                     "latency": {"mean_ms": round(float(r.mean), 1) if r.mean is not None else None,
                                 "max_ms": int(r.max) if r.max is not None else None}}
 
-        today = cst_date(self.clock()).isoformat()
-        per_dept: dict[str, list[Any]] = defaultdict(list)
-        for r in rows:
-            per_dept[r.provider_dept].append(r)
         approvals = []
-        for dept in sorted(per_dept):
-            rs = per_dept[dept]
-            counts = {s: sum(1 for r in rs if r.status == s)
-                      for s in ("submitted", "accepted", "approved", "rejected", "withdrawn")}
-            reviewed = [r for r in rs if r.reviewed_at is not None]
-            decided = [r for r in rs if r.decided_at is not None and r.reviewed_at is not None]
-            review_on_time = sum(1 for r in reviewed if cst_date(r.reviewed_at).isoformat() <= r.review_due)
-            decision_on_time = sum(1 for r in decided if r.decision_due and cst_date(r.decided_at).isoformat() <= r.decision_due)
-            approvals.append({
-                "dept": f"{self.node_id}/{dept}", "applications": len(rs), **counts,
-                "review": {
-                    "done": len(reviewed), "on_time": review_on_time,
-                    "on_time_rate": round(review_on_time / len(reviewed), 4) if reviewed else None,
-                    "median_hours": _median_hours([r.reviewed_at - r.submitted_at for r in reviewed]),
-                    "overdue_open": sum(1 for r in rs if r.status == "submitted" and r.review_due < today),
-                },
-                "decision": {
-                    "done": len(decided), "on_time": decision_on_time,
-                    "on_time_rate": round(decision_on_time / len(decided), 4) if decided else None,
-                    "median_hours": _median_hours([r.decided_at - r.reviewed_at for r in decided]),
-                    "overdue_open": sum(1 for r in rs if r.status == "accepted" and r.decision_due
-                                        and r.decision_due < today),
-                },
-            })
+        for d in await self.flow.summary(since, until):
+            steps = d["steps"]
+            approvals.append({"dept": d["dept"], "applications": d["total"], **d["by_status"],
+                              "review": steps["review"], "decision": steps["decision"]})
         return {
             "node": self.node_id, "since": cst_iso(since), "until": cst_iso(until),
             "calls": {"total": int(total.calls), "errors": int(total.errors or 0),

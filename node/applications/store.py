@@ -61,21 +61,7 @@ SERVED_ACTION = "federation.deliver"
 
 
 # Applications -----------------------------------------------------------------------------------------
-
-async def get_application(conn: AsyncConnection, app_id: str, *, for_update: bool = False) -> sa.Row | None:
-    q = sa.select(applications).where(applications.c.id == app_id)
-    if for_update:
-        q = q.with_for_update()
-    return (await conn.execute(q)).first()
-
-
-async def insert_application(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    await conn.execute(sa.insert(applications).values(**row))
-
-
-async def update_application(conn: AsyncConnection, app_id: str, row: dict[str, Any]) -> None:
-    await conn.execute(sa.update(applications).where(applications.c.id == app_id).values(**row))
-
+# Their queries are every workflow's (node.workflow.store), but for this one.
 
 async def open_application(conn: AsyncConnection, resource: str, node: str, dept: str) -> str | None:
     """The id of an application of this department for this resource still awaiting a decision."""
@@ -84,60 +70,6 @@ async def open_application(conn: AsyncConnection, resource: str, node: str, dept
         applications.c.applicant_dept == dept, applications.c.status.in_(("submitted", "accepted")),
     ).limit(1)
     return (await conn.execute(q)).scalar()
-
-
-def _visible(node: str, dept: str | None, role: str | None) -> Any:
-    """Which rows a caller sees: a department its own (as applicant or provider), the node's staff all."""
-    as_applicant = applications.c.applicant_node == node
-    as_provider = applications.c.provider_node == node
-    if dept is not None:
-        as_applicant = sa.and_(as_applicant, applications.c.applicant_dept == dept)
-        as_provider = sa.and_(as_provider, applications.c.provider_dept == dept)
-    if role == "applicant":
-        return as_applicant
-    if role == "provider":
-        return as_provider
-    return sa.or_(as_applicant, as_provider)
-
-
-async def list_applications(
-    conn: AsyncConnection, *, node: str, dept: str | None, role: str | None, status: str | None,
-    overdue: bool | None, resource: str | None, offset: int, limit: int,
-) -> tuple[int, list[str]]:
-    conds = [_visible(node, dept, role)]
-    if status:
-        conds.append(applications.c.status == status)
-    if overdue is not None:
-        conds.append(applications.c.overdue.is_(overdue))
-    if resource:
-        conds.append(applications.c.resource == resource)
-    where = sa.and_(*conds)
-    total = (await conn.execute(sa.select(sa.func.count()).select_from(applications).where(where))).scalar_one()
-    q = (sa.select(applications.c.doc).where(where)
-         .order_by(applications.c.submitted_at.desc(), applications.c.id.desc()).offset(offset).limit(limit))
-    return int(total), [r[0] for r in (await conn.execute(q)).all()]
-
-
-async def overdue_candidates(conn: AsyncConnection, node: str, today: str) -> list[str]:
-    """Applications held here as provider whose open step is past its due date and not yet flagged."""
-    q = sa.select(applications.c.id).where(
-        applications.c.provider_node == node,
-        applications.c.overdue.is_(False),
-        sa.or_(
-            sa.and_(applications.c.status == "submitted", applications.c.review_due < today),
-            sa.and_(applications.c.status == "accepted", applications.c.decision_due < today),
-        ),
-    ).order_by(applications.c.submitted_at)
-    return [r[0] for r in (await conn.execute(q)).all()]
-
-
-async def approval_rows(conn: AsyncConnection, node: str, since: int, until: int) -> list[sa.Row]:
-    q = sa.select(
-        applications.c.provider_dept, applications.c.status, applications.c.overdue, applications.c.submitted_at,
-        applications.c.review_due, applications.c.reviewed_at, applications.c.decision_due, applications.c.decided_at,
-    ).where(applications.c.provider_node == node, applications.c.submitted_at >= since,
-            applications.c.submitted_at < until)
-    return list((await conn.execute(q)).all())
 
 
 # Grants -----------------------------------------------------------------------------------------------

@@ -72,17 +72,24 @@ LIST_VIEWS = {
 }
 
 
-async def _list(request: web.Request, person: Person, route: str) -> dict[str, Any]:
-    acct = person.account
-    views = LIST_VIEWS[acct.role]
+def list_filters(request: web.Request, views: tuple[tuple[str, str], ...],
+                 statuses: dict[str, str]) -> tuple[str, str | None, bool | None, int]:
+    """A list page's choices from its query: the view (tab), the status, only overdue, the page; anything
+    unknown falls back to the first view, any status, all, the first page."""
     view = request.query.get("view", views[0][0])
     if view not in dict(views):
         view = views[0][0]
     status = request.query.get("status") or None
-    if status not in STATUSES:
+    if status not in statuses:
         status = None
     overdue = True if request.query.get("overdue") == "1" else None
-    page = page_number(request)
+    return view, status, overdue, page_number(request)
+
+
+async def _list(request: web.Request, person: Person, route: str) -> dict[str, Any]:
+    acct = person.account
+    views = LIST_VIEWS[acct.role]
+    view, status, overdue, page = list_filters(request, views, STATUSES)
     total, docs = await request.app[APPLICATIONS].list_applications(
         acct, role=view, status=status, overdue=overdue, resource=None, page=page, page_size=PAGE_SIZE)
     return {**await _context(request, docs), "docs": docs, "total": total, "page": page, "page_size": PAGE_SIZE,

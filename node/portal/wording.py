@@ -22,6 +22,11 @@ METHODS = {"api": "接口调用", "file": "文件下载", "table": "库表交换
 EVENTS = {"submitted": "提交申请", "received": "平台收到申请", "accepted": "平台审核通过", "approved": "提供部门批准",
           "withdrawn": "申请部门撤回", "withdraw_refused": "撤回未成功（已有决定）", "overdue": "超过办理期限",
           "revoked": "授权被撤销", "calendar": "期限说明"}
+# 数据需求 (node.requests): where a request stands, and what each history entry records.
+REQUEST_STATUSES = {"submitted": "待平台分派", "accepted": "待承办部门答复", "fulfilled": "已满足", "rejected": "未能满足"}
+REQUEST_EVENTS = {"submitted": "提出需求", "received": "平台收到需求", "accepted": "平台分派承办部门",
+                  "fulfilled": "承办部门以目录资源满足需求", "rejected": "不予满足", "overdue": "超过办理期限",
+                  "calendar": "期限说明", "not_delivered": "未能送达"}
 
 
 def _sub(patterns: list[tuple[str, str]]) -> Callable[[str], str | None]:

@@ -22,6 +22,8 @@ from node.quality.service import FeedbackService
 from node.sharing.http import SHARING
 from node.subscriptions.http import SUBSCRIPTIONS
 from node.web import ApiRoutes, json_response, parse_model, query_model, read_body, read_model
+from node.workflow import WORKFLOWS
+from node.workflow import setup as workflows
 
 FEEDBACK = web.AppKey("feedback", FeedbackService)
 CHECKS = web.AppKey("checks", CheckService)
@@ -138,6 +140,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     cluster.on_lead(checks.take_up, checks.give_up)
     cluster.on("checks", checks.told)
     app[FEEDBACK] = feedback
+    app[WORKFLOWS]["feedback"] = feedback.flow
     app[CHECKS] = checks
     app[STATS_SECTIONS]["feedback"] = feedback.stats
     try:
@@ -148,6 +151,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
+    workflows(app)
     if STATS_SECTIONS not in app:
         app[STATS_SECTIONS] = {}
     app.cleanup_ctx.append(_service)

@@ -1,7 +1,8 @@
 """Feedback (held at the provider's node, copied at the reporter's) and multi-source checks.
 
 Each feedback is one row: its document as JSON (`doc`) and the columns it is searched and scheduled by;
-`notify_pending` marks a change the other node has not been sent yet (cleared once it is in the durable outbox)."""
+`notify_pending` marks a change the other node has not been sent yet (cleared once it is in the durable outbox).
+Its queries are every workflow's (node.workflow.store)."""
 
 from __future__ import annotations
 
@@ -45,60 +46,6 @@ quality_checks = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
-
-
-# Feedback -----------------------------------------------------------------------------------------------
-
-async def get_feedback(conn: AsyncConnection, fb_id: str, *, for_update: bool = False) -> sa.Row | None:
-    q = sa.select(feedback).where(feedback.c.id == fb_id)
-    if for_update:
-        q = q.with_for_update()
-    return (await conn.execute(q)).first()
-
-
-async def insert_feedback(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    await conn.execute(sa.insert(feedback).values(**row))
-
-
-async def update_feedback(conn: AsyncConnection, fb_id: str, row: dict[str, Any]) -> None:
-    await conn.execute(sa.update(feedback).where(feedback.c.id == fb_id).values(**row))
-
-
-async def list_feedback(conn: AsyncConnection, *, node: str, dept: str | None, role: str | None, status: str | None,
-                        overdue: bool | None, resource: str | None, offset: int, limit: int) -> tuple[int, list[str]]:
-    as_reporter = feedback.c.reporter_node == node
-    as_provider = feedback.c.provider_node == node
-    if dept is not None:
-        as_reporter = sa.and_(as_reporter, feedback.c.reporter_dept == dept)
-        as_provider = sa.and_(as_provider, feedback.c.provider_dept == dept)
-    conds = [as_reporter if role == "reporter" else as_provider if role == "provider" else sa.or_(as_reporter,
-                                                                                                  as_provider)]
-    if status:
-        conds.append(feedback.c.status == status)
-    if overdue is not None:
-        conds.append(feedback.c.overdue.is_(overdue))
-    if resource:
-        conds.append(feedback.c.resource == resource)
-    where = sa.and_(*conds)
-    total = (await conn.execute(sa.select(sa.func.count()).select_from(feedback).where(where))).scalar_one()
-    q = (sa.select(feedback.c.doc).where(where).order_by(feedback.c.submitted_at.desc(), feedback.c.id.desc())
-         .offset(offset).limit(limit))
-    return int(total), [r[0] for r in (await conn.execute(q)).all()]
-
-
-async def overdue_candidates(conn: AsyncConnection, node: str, today: str) -> list[str]:
-    q = sa.select(feedback.c.id).where(
-        feedback.c.provider_node == node, feedback.c.overdue.is_(False),
-        feedback.c.status.in_(("open", "confirmed")), feedback.c.due < today,
-    ).order_by(feedback.c.submitted_at)
-    return [r[0] for r in (await conn.execute(q)).all()]
-
-
-async def stats_rows(conn: AsyncConnection, node: str, since: int, until: int) -> list[sa.Row]:
-    q = sa.select(feedback.c.provider_dept, feedback.c.status, feedback.c.overdue, feedback.c.due,
-                  feedback.c.submitted_at, feedback.c.resolved_at).where(
-        feedback.c.provider_node == node, feedback.c.submitted_at >= since, feedback.c.submitted_at < until)
-    return list((await conn.execute(q)).all())
 
 
 # Checks -------------------------------------------------------------------------------------------------
