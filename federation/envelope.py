@@ -42,6 +42,7 @@ KINDS = frozenset(
         "feedback.submit",
         "feedback.update",
         "licence.verify",
+        "list.hit",  # SPEC §17: hits on a list's entries, to their issuer (双反馈)
     }
 )
 _ANSWER_KINDS = frozenset({"reply", "error"})

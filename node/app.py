@@ -66,9 +66,11 @@ def _capabilities() -> list:
     from node.exchange.http import setup as exchange
     from node.subscriptions.http import setup as subscriptions
     from node.quality.http import setup as quality
+    from node.lists.http import setup as lists
     from node.portal.http import setup as portal
 
-    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, portal]
+    return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, lists,
+            portal]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
