@@ -25,7 +25,7 @@ from node.web import ApiRoutes, json_response, parse_json, query_model, read_bod
 LISTS = web.AppKey("lists", ListService)
 routes = ApiRoutes()
 TAGS = ("lists",)
-LIST = "{code:[0-9]{6}-[0-9]{4}}"
+LIST = "{list:[0-9]{6}-[0-9]{4}}"
 ENTRY = "{entry:[0-9A-Z]{26}}"
 _ENTRIES = TypeAdapter(list[EntryIn])
 
@@ -91,7 +91,7 @@ async def hits(request: web.Request) -> web.Response:
             response=ListSummary, errors=(404,), tags=TAGS)
 async def get_list(request: web.Request) -> web.Response:
     account(request)
-    return json_response(await request.app[LISTS].get_list(request.match_info["code"]))
+    return json_response(await request.app[LISTS].get_list(request.match_info["list"]))
 
 
 @routes.get(f"/api/v1/lists/{LIST}/entries", name="lists.entries", summary="A list's entries, newest change first",
@@ -99,7 +99,7 @@ async def get_list(request: web.Request) -> web.Response:
 async def entries(request: web.Request) -> web.Response:
     account(request)
     q = query_model(request, EntriesQuery)
-    found = await request.app[LISTS].entries(request.match_info["code"], include_deleted=q.deleted, page=q.page,
+    found = await request.app[LISTS].entries(request.match_info["list"], include_deleted=q.deleted, page=q.page,
                                              page_size=q.page_size)
     return json_response({"entries": found})
 
@@ -133,7 +133,7 @@ async def read_entries(request: web.Request) -> list[EntryIn]:
              content_types=("application/json", tables.CSV_TYPES[0], tables.XLSX_TYPE), tags=TAGS)
 async def add_entries(request: web.Request) -> web.Response:
     acct = account(request, "dept")
-    code = request.match_info["code"]
+    code = request.match_info["list"]
     found = await read_entries(request)
     result = await request.app[LISTS].add_entries(acct, code, found)
     note(request, keys=[code], added=result["added"], changed=result["changed"])
@@ -145,7 +145,7 @@ async def add_entries(request: web.Request) -> web.Response:
                body=Removal, response=ListEntryDoc, roles=("dept",), errors=(403, 404, 409), tags=TAGS)
 async def remove(request: web.Request) -> web.Response:
     acct = account(request, "dept")
-    code, entry = request.match_info["code"], request.match_info["entry"]
+    code, entry = request.match_info["list"], request.match_info["entry"]
     body = await read_model(request, Removal, json_limit(request))
     note(request, keys=[code, entry])
     return json_response(await request.app[LISTS].remove_entry(acct, code, entry, body.reason))
@@ -156,7 +156,7 @@ async def remove(request: web.Request) -> web.Response:
             body=SourceBody, response=SourceState, roles=("dept",), errors=(403, 404), tags=TAGS)
 async def bind(request: web.Request) -> web.Response:
     acct = account(request, "dept")
-    code = request.match_info["code"]
+    code = request.match_info["list"]
     body = await read_model(request, SourceBody, json_limit(request))
     note(request, keys=[code], resource=body.resource)
     return json_response(await request.app[LISTS].bind_source(acct, code, body))
@@ -166,7 +166,7 @@ async def bind(request: web.Request) -> web.Response:
             response=SourceState, roles=("dept",), errors=(403, 404), tags=TAGS)
 async def source(request: web.Request) -> web.Response:
     acct = account(request, "dept")
-    return json_response(await request.app[LISTS].source_state(acct, request.match_info["code"]))
+    return json_response(await request.app[LISTS].source_state(acct, request.match_info["list"]))
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:
