@@ -307,8 +307,10 @@ class ListService:
         subjects: list[tuple[str, str]] = []
         for i, s in enumerate(body.subjects):
             code = s.code.strip().upper()
-            code_type = s.code_type or holder_code_type(code)
-            if code_type is None or not valid_holder_code(code, code_type):
+            # holder_code_type checks the code as it tells its type: one check a code, not two
+            code_type = holder_code_type(code) if s.code_type is None else (
+                s.code_type if valid_holder_code(code, s.code_type) else None)
+            if code_type is None:
                 bad.append({"row": i, "field": "code", "error": "not a valid 公民身份号码 or 统一社会信用代码"})
             subjects.append((code, code_type or ""))
         if bad:

@@ -4,6 +4,7 @@ reported to this node's lists (双反馈); lists bound to a resource's records; 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,17 +154,26 @@ async def by_digests(conn: AsyncConnection, list_code: str, digests: list[str]) 
     return out
 
 
+def _one_of(column: sa.Column, values: list[str], dialect: str) -> Any:
+    """`column IN values` as one bound parameter (a JSON array on SQLite, an array on PostgreSQL): SQLAlchemy's
+    expanding IN names each value's parameter, and for 10,000 digests that naming alone took 0.45 s of a
+    1.2 s check (profiled); one parameter costs nothing, and both databases still probe the digest index."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sa.any_(sa.bindparam("values", values, type_=ARRAY(sa.String)))
+    each = sa.func.json_each(sa.bindparam("values", json.dumps(values))).table_valued("value")
+    return column.in_(sa.select(each.c.value))
+
+
 async def matching(conn: AsyncConnection, digests: list[str], today: str) -> list[sa.Row]:
     """Every entry in force today that names one of `digests`: not removed, valid_from ≤ today ≤ valid_until.
-    By the digest index, in chunks: a subject not on any list costs one index probe."""
+    By the digest index: a subject on no list costs one index probe."""
     c = list_entries.c
-    out: list[sa.Row] = []
-    for i in range(0, len(digests), CHUNK):
-        q = sa.select(c.digest, c.doc).where(
-            c.digest.in_(digests[i:i + CHUNK]), c.deleted.is_(False), c.valid_from <= today,
-            sa.or_(c.valid_until.is_(None), c.valid_until >= today))
-        out += (await conn.execute(q)).all()
-    return out
+    q = sa.select(c.digest, c.doc).where(
+        _one_of(c.digest, digests, conn.dialect.name), c.deleted.is_(False), c.valid_from <= today,
+        sa.or_(c.valid_until.is_(None), c.valid_until >= today))
+    return list((await conn.execute(q)).all())
 
 
 async def held_seqs(conn: AsyncConnection, table: sa.Table, key: sa.Column, keys: list[str]) -> dict[str, tuple[int, str]]:
