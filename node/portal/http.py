@@ -22,7 +22,7 @@ from node.portal.pages import (FORM, NAV, SIGNIN_COOKIE, PortalRoutes, new_signi
 HERE = Path(__file__).parent
 # Modules whose `routes` (a PortalRoutes) hold pages, in the order of their navigation entries' `order`.
 PAGE_MODULES = ("node.portal.http", "node.portal.home", "node.portal.catalog", "node.portal.data",
-                "node.portal.applications", "node.portal.resources")
+                "node.portal.applications", "node.portal.resources", "node.portal.lists")
 
 routes = PortalRoutes()
 
