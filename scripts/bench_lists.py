@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import add_dept, env_info, free_port, init_node, wait_healthy  # noqa: E402
+from benchlib import add_dept, cpu_seconds, env_info, free_port, init_node, wait_healthy  # noqa: E402
 
 from node.ids import make_gb32100  # noqa: E402
 
@@ -225,10 +226,13 @@ def main() -> int:
             print(f"  stored in {time.perf_counter() - t0:.0f} s")
             node.start(timeout_s=120)
             procs.append(node)
+            cpu0 = cpu_seconds(node.pid)
             big_s, answer = check_many(node.url, checker, checked, args.rounds)
+            big_cpu = (cpu_seconds(node.pid) - cpu0) / (args.rounds + 1)  # the warm-up call included
             assert answer["hit_subjects"] == len(listed), answer["hit_subjects"]
             print(f"{args.subjects:,} subjects against {args.entries:,} entries: {big_s * 1000:.0f} ms "
-                  f"(× {big_s / base_s:.2f} the baseline's)   target ≤ 500 ms: {'met' if big_s <= 0.5 else 'MISSED'}")
+                  f"(× {big_s / base_s:.2f} the baseline's; node CPU {big_cpu * 1000:.0f} ms a call)   "
+                  f"target ≤ 500 ms: {'met' if big_s <= 0.5 else 'MISSED'}")
 
             # One subject at a time, next to a bare aiohttp handler.
             bare_port = free_port()
@@ -238,12 +242,20 @@ def main() -> int:
             wait_healthy(f"http://127.0.0.1:{bare_port}", 30, bare)
             codes = [checked[i % len(checked)] for i in range(args.singles)]
             node_ms, bare_ms = [], []
+            node_cpu = bare_cpu = 0.0
             for r in range(2):  # alternate, so a busy moment of the machine falls on both
+                c0 = cpu_seconds(bare.pid)
                 bare_ms += singles(f"http://127.0.0.1:{bare_port}", checker, codes[r::2])
+                bare_cpu += cpu_seconds(bare.pid) - c0
+                c0 = cpu_seconds(node.pid)
                 node_ms += singles(node.url, checker, codes[r::2])
+                node_cpu += cpu_seconds(node.pid) - c0
+            calls = len(codes) + 100  # each round's 50 warm-up calls included
             p50, p99, b50 = pct(node_ms, 0.5), pct(node_ms, 0.99), pct(bare_ms, 0.5)
             print(f"one subject at the API: p50 {p50:.2f} ms, p99 {p99:.2f} ms; bare aiohttp p50 {b50:.2f} ms "
-                  f"(× {p50 / b50:.1f})   target p50 ≤ 2 ms: {'met' if p50 <= 2.0 else 'MISSED'}")
+                  f"(× {p50 / b50:.1f}); server CPU a call {node_cpu * 1000 / calls:.2f} ms vs bare "
+                  f"{bare_cpu * 1000 / calls:.2f} ms   target p50 ≤ 2 ms: {'met' if p50 <= 2.0 else 'MISSED'}")
+            print(f"machine load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         finally:
             for p in procs:
                 if isinstance(p, subprocess.Popen):
