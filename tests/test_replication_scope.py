@@ -92,3 +92,23 @@ async def test_province_scope_stays_home_national_scope_and_lists_travel(nation)
         "key": "11010519491231002X", "fields": {"name": "张三"}})
     assert status == 200 and answer["match"] is True, answer
     assert answer["via"] == ["370300", "370000", "000000", "330000", "330100", "330106"], answer
+
+
+async def test_the_root_passes_down_no_province_scope_object(nation):
+    """Should a province send the root a province-scope entry (an older or faulty node), the root keeps it
+    from the other provinces."""
+    sd, zj, root = nation["370321"], nation["330106"], nation["000000"]
+    local = await register(sd, "sd", "桓台县不动产登记信息")
+    await wait_for(lambda: held(nation["370000"], local["code"]), 30, what="the entry in its province")
+    cols = ("code, node, seq, version, deleted, updated_at, provider_dept, name, category, share_type, search_text, "
+            "entry")
+    [row] = await raw_sql(sd.config, f"SELECT {cols} FROM catalog_entries WHERE code = :c", {"c": local["code"]})
+    await raw_sql(root.config, "UPDATE counters SET value = value + 1 WHERE name = 'catalog_change'")
+    await raw_sql(root.config, f"INSERT INTO catalog_entries ({cols}, change_id) VALUES (:code, :node, :seq, "
+                               ":version, :deleted, :updated_at, :provider_dept, :name, :category, :share_type, "
+                               ":search_text, :entry, (SELECT value FROM counters WHERE name = 'catalog_change'))",
+                  dict(zip([c.strip() for c in cols.split(",")], row)))
+    later = await register(sd, "sd", "桓台县国家级资源（之后）", scope="national")
+    for code in ("330000", "330100", "330106"):
+        await wait_for(lambda code=code: held(nation[code], later["code"]), 30, what=f"the later entry at {code}")
+        assert not await held(nation[code], local["code"]), code

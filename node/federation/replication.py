@@ -200,6 +200,9 @@ class Replication:
             # a county holds its own province's catalog, not every county's of the country. The cursor still
             # moves past what is held back (`_page` takes it from the rows).
             docs = [d for d in docs if feed.scope(d) == "national"]
+        elif requester != members.parent and level_of(self.node_id) == "national":
+            # The root passes down only national objects (and its own), should a province have sent it more.
+            docs = [d for d in docs if feed.scope(d) == "national" or feed.origin(d) == self.node_id]
         return _page(docs, rows, limit, head, since)
 
     # Pulling --------------------------------------------------------------------------------------
