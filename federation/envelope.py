@@ -44,6 +44,7 @@ KINDS = frozenset(
         "data_request.submit",
         "data_request.update",
         "licence.verify",
+        "list.hit",  # SPEC §17: hits on a list's entries, to their issuer (双反馈)
     }
 )
 _ANSWER_KINDS = frozenset({"reply", "error"})

@@ -68,11 +68,12 @@ def _capabilities() -> list:
     from node.quality.http import setup as quality
     from node.items.http import setup as items
     from node.requests.http import setup as requests
+    from node.lists.http import setup as lists
     from node.portal.http import setup as portal
     from node.figures.http import setup as figures
 
     return [catalog, data, federation, sharing, applications, licences, exchange, subscriptions, quality, requests,
-            figures, items, portal]
+            lists, figures, items, portal]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -295,6 +295,7 @@ async def build(base: Path, base_port: int, out: Any = print) -> tuple[list[Demo
                     province_code, citizen = created["code"], records[0]
         await _wait_converged(session, nodes)
         await _items(session, by_code, codes, citizen, out)
+        await _blacklist(session, by_code["370321"], by_code["370303"], out)
     return nodes, province_code, citizen
 
 
@@ -338,6 +339,35 @@ async def _items(session: aiohttp.ClientSession, by_code: dict[str, DemoNode], c
         ]})
     county.item = item["code"]
     out(f"  桓台县: 实施清单事项 {item['name']} {item['code']} (4 materials, 3 by sharing)")
+
+
+
+# A small blacklist at the county (联合奖惩, SPEC §17), so that a check at the other county hits.
+BLACKLISTED = [(make_gb32100("51370321MJ", i), name, reason) for i, name, reason in (
+    (1, "桓台县某某养老服务中心", "未按规定报送年度工作报告，被列入活动异常名录满两年"),
+    (2, "桓台县某某职业培训学校", "弄虚作假骗取政府补贴，受到行政处罚"),
+    (3, "桓台县某某文化交流协会", "被登记管理机关撤销登记"))]
+
+
+async def _blacklist(session: aiohttp.ClientSession, county: DemoNode, other: DemoNode, out: Any) -> None:
+    issuer = county.depts[0]
+    lst = await _api(session, "POST", f"{county.url}/api/v1/lists", issuer.token, {
+        "name": "社会组织严重违法失信名单", "kind": "black", "public": True,
+        "measures": ["不予享受税收优惠", "限制参与政府购买服务", "限制评优评先"],
+        "basis": "《社会组织信用信息管理办法》"})
+    await _api(session, "POST", f"{county.url}/api/v1/lists/{lst['code']}/entries", issuer.token, [
+        {"subject": {"code": code, "name": name}, "reason": reason, "basis": "桓民罚〔2026〕第3号"}
+        for code, name, reason in BLACKLISTED])
+    out(f"  {county.name}: {lst['name']} {lst['code']} ({len(BLACKLISTED)} entries)")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while loop.time() < deadline:  # until the list has reached the other county
+        answer = await _api(session, "POST", f"{other.url}/api/v1/lists/check", other.depts[1].token,
+                            {"subjects": [{"code": BLACKLISTED[0][0]}], "purpose": "演示"})
+        if answer["hit_subjects"]:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the demo blacklist did not reach 张店区 within 30 s")
 
 
 async def _wait_converged(session: aiohttp.ClientSession, nodes: list[DemoNode], timeout_s: float = 30) -> None:
@@ -389,6 +419,10 @@ def _banner(nodes: list[DemoNode], province_entry: str, people_sample: dict[str,
         f"  curl -s -X POST {county.url}/api/v1/items/{county.item}/materials \\",
         f"    -H 'Authorization: Bearer {county.depts[0].token}' -H 'Content-Type: application/json' \\",
         f"    -d '{json.dumps({'subject': {'code': people_sample['id_number']}, 'purpose': '最低生活保障资格审核', 'values': {'name': people_sample['name']}}, ensure_ascii=False)}'",
+        "Check a social organisation against every list (联合奖惩) at 张店区; the list was published at 桓台县:",
+        f"  curl -s -X POST {nodes[3].url}/api/v1/lists/check \\",
+        f"    -H 'Authorization: Bearer {nodes[3].depts[1].token}' -H 'Content-Type: application/json' \\",
+        f"    -d '{json.dumps({'subjects': [{'code': BLACKLISTED[0][0]}], 'purpose': '政府购买服务资格审查'}, ensure_ascii=False)}'",
         "",
         "Health, peers and outboxes of the city:",
         f"  curl -s {nodes[1].url}/healthz",

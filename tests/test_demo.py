@@ -120,8 +120,8 @@ def test_demo_runs_answers_its_printed_calls_stops_cleanly_and_restarts(tmp_path
             assert re.search(rf"^  {code} {name}\s+http://127\.0\.0\.1:{base + off}\b", text, re.M), text
         assert len(re.findall(r"^      dept\s+\S{18} .+: gnt_\S+$", text, re.M)) >= 8, text
         calls = [c.replace("\\\n", " ") for c in re.findall(r"^  (curl .*?)(?=\n\n)", text, re.M | re.S)]
-        assert len(calls) == 5, calls
-        verify, catalog, query, gather, health = calls
+        assert len(calls) == 6, calls
+        verify, catalog, query, gather, check, health = calls
         # A 桓台县 clerk verifies a citizen held by the province, routed county → city → province.
         answer = curl(verify)
         assert answer["match"] is True and answer["via"] == ["370300", "370000"], answer
@@ -138,6 +138,10 @@ def test_demo_runs_answers_its_printed_calls_stops_cleanly_and_restarts(tmp_path
         assert outcomes == {"m1": ("obtained", ["370300", "370000"]), "m2": ("verified", ["370300", "370000"]),
                             "m3": ("obtained", ["370300", "370303"]), "m4": ("not_shareable", [])}, answer
         status = curl(health)
+        # The county's blacklist, checked at the other county from its own copy.
+        answer = curl(check)
+        (result,) = answer["results"]
+        assert result["hit"] and result["hits"][0]["issuer"]["node"] == "370321", answer
         # Each node's portal, with a login for a clerk, an operator and an auditor; the 桓台县 clerk's works.
         portals = re.findall(r"^  (http://127\.0\.0\.1:(\d+)/portal/) ", text, re.M)
         assert [int(port) for _, port in portals] == [base, base + 1, base + 2, base + 3], text

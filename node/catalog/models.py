@@ -85,6 +85,9 @@ class EntryContent(_Strict):
         default_factory=list, max_length=4,
         description="operations that need a grant even on an unconditional resource (管控参数); left out of the "
                     "signed entry when empty")
+    scope: Literal["province", "national"] | None = Field(
+        None, description="SPEC §18: `national` entries replicate above the province to the whole country; "
+                          "`province` (the default, left out of the signed entry) stay within it")
 
     @field_validator("controlled_ops")
     @classmethod
@@ -190,6 +193,7 @@ class CatalogEntry(BaseModel):
     published_at: str
     related: list[str]
     controlled_ops: list[ControlledOp] = []
+    scope: Literal["province", "national"] | None = None
     signatures: dict[str, dict[str, str]]
 
     @field_validator("code")

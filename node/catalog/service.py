@@ -258,6 +258,8 @@ class CatalogService:
         }
         if content.get("controlled_ops"):  # left out when empty, like other unset attributes
             entry["controlled_ops"] = list(content["controlled_ops"])
+        if content.get("scope") == "national":  # SPEC §18; province is the default and left out
+            entry["scope"] = "national"
         signed = sign_json(entry, self.node_id, self.key)
         if new:  # a registration never replaces an entry that a concurrent registration just stored
             await store.insert(conn, row_of(signed, change_id))

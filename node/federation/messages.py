@@ -37,7 +37,7 @@ ASYNC_TTL_MS = 7 * 24 * 3600 * 1000
 READ_ONLY_KINDS = frozenset({"service.call", "licence.verify"})
 # Kinds delivered store-and-forward through the outbox (relays queue them); the others are answered inline.
 ASYNC_KINDS = frozenset({"application.submit", "application.update", "feedback.submit", "feedback.update",
-                         "data_request.submit", "data_request.update"})
+                         "data_request.submit", "data_request.update", "list.hit"})
 
 # What a message handler gets and returns: the verified envelope -> the reply body.
 MessageHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

@@ -20,7 +20,7 @@ from node.cluster import announce
 from node.db import read_counter, write_tx
 from node.errors import ApiError
 from node.federation import store
-from node.ids import now_ms, resource_node
+from node.ids import level_of, now_ms, resource_node
 
 if TYPE_CHECKING:
     import asyncio
@@ -53,6 +53,12 @@ class SignedFeed:
 
     def signed_at(self, obj: dict[str, Any]) -> int:
         return obj["updated_at"]
+
+    default_scope = "province"  # SPEC §18: what an object without a `scope` is
+
+    def scope(self, obj: dict[str, Any]) -> str:
+        """SPEC §18: `national` objects travel above a province; `province` ones stay in it."""
+        return obj.get("scope") or self.default_scope
 
     def problem(self, obj: dict[str, Any]) -> str | None:
         """Why the object is malformed or inconsistent (checked before its signature), or None."""
@@ -188,7 +194,16 @@ class Replication:
         async with self.engine.connect() as conn:
             head = await read_counter(conn, feed.counter)
             rows = await feed.changes(conn, since, limit, nodes_in, nodes_out)
-        return _page([feed.document(r) for r in rows], rows, limit, head, since)
+        docs = [feed.document(r) for r in rows]
+        if requester == members.parent and level_of(self.node_id) == "province":
+            # SPEC §18: a province sends the national root only the national objects of its subtree, so that
+            # a county holds its own province's catalog, not every county's of the country. The cursor still
+            # moves past what is held back (`_page` takes it from the rows).
+            docs = [d for d in docs if feed.scope(d) == "national"]
+        elif requester != members.parent and level_of(self.node_id) == "national":
+            # The root passes down only national objects (and its own), should a province have sent it more.
+            docs = [d for d in docs if feed.scope(d) == "national" or feed.origin(d) == self.node_id]
+        return _page(docs, rows, limit, head, since)
 
     # Pulling --------------------------------------------------------------------------------------
 

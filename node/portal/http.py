@@ -23,8 +23,8 @@ HERE = Path(__file__).parent
 # Modules whose `routes` (a PortalRoutes) hold pages, in the order of their navigation entries' `order`.
 PAGE_MODULES = ("node.portal.http", "node.portal.home", "node.portal.catalog", "node.portal.data",
                 "node.portal.applications", "node.portal.requests", "node.portal.resources", "node.portal.items",
-                "node.portal.figures", "node.portal.admin", "node.portal.audit", "node.portal.licences",
-                "node.portal.feedback")
+                "node.portal.lists", "node.portal.figures", "node.portal.admin", "node.portal.audit",
+                "node.portal.licences", "node.portal.feedback")
 
 routes = PortalRoutes()
 

@@ -31,7 +31,8 @@ from node.catalog.service import CatalogService
 from node.config import LimitsConfig
 from node.data.rows import RecordSchema, RowError, key_text
 from node.data.service import DataService
-from node.errors import ApiError, FieldNotGranted, GrantRequired, InvalidInput, ShareForbidden
+from node.errors import ApiError, FieldNotGranted, GrantRequired, InvalidInput, NotFound, ShareForbidden
+from node.ids import resource_node
 from node.sharing.masking import masker
 from node.sharing.models import CompareParams, QueryParams, Requester, VerifyParams
 from node.web import parse_model
@@ -143,7 +144,18 @@ class SharingService:
             raise InvalidInput(f"unknown operation {op!r}; one of {', '.join(OPS)}", [{"field": "op", "error": "unknown"}])
         if not isinstance(params, model):
             params = parse_model(model, params if isinstance(params, dict) else {})
-        entry = await self.catalog.get(code)
+        try:
+            entry = await self.catalog.get(code)
+        except NotFound:
+            origin = resource_node(code)
+            if origin is None or origin == self.node_id or self.router is None:
+                raise
+            # SPEC §18: a resource of another province is not in this node's catalog unless its scope is
+            # national, yet calls still route anywhere: the code names its origin, which decides.
+            if requester.user and op in PURPOSE_OPS and not (requester.purpose or "").strip():
+                raise InvalidInput(f"a person's {op} on another department's resource states its purpose (用途, "
+                                   "SPEC §15)", [{"field": "purpose", "error": "required"}]) from None
+            return await self.remote_call(op, {"code": code, "node": origin}, params, requester, grant)
         if needs_purpose(entry, op, requester):
             raise InvalidInput(f"a person's {op} on another department's resource states its purpose (用途, SPEC §15)",
                                [{"field": "purpose", "error": "required"}])

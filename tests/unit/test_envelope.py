@@ -87,6 +87,7 @@ def test_kinds() -> None:
         "feedback.submit",
         "feedback.update",
         "licence.verify",
+        "list.hit",
     }
     assert expected == KINDS
 

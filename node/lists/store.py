@@ -1,0 +1,251 @@
+"""Joint reward and punishment lists (SPEC §17): lists and entries of every origin, as signed, with one local
+change cursor for the federation feed `lists`; entries indexed by the subject's holder-key digest; the hits
+reported to this node's lists (双反馈); lists bound to a resource's records; refusals of received objects."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from node.db import metadata
+
+lists = sa.Table(
+    "lists",
+    metadata,
+    sa.Column("code", sa.String(16), primary_key=True),
+    sa.Column("node", sa.String(6), nullable=False, index=True),
+    sa.Column("dept", sa.String(32), nullable=False, index=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("change_id", sa.BigInteger, nullable=False, unique=True),
+)
+
+list_entries = sa.Table(
+    "list_entries",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("list", sa.String(16), nullable=False, index=True),
+    sa.Column("node", sa.String(6), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False, index=True),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("valid_from", sa.String(10), nullable=False),
+    sa.Column("valid_until", sa.String(10), nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("change_id", sa.BigInteger, nullable=False, unique=True),
+)
+
+# Where and when this node's entries were applied (双反馈): one row per hit reported by a checking node.
+list_hits = sa.Table(
+    "list_hits",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("entry", sa.String(26), nullable=False, index=True),
+    sa.Column("list", sa.String(16), nullable=False, index=True),
+    sa.Column("checked_node", sa.String(6), nullable=False),
+    sa.Column("checked_dept", sa.String(32), nullable=False),
+    sa.Column("checked_user", sa.String(64), nullable=True),
+    sa.Column("purpose", sa.String(200), nullable=False),
+    sa.Column("checked_at", sa.BigInteger, nullable=False),
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+)
+
+# A list kept in step with one of its department's resources: a record is an entry (key field = subject).
+list_sources = sa.Table(
+    "list_sources",
+    metadata,
+    sa.Column("list", sa.String(16), primary_key=True),
+    sa.Column("resource", sa.String(40), nullable=False, index=True),
+    sa.Column("binding", sa.Text, nullable=False),
+    sa.Column("cursor", sa.BigInteger, nullable=False),
+    sa.Column("synced_at", sa.BigInteger, nullable=True),
+    sa.Column("entries", sa.Integer, nullable=False),
+    sa.Column("error", sa.String(400), nullable=True),
+)
+
+list_refusals = sa.Table(
+    "list_refusals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.String(120), nullable=True),
+    sa.Column("node", sa.String(16), nullable=True),
+    sa.Column("received_from", sa.String(6), nullable=True),
+    sa.Column("reason", sa.String(400), nullable=False),
+)
+
+# Digests per statement: well inside SQLite's limit on bound parameters (999 before 3.32) and PostgreSQL's.
+CHUNK = 900
+
+
+@dataclass
+class FeedRow:
+    doc: str
+    change_id: int
+
+
+def list_row(doc: dict[str, Any], text: str, change_id: int) -> dict[str, Any]:
+    return {"code": doc["code"], "node": doc["node"], "dept": doc["issuer"]["dept"], "seq": doc["seq"],
+            "deleted": doc["deleted"], "updated_at": doc["updated_at"], "doc": text, "change_id": change_id}
+
+
+def entry_row(doc: dict[str, Any], text: str, change_id: int) -> dict[str, Any]:
+    return {"id": doc["id"], "list": doc["list"], "node": doc["node"], "seq": doc["seq"],
+            "digest": doc["subject"]["digest"], "deleted": doc["deleted"], "valid_from": doc["valid_from"],
+            "valid_until": doc.get("valid_until"), "updated_at": doc["updated_at"], "doc": text,
+            "change_id": change_id}
+
+
+async def get_list(conn: AsyncConnection, code: str) -> sa.Row | None:
+    return (await conn.execute(sa.select(lists).where(lists.c.code == code))).first()
+
+
+async def all_lists(conn: AsyncConnection, *, node: str | None = None, dept: str | None = None) -> list[sa.Row]:
+    q = sa.select(lists).where(lists.c.deleted.is_(False)).order_by(lists.c.node, lists.c.code)
+    if node:
+        q = q.where(lists.c.node == node)
+    if dept:
+        q = q.where(lists.c.dept == dept)
+    return list((await conn.execute(q)).all())
+
+
+async def lists_of(conn: AsyncConnection, codes: list[str]) -> dict[str, str]:
+    q = sa.select(lists.c.code, lists.c.doc).where(lists.c.code.in_(codes))
+    return {r.code: r.doc for r in (await conn.execute(q)).all()}
+
+
+async def count_live(conn: AsyncConnection, codes: list[str]) -> dict[str, int]:
+    q = (sa.select(list_entries.c.list, sa.func.count()).where(list_entries.c.list.in_(codes),
+                                                              list_entries.c.deleted.is_(False))
+         .group_by(list_entries.c.list))
+    return {r[0]: r[1] for r in (await conn.execute(q)).all()}
+
+
+async def get_entry(conn: AsyncConnection, entry_id: str) -> sa.Row | None:
+    return (await conn.execute(sa.select(list_entries).where(list_entries.c.id == entry_id))).first()
+
+
+async def entries_of(conn: AsyncConnection, code: str, *, include_deleted: bool, offset: int,
+                     limit: int) -> list[sa.Row]:
+    q = sa.select(list_entries.c.doc).where(list_entries.c.list == code)
+    if not include_deleted:
+        q = q.where(list_entries.c.deleted.is_(False))
+    q = q.order_by(list_entries.c.change_id.desc()).offset(offset).limit(limit)
+    return list((await conn.execute(q)).all())
+
+
+async def by_digests(conn: AsyncConnection, list_code: str, digests: list[str]) -> dict[str, sa.Row]:
+    """The newest entry of `list_code` for each digest held (live or removed)."""
+    out: dict[str, sa.Row] = {}
+    for i in range(0, len(digests), CHUNK):
+        q = (sa.select(list_entries.c.id, list_entries.c.digest, list_entries.c.doc, list_entries.c.deleted,
+                       list_entries.c.change_id)
+             .where(list_entries.c.list == list_code, list_entries.c.digest.in_(digests[i:i + CHUNK]))
+             .order_by(list_entries.c.change_id))
+        for r in (await conn.execute(q)).all():
+            out[r.digest] = r
+    return out
+
+
+def _one_of(column: sa.Column, values: list[str], dialect: str) -> Any:
+    """`column IN values` as one bound parameter (a JSON array on SQLite, an array on PostgreSQL): SQLAlchemy's
+    expanding IN names each value's parameter, and for 10,000 digests that naming alone took 0.45 s of a
+    1.2 s check (profiled); one parameter costs nothing, and both databases still probe the digest index."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sa.any_(sa.bindparam("values", values, type_=ARRAY(sa.String)))
+    each = sa.func.json_each(sa.bindparam("values", json.dumps(values))).table_valued("value")
+    return column.in_(sa.select(each.c.value))
+
+
+async def matching(conn: AsyncConnection, digests: list[str], today: str) -> list[sa.Row]:
+    """Every entry in force today that names one of `digests`: not removed, valid_from ≤ today ≤ valid_until.
+    By the digest index: a subject on no list costs one index probe."""
+    c = list_entries.c
+    q = sa.select(c.digest, c.doc).where(
+        _one_of(c.digest, digests, conn.dialect.name), c.deleted.is_(False), c.valid_from <= today,
+        sa.or_(c.valid_until.is_(None), c.valid_until >= today))
+    return list((await conn.execute(q)).all())
+
+
+async def held_seqs(conn: AsyncConnection, table: sa.Table, key: sa.Column, keys: list[str]) -> dict[str, tuple[int, str]]:
+    out: dict[str, tuple[int, str]] = {}
+    for i in range(0, len(keys), CHUNK):
+        q = sa.select(key, table.c.seq, table.c.node).where(key.in_(keys[i:i + CHUNK]))
+        out.update({r[0]: (r[1], r[2]) for r in (await conn.execute(q)).all()})
+    return out
+
+
+async def store_rows(conn: AsyncConnection, table: sa.Table, key: sa.Column, new_rows: list[dict[str, Any]],
+                     held_rows: list[dict[str, Any]]) -> None:
+    if new_rows:
+        await conn.execute(sa.insert(table), new_rows)
+    if held_rows:
+        stmt = sa.update(table).where(key == sa.bindparam("_key"))
+        await conn.execute(stmt, [{**{k: v for k, v in r.items() if k != key.name}, "_key": r[key.name]}
+                                  for r in held_rows])
+
+
+async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[str] | None,
+                  nodes_out: set[str] | None) -> list[FeedRow]:
+    """Lists and entries changed after `since`, in commit order (one counter numbers both)."""
+    rows: list[FeedRow] = []
+    for table in (lists, list_entries):
+        q = (sa.select(table.c.doc, table.c.change_id).where(table.c.change_id > since)
+             .order_by(table.c.change_id).limit(limit))
+        if nodes_in is not None:
+            q = q.where(table.c.node.in_(sorted(nodes_in)))
+        if nodes_out:
+            q = q.where(table.c.node.not_in(sorted(nodes_out)))
+        rows += [FeedRow(r.doc, r.change_id) for r in (await conn.execute(q)).all()]
+    rows.sort(key=lambda r: r.change_id)
+    return rows[:limit]
+
+
+async def add_hits(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(sa.insert(list_hits), rows)
+
+
+async def hits_for(conn: AsyncConnection, list_codes: list[str], limit: int) -> list[sa.Row]:
+    q = (sa.select(list_hits).where(list_hits.c.list.in_(list_codes))
+         .order_by(list_hits.c.id.desc()).limit(limit))
+    return list((await conn.execute(q)).all())
+
+
+async def hit_counts(conn: AsyncConnection, list_codes: list[str]) -> list[sa.Row]:
+    """Per list and checking node: how many hits, and the last."""
+    c = list_hits.c
+    q = (sa.select(c.list, c.checked_node, sa.func.count().label("n"), sa.func.max(c.checked_at).label("last"))
+         .where(c.list.in_(list_codes)).group_by(c.list, c.checked_node).order_by(c.list, c.checked_node))
+    return list((await conn.execute(q)).all())
+
+
+async def get_source(conn: AsyncConnection, list_code: str) -> sa.Row | None:
+    return (await conn.execute(sa.select(list_sources).where(list_sources.c.list == list_code))).first()
+
+
+async def sources_of(conn: AsyncConnection, resource: str) -> list[sa.Row]:
+    return list((await conn.execute(sa.select(list_sources).where(list_sources.c.resource == resource))).all())
+
+
+async def all_sources(conn: AsyncConnection) -> list[sa.Row]:
+    return list((await conn.execute(sa.select(list_sources))).all())
+
+
+async def put_source(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    res = await conn.execute(sa.update(list_sources).where(list_sources.c.list == row["list"]).values(**row))
+    if not res.rowcount:
+        await conn.execute(sa.insert(list_sources).values(**row))
+
+
+async def log_refusal(conn: AsyncConnection, **row: Any) -> None:
+    await conn.execute(sa.insert(list_refusals).values(**row))
