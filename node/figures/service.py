@@ -47,7 +47,15 @@ REPORTED_DAYS = 7  # a report for each of the last days: statuses of earlier app
 # day's grace for the update of its last day. `other` declares no cycle and is not judged.
 CYCLE_DAYS = {"realtime": 1, "daily": 1, "weekly": 7, "monthly": 31, "quarterly": 92, "yearly": 366}
 DAY_MS = 86_400_000
-WORKFLOW_STATUSES = {"application": ("submitted", "accepted", "approved", "rejected", "withdrawn")}
+WORKFLOW_STATUSES = {"application": ("submitted", "accepted", "approved", "rejected", "withdrawn"),
+                     "data_request": ("submitted", "accepted", "fulfilled", "rejected")}
+# Each kind's two steps in a report's shape: the first (`review`: the platform reviews an application, or
+# assigns a data request to a department) and the second (`decision`: the department decides, or answers),
+# as the (due, started, done) columns of the kind's table (node.workflow).
+WORKFLOW_STEPS = {"application": (("review_due", "submitted_at", "reviewed_at"),
+                                  ("decision_due", "reviewed_at", "decided_at")),
+                  "data_request": (("assign_due", "submitted_at", "assigned_at"),
+                                   ("answer_due", "assigned_at", "answered_at"))}
 
 
 def days_between(first: str, last: str) -> list[str]:
@@ -264,31 +272,38 @@ class FiguresService:
         since, until = day_bounds(first)[0], day_bounds(last)[1]
         from node.applications import store as app_store
         from node.quality import store as q_store
+        from node.requests import store as req_store
+        from node.workflow import store as wf_store
+        tables = {"application": app_store.applications, "data_request": req_store.data_requests}
         async with self.engine.connect() as conn:
             rows = await conn.run_sync(store.day_rows, self.node_id, first, last) if calls else []
-            apps = await app_store.approval_rows(conn, self.node_id, since, until)
-            feedback = await q_store.stats_rows(conn, self.node_id, since, until)
+            docs = {kind: await wf_store.stats_rows(conn, table, self.node_id, since, until,
+                                                    [c for step in WORKFLOW_STEPS[kind] for c in step])
+                    for kind, table in tables.items()}
+            feedback = await wf_store.stats_rows(conn, q_store.feedback, self.node_id, since, until,
+                                                 ["due", "resolved_at"])
             catalog = await self._catalog(conn)
-        parts = {d: {"node": self.node_id, "day": d, "calls": [], "workflows": {"application": []},
+        parts = {d: {"node": self.node_id, "day": d, "calls": [], "workflows": {kind: [] for kind in tables},
                      "feedback": []} for d in days_between(first, last)}
         for r in rows:
             parts[r.day]["calls"].append([r.kind, r.resource, r.dept, r.op, int(r.calls), int(r.errors),
                                           int(r.latency_ms)])
-        wf: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in apps:
-            day = cst_date(r.submitted_at).isoformat()
-            acc = wf.setdefault((day, r.provider_dept), {
-                "dept": f"{self.node_id}/{r.provider_dept}", "statuses": dict.fromkeys(WORKFLOW_STATUSES["application"], 0),
-                "review_done": 0, "review_on_time": 0, "decision_done": 0, "decision_on_time": 0})
-            acc["statuses"][r.status] = acc["statuses"].get(r.status, 0) + 1
-            if r.reviewed_at is not None:
-                acc["review_done"] += 1
-                acc["review_on_time"] += cst_date(r.reviewed_at).isoformat() <= r.review_due
-            if r.decided_at is not None and r.reviewed_at is not None:
-                acc["decision_done"] += 1
-                acc["decision_on_time"] += bool(r.decision_due) and cst_date(r.decided_at).isoformat() <= r.decision_due
-        for (day, _), acc in sorted(wf.items()):
-            parts[day]["workflows"]["application"].append(acc)
+        for kind, kind_rows in docs.items():
+            wf: dict[tuple[str, str], dict[str, Any]] = {}
+            for r in kind_rows:
+                day = cst_date(r.submitted_at).isoformat()
+                dept = r.provider_dept or "platform"  # a data request not yet assigned is the platform's
+                acc = wf.setdefault((day, dept), {
+                    "dept": f"{self.node_id}/{dept}", "statuses": dict.fromkeys(WORKFLOW_STATUSES[kind], 0),
+                    "review_done": 0, "review_on_time": 0, "decision_done": 0, "decision_on_time": 0})
+                acc["statuses"][r.status] = acc["statuses"].get(r.status, 0) + 1
+                for name, (due, started, done) in zip(("review", "decision"), WORKFLOW_STEPS[kind]):
+                    at, begun, until_day = getattr(r, done), getattr(r, started), getattr(r, due)
+                    if at is not None and begun is not None and until_day:
+                        acc[f"{name}_done"] += 1
+                        acc[f"{name}_on_time"] += cst_date(at).isoformat() <= until_day
+            for (day, _), acc in sorted(wf.items()):
+                parts[day]["workflows"][kind].append(acc)
         fb: dict[tuple[str, str], dict[str, Any]] = {}
         for r in feedback:
             day = cst_date(r.submitted_at).isoformat()

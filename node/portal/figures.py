@@ -28,9 +28,13 @@ routes = PortalRoutes()
 VIEWERS = ("operator", "auditor")
 PERIODS = {"7": 7, "30": 30, "90": 90}
 OPS = {"query": "查询", "verify": "核验", "compare": "比对"}
-WORKFLOWS = {"application": "共享申请"}
-STATUSES = {"submitted": "待平台审核", "accepted": "待部门决定", "approved": "已批准", "rejected": "未通过",
-            "withdrawn": "已撤回"}
+WORKFLOWS = {"application": "共享申请", "data_request": "数据需求"}
+# Per kind: its statuses as the figures' columns, and the names of its two steps (node.figures.WORKFLOW_STEPS).
+STATUSES = {"application": {"submitted": "待平台审核", "accepted": "待部门决定", "approved": "已批准",
+                            "rejected": "未通过", "withdrawn": "已撤回"},
+            "data_request": {"submitted": "待平台分派", "accepted": "待部门答复", "fulfilled": "已满足",
+                             "rejected": "未满足"}}
+STEPS = {"application": ("审核", "决定"), "data_request": ("分派", "答复")}
 REPORT_STATES = {"ok": "按时报送", "stale": "报送中断", "missing": "从未报送"}
 
 
@@ -55,12 +59,13 @@ def tables(f: dict[str, Any]) -> dict[str, tuple[str, list[str], list[list[Any]]
                   [[r["key"], r["calls"], r["errors"], r["mean_ms"]] for r in f["by_dept"]]),
     }
     for wf, rows in f["workflows"].items():
+        statuses = STATUSES.get(wf, {})
+        first, second = STEPS.get(wf, ("审核", "决定"))
+        days_first = "3个工作日" if wf == "application" else "10个工作日"
         out[f"workflow_{wf}"] = (
             f"{WORKFLOWS.get(wf, wf)}办理（按提供部门）",
-            ["提供部门", *[STATUSES.get(s, s) for s in ("submitted", "accepted", "approved", "rejected", "withdrawn")],
-             "审核按时率(3个工作日)", "决定按时率(10个工作日)"],
-            [[r["dept"], *[r.get(s, 0) for s in ("submitted", "accepted", "approved", "rejected", "withdrawn")],
-              r["review_rate"], r["decision_rate"]] for r in rows])
+            ["提供部门", *statuses.values(), f"{first}按时率({days_first})", f"{second}按时率(10个工作日)"],
+            [[r["dept"], *[r.get(s, 0) for s in statuses], r["review_rate"], r["decision_rate"]] for r in rows])
     out["feedback"] = ("数据纠错", ["提供部门", "收到", "已更正", "已办结", "按时办结率", "平均办结(小时)"],
                        [[r["dept"], r["received"], r["corrected"], r["resolved"], r["on_time_rate"], r["mean_hours"]]
                         for r in f["feedback"]])
@@ -117,9 +122,10 @@ async def figures(request: web.Request, person: Person | None) -> dict[str, Any]
     rates = [("有目录必有数据", f["catalog"]["with_data_rate"]), ("数据鲜活", f["catalog"]["fresh_rate"])]
     for wf, rows in f["workflows"].items():
         done = sum(r["review_done"] for r in rows)
-        rates.append((f"{WORKFLOWS.get(wf, wf)}审核按时", sum(r["review_on_time"] for r in rows) / done if done else None))
+        first, second = STEPS.get(wf, ("审核", "决定"))
+        rates.append((f"{WORKFLOWS.get(wf, wf)}{first}按时", sum(r["review_on_time"] for r in rows) / done if done else None))
         done = sum(r["decision_done"] for r in rows)
-        rates.append((f"{WORKFLOWS.get(wf, wf)}决定按时", sum(r["decision_on_time"] for r in rows) / done if done else None))
+        rates.append((f"{WORKFLOWS.get(wf, wf)}{second}按时", sum(r["decision_on_time"] for r in rows) / done if done else None))
     return {
         "f": f, "days": str(days), "scope": "subtree" if subtree else "node", "tables": tables(f),
         "daily_chart": charts.columns(labels, [("服务调用", [d["served"] for d in f["days"]]),
