@@ -49,7 +49,7 @@ FEEDBACK = Kind(
     statuses=("open", "confirmed", "corrected", "rejected"),
     steps=(Step("answer", OPEN_FEEDBACK, due="due", started="submitted_at", done="resolved_at",
                 late=lambda due: f"an answer was due on {due}"),),
-    columns=lambda doc: {"resource": doc["resource"]},
+    columns=lambda doc: {"resource": doc["resource"]}, refused_at="resolved_at",
 )
 
 

@@ -39,6 +39,7 @@ DATA_REQUEST = Kind(
            Step("answer", ("accepted",), due="answer_due", started="assigned_at", done="answered_at",
                 late=lambda due: f"the department's answer was due on {due}")),
     columns=lambda doc: {"name": doc["name"], "entry_code": (doc.get("entry") or {}).get("code")},
+    refused_at="assigned_at",
 )
 
 

@@ -70,7 +70,8 @@ class Kind:
     """A workflow: `name` names its messages (`<name>.submit`, `<name>.update`) and the key their bodies hold
     the document under; `requester` is the document's field (and the columns' prefix) naming the side that
     asked; `audit` prefixes its audit actions (`<audit>.overdue`); `statuses` are all its statuses;
-    `columns` gives the row's columns that only this kind has."""
+    `columns` gives the row's columns that only this kind has; `refused_at` is the field stamped when a
+    submission is refused (on receipt, or not delivered), if the kind records it."""
 
     name: str
     noun: str
@@ -80,6 +81,7 @@ class Kind:
     statuses: tuple[str, ...]
     steps: tuple[Step, ...]
     columns: Callable[[dict[str, Any]], dict[str, Any]]
+    refused_at: str | None = None
 
 
 def party(p: dict[str, Any]) -> str:
@@ -298,7 +300,8 @@ class Workflow:
     def refuse(self, doc: dict[str, Any], problem: ApiError, now: int) -> None:
         """A submission that cannot be served is rejected on receipt, with the reason."""
         doc["status"] = "rejected"
-        doc[self.kind.steps[0].done] = cst_iso(now)
+        if self.kind.refused_at:
+            doc[self.kind.refused_at] = cst_iso(now)
         doc["history"].append(history_event(now, self.platform, "rejected", "rejected",
                                             f"refused on receipt: {problem.message}"))
 
@@ -355,7 +358,8 @@ class Workflow:
             doc = json.loads(row.doc)
             now = self.clock()
             doc["status"] = "rejected"
-            doc[self.kind.steps[0].done] = cst_iso(now)
+            if self.kind.refused_at:
+                doc[self.kind.refused_at] = cst_iso(now)
             doc["history"].append(history_event(now, self.platform, "rejected", "not_delivered",
                                                 f"{err.get('code', 'error')}: {err.get('message', '')}"[:500]))
             await store.update(conn, t, doc_id, self.row_of(doc, pending=False))

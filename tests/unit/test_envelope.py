@@ -86,6 +86,8 @@ def test_kinds() -> None:
         "application.update",
         "feedback.submit",
         "feedback.update",
+        "data_request.submit",  # SPEC §16: data requests travel like applications
+        "data_request.update",
         "licence.verify",
         "list.hit",
     }
