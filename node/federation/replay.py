@@ -114,8 +114,9 @@ class ReplayGuard:
         self._messages[message_id] = at
         return Claim(self.journal, "message", {"id": message_id, "at": at})
 
-    def forget_old(self) -> None:
-        """Drop the claims remembered here that are older than their windows (every worker, every minute)."""
+    async def forget_old(self) -> None:
+        """Drop the claims remembered here that are older than their windows (every worker, every minute;
+        async because the scheduler awaits what it runs: as a plain function it raised TypeError each run)."""
         now = now_ms()
         n_cut, m_cut = now - self.nonce_window_ms, now - self.message_window_ms
         self._nonces = {k: ts for k, ts in self._nonces.items() if ts >= n_cut}
