@@ -170,7 +170,7 @@ async def test_feeds_page_with_cursors_and_send_each_side_what_it_lacks(tmp_path
 
         # Each node keeps one cursor per neighbour and feed; the city's for the county is the county's head.
         await wait_for(lambda: _count(nodes["370000"], 13), what="the new entry at the province")
-        every = {(p, f) for p in ("370000", "370321", "370303") for f in ("catalog", "registry", "licences")}
+        every = {(p, f) for p in ("370000", "370321", "370303") for f in ("catalog", "registry", "licences", "figures")}
 
         async def cursors() -> list:
             rows = await raw_sql(nodes["370300"].config, "SELECT peer, feed, cursor FROM feed_cursors")
