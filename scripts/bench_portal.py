@@ -142,8 +142,17 @@ class Client:
         if self.cookies:
             h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         t0 = time.perf_counter()
-        self.conn.request(method, path, body=body, headers=h)
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=body, headers=h)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closes a connection idle for 75 s (aiohttp's keep-alive timeout), which a loaded
+            # machine reaches between two phases: open a new one and time the request again.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.conn.host, self.conn.port, timeout=60)
+            t0 = time.perf_counter()
+            self.conn.request(method, path, body=body, headers=h)
+            resp = self.conn.getresponse()
         data = resp.read()
         elapsed = (time.perf_counter() - t0) * 1000
         for name, value in resp.getheaders():

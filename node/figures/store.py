@@ -10,6 +10,7 @@ rows, so the increments add no lock wait and cannot deadlock."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,6 +70,7 @@ CST_MS = 8 * 3_600_000
 OPS = {"sharing.query": "query", "sharing.verify": "verify", "sharing.compare": "compare",
        "portal.query.post": "query", "portal.verify.post": "verify", "portal.compare.post": "compare"}
 
+NODE = re.compile(r"^\d{6}$")
 _days: dict[int, str] = {}
 
 
@@ -109,12 +111,14 @@ def tallies(records: Iterable[dict[str, Any]]) -> dict[Key, list[int]]:
         op = OPS.get(action)  # type: ignore[arg-type]
         resource = str(rec.get("resource") or "")
         if op is not None:
-            actor = str(rec.get("actor") or "")
-            node = actor.split("/", 1)[0]
+            actor = str(rec.get("actor") or "")[:80]
+            node, _, dept = actor.partition("/")
+            if not dept or not NODE.match(node):
+                continue  # refused before it had a department (a form sent without signing in)
             day = day_of(int(rec["at"]))
             add((node, day, "made", "", actor, op), rec)
             if resource and resource_node(resource) == node:
-                add((node, day, "served", resource, "", op), rec)
+                add((node, day, "served", resource[:40], "", op), rec)
         elif action == "federation.deliver":
             details = rec.get("details") or {}
             if not isinstance(details, dict) or details.get("kind") != "service.call" or not details.get("op"):
@@ -122,7 +126,7 @@ def tallies(records: Iterable[dict[str, Any]]) -> dict[Key, list[int]]:
             node = resource_node(resource) if resource else None
             if node is None:
                 continue
-            add((node, day_of(int(rec["at"])), "served", resource, "", str(details["op"])[:16]), rec)
+            add((node, day_of(int(rec["at"])), "served", resource[:40], "", str(details["op"])[:16]), rec)
     return out
 
 

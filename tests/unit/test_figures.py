@@ -87,6 +87,9 @@ def test_local_calls_portal_and_api_alike_errors_and_latency():
         {"at": AT, "action": "portal.verify", "actor": f"{A}/CIVIL", "resource": RES_A, "outcome": "ok", "latency_ms": 1},
         {"at": AT, "action": "federation.deliver", "actor": B, "resource": None, "outcome": "ok", "latency_ms": 1,
          "details": {"kind": "application.submit"}},
+        # a form sent without signing in: refused before it had a department
+        {"at": AT, "action": "portal.verify.post", "actor": "anonymous", "resource": RES_A, "outcome": "UNAUTHENTICATED",
+         "latency_ms": 1},
     ]
     conn = counted(records)
     store.tally(conn, records[:1])  # a second batch adds to the same rows
