@@ -129,7 +129,7 @@ def _path_values(code: str) -> dict[str, str]:
     """A value for each path parameter, well formed so that a handler gets as far as the body."""
     unknown = "01M8X7PP3AT74CZ6MTQ8B5765P"
     return {"code": code, "id": unknown, "source": unknown, "identifier": make_identifier(POLICE + "001", "370321", "1", 1),
-            "feed": "catalog", "action": "revoke"}
+            "feed": "catalog", "action": "revoke", "item": "370321-XK-00001"}
 
 
 def body_routes(app) -> list[tuple[str, str]]:
@@ -182,8 +182,9 @@ async def test_deep_json_on_every_route(node, caplog):
 async def test_malformed_multipart_on_every_upload_route(node, caplog):
     caplog.set_level(logging.INFO)
     code = await create_resource(node)
-    uploads = [node.app.router[d.name].url_for(code=code).path for d in node.app[OPENAPI_DOCS]
-               if MULTIPART in d.content_types]
+    values = _path_values(code)
+    uploads = [node.app.router[d.name].url_for(**{k: v for k, v in values.items() if "{" + k in d.path}).path
+               for d in node.app[OPENAPI_DOCS] if MULTIPART in d.content_types]
     assert uploads
     disposition = b'Content-Disposition: form-data; name="file"; filename="a.csv"\r\n'
     bodies = [

@@ -272,7 +272,7 @@ async def test_forms_without_the_sessions_token_are_refused_and_audited(county_s
     # A form about one thing (a resource, an application) is sent to a path naming one: any will do, since the
     # token is checked before anything is looked up.
     samples = {"code": "101001/370321000001", "id": "01JD3W6Z9K8Q4V7N2M5X1R0T6Y", "dept": "OPERATOR",
-               "username": "zhangsan"}
+               "username": "zhangsan", "item": "370321-XK-00001"}
     posts = {str(r.resource.url_for(**{k: v for k, v in samples.items() if "{" + k in r.resource.canonical}))
              for r in node.app.router.routes() if r.method == "POST" and r.resource.canonical.startswith("/portal/")}
     assert {"/portal/login", "/portal/password", "/portal/logout"} <= posts

@@ -90,8 +90,12 @@ async def read_sheet(request: web.Request, reader: MultipartReader | None, limit
             raise ApiError(f"send the sheet as {XLSX} or as a file of a {MULTIPART} form",
                            code="UNSUPPORTED_MEDIA_TYPE")
         return await read_body(request, limit)
+    if reader is None:
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError, KeyError):  # no boundary, or a Content-Type aiohttp cannot split
+            raise InvalidInput("the multipart body is malformed: its Content-Type names no usable boundary") from None
     try:
-        reader = reader or await request.multipart()
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise InvalidInput("nested multipart bodies are not accepted")

@@ -377,8 +377,8 @@ class ItemService:
         results = await asyncio.gather(*(self._material(m, body, requester) for m in item["materials"]))
         # The running totals go to the node's journal, where the call's own audit record follows them: the
         # journal commits in order, so they are durable before the answer (which waits for that record), and
-        # usually in the same commit. A transaction of their own cost one more commit a call: at concurrency 1
-        # on the benchmark's tree (scripts/bench_items.py) that was a tenth of the gathering's time.
+        # usually in the same commit. A transaction of their own would put a second commit (and its flush) on
+        # every call's path, after the slowest material.
         counted = self.journal.enqueue(store.count, [
             {"item": code, "material": r["id"], "dept": item["dept"]["dept"], "outcome": r["outcome"]}
             for r in results])
