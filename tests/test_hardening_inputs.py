@@ -129,7 +129,7 @@ def _path_values(code: str) -> dict[str, str]:
     """A value for each path parameter, well formed so that a handler gets as far as the body."""
     unknown = "01M8X7PP3AT74CZ6MTQ8B5765P"
     return {"code": code, "id": unknown, "source": unknown, "identifier": make_identifier(POLICE + "001", "370321", "1", 1),
-            "feed": "catalog", "action": "revoke", "item": "370321-XK-00001"}
+            "feed": "catalog", "action": "revoke", "item": "370321-XK-00001", "list": "370000-0001", "entry": unknown}
 
 
 def body_routes(app) -> list[tuple[str, str]]:

@@ -272,12 +272,14 @@ async def test_forms_without_the_sessions_token_are_refused_and_audited(county_s
     # A form about one thing (a resource, an application) is sent to a path naming one: any will do, since the
     # token is checked before anything is looked up.
     samples = {"code": "101001/370321000001", "id": "01JD3W6Z9K8Q4V7N2M5X1R0T6Y", "dept": "OPERATOR",
-               "username": "zhangsan", "item": "370321-XK-00001"}
+               "username": "zhangsan", "item": "370321-XK-00001", "list": "370321-0001",
+               "entry": "01JD3W6Z9K8Q4V7N2M5X1R0T6Y"}
     posts = {str(r.resource.url_for(**{k: v for k, v in samples.items() if "{" + k in r.resource.canonical}))
              for r in node.app.router.routes() if r.method == "POST" and r.resource.canonical.startswith("/portal/")}
     assert {"/portal/login", "/portal/password", "/portal/logout"} <= posts
     # A path's parameters take a well-formed value, so that the form is reached (and refused) at all.
-    sample = {"id": "0" * 26, "code": "101001/370321000001", "dept": "OPERATOR", "username": "zhangsan"}
+    sample = {"id": "0" * 26, "code": "101001/370321000001", "dept": "OPERATOR", "username": "zhangsan",
+              "item": "370321-XK-00001", "list": "370321-0001", "entry": "0" * 26}
     for path in sorted(re.sub(r"\{(\w+)\}", lambda m: sample[m.group(1)], p) for p in posts):
         response = await page.page.request.post(node.url + path, data=b"[" * 10_000 + b"]" * 10_000,
                                                 headers={"Content-Type": "application/json"}, max_redirects=0)

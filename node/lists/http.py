@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, RootModel, TypeAdapter, ValidationError
 
 from node.accounts.http import account
 from node.audit.http import note
@@ -41,11 +41,9 @@ class EntriesQuery(BaseModel):
     page_size: int = Field(100, ge=1, le=1000)
 
 
-class EntriesBody(BaseModel):
+class EntriesBody(RootModel[list[EntryIn]]):
     """A JSON array of entries (or CSV / XLSX with the columns 主体代码, 代码类型, 主体名称, 列入事由, 列入依据,
     奖惩措施, 有效期起始, 有效期截止)."""
-
-    model_config = {"json_schema_extra": {"type": "array", "items": EntryIn.model_json_schema()}}
 
 
 @routes.post("/api/v1/lists/check", name="lists.check",

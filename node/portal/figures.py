@@ -20,6 +20,7 @@ from node.federation.http import FEDERATION
 from node.figures import store as figures_store
 from node.figures.http import FIGURES
 from node.ids import now_ms
+from node.items.http import ITEMS
 from node.portal import charts
 from node.portal.data import XLSX_TYPE, _csv_bytes
 from node.portal.pages import PortalRoutes
@@ -69,6 +70,10 @@ def tables(f: dict[str, Any]) -> dict[str, tuple[str, list[str], list[list[Any]]
     out["feedback"] = ("数据纠错", ["提供部门", "收到", "已更正", "已办结", "按时办结率", "平均办结(小时)"],
                        [[r["dept"], r["received"], r["corrected"], r["resolved"], r["on_time_rate"], r["mean_hours"]]
                         for r in f["feedback"]])
+    i = f.get("items")
+    if i is not None:
+        out["items"] = ("政务服务事项材料减免（本级，累计）", ["有办件的事项", "一证通办次数", "共享替代的材料(份)", "材料减免率"],
+                        [[i["items"], i["calls"], i["replaced"], i["reduction_rate"]]])
     c = f["catalog"]
     out["catalog"] = ("目录与数据", ["目录数", "有数据的目录", "有目录必有数据比率", "可判定更新周期的目录", "按周期更新", "数据鲜活比率"],
                       [[c["entries"], c["with_data"], c["with_data_rate"], c["judged"], c["fresh"], c["fresh_rate"]]])
@@ -108,6 +113,9 @@ async def _figures(request: web.Request, days: int, subtree: bool) -> dict[str, 
         names = await figures_store.entry_names(conn, [r["key"] for r in f["by_resource"]])
     for r in f["by_resource"]:
         r["name"] = names.get(r["key"], "")
+    # 材料减免率 (issue 19): this node's service items only, as running totals since they were published; the
+    # reports up the tree do not carry them yet, so a parent shows its own.
+    f["items"] = await request.app[ITEMS].figures()
     return f
 
 
@@ -120,6 +128,8 @@ async def figures(request: web.Request, person: Person | None) -> dict[str, Any]
     resources = f["by_resource"][:10]
     depts = f["by_dept"][:10]
     rates = [("有目录必有数据", f["catalog"]["with_data_rate"]), ("数据鲜活", f["catalog"]["fresh_rate"])]
+    if f.get("items"):
+        rates.append(("材料减免率", f["items"]["reduction_rate"]))
     for wf, rows in f["workflows"].items():
         done = sum(r["review_done"] for r in rows)
         first, second = STEPS.get(wf, ("审核", "决定"))
