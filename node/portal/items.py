@@ -172,7 +172,8 @@ async def export_page(request: web.Request, person: Person | None) -> web.Stream
         "Content-Disposition": 'attachment; filename="items.xlsx"'})
 
 
-@routes.post("/portal/items/import", name="portal.items.upload", template="items.html", roles=("dept",))
+@routes.post("/portal/items/import", name="portal.items.upload", template="items.html", roles=("dept",),
+             upload=True)
 async def import_page(request: web.Request, person: Person | None) -> web.StreamResponse:
     """The department's implemented items from an XLSX sheet (the export's columns): all or none, a refusal
     naming each row."""

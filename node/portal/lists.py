@@ -65,7 +65,7 @@ async def check_one(request: web.Request, person: Person | None) -> dict[str, An
     return {**ctx, "result": answer["results"][0], "checked_on": answer["checked_on"]}
 
 
-@routes.post("/portal/lists/check/file", name="portal.lists.check.file", template="lists_check.html")
+@routes.post("/portal/lists/check/file", name="portal.lists.check.file", template="lists_check.html", upload=True)
 async def check_file(request: web.Request, person: Person | None) -> web.StreamResponse:
     assert person is not None
     ctx = _check_context()
