@@ -14,6 +14,7 @@ import logging
 import pytest
 
 from federation.envelope import make_envelope, sign_envelope
+from node.db import next_counter_sync, write_tx
 from node.errors import ApiError
 from node.federation.http import FEDERATION
 from node.supervisor import Supervisor
@@ -250,3 +251,51 @@ async def test_a_failed_background_step_is_logged_with_its_cause(caplog):
     [rec] = [r for r in caplog.records if "background step" in r.getMessage()]
     assert rec.levelname == "ERROR" and "catch_up_with_parent" in rec.getMessage()
     assert "370300" in rec.getMessage() and rec.exc_info[0] is RuntimeError
+
+
+class StoringInbox(Inbox):
+    """An `application.submit` handler that stores what it receives, as the real handlers do (a write made
+    during the delivery, so it commits with the message's applied mark)."""
+
+    def __init__(self, node) -> None:  # noqa: ANN001
+        super().__init__()
+        self.engine = node.app[FEDERATION].engine
+
+    async def __call__(self, env: dict) -> dict:
+        async with write_tx(self.engine) as conn:
+            await conn.run_sync(next_counter_sync, "test-inbox")
+        return await super().__call__(env)
+
+
+async def test_a_message_claimed_by_a_node_killed_before_it_stored_it_is_acted_on_when_retried(tmp_path):
+    """The fault drill's loss: a node commits an envelope's id as seen, then is killed before it stores
+    (destination) or queues (relay) what the envelope carries. The sender's retry must be acted on, not
+    acknowledged as a duplicate; a second retry after that is a duplicate, acted on once in all."""
+    nodes = await start_federation(tmp_path)
+    county, city, province = nodes["370321"], nodes["370300"], nodes["370000"]
+    inbox = StoringInbox(province)
+    inbox.install(province)
+    try:
+        body = seal_body({"tag": "claimed, then killed"}, "370321", signing_key_of(county.config.home), "370000",
+                         signing_key_of(province.config.home))
+        env = sign_envelope(make_envelope("application.submit", "370321", "370000", body), "370321",
+                            signing_key_of(county.config.home))
+        # What a SIGKILL between the claim's commit and the effect's leaves, at the relay and at the destination.
+        for node in (city, province):
+            await raw_sql(node.config, "INSERT INTO seen_messages (id, at) VALUES (:id, :t)",
+                          {"id": env["id"], "t": now_ms()})
+        for _ in range(2):  # the retry, then one more
+            await raw_sql(county.config, "INSERT INTO outbox (peer, kind, payload, created_at, attempts, next_attempt_at) "
+                                         "VALUES ('370300', 'message', :p, :t, 0, :t)",
+                          {"p": json.dumps(env, ensure_ascii=False), "t": now_ms()})
+            county.app[FEDERATION].outbox.wake("370300")
+            await wait_for(lambda: _no_messages(county), what="the county's outbox sent")
+            await wait_for(lambda: _no_messages(city), what="the city's outbox sent")
+        await wait_for(lambda: inbox.ids == [env["id"]], timeout=20, what="the message stored at the province")
+        await asyncio.sleep(0.5)  # room for a wrong second application
+        assert inbox.ids == [env["id"]]
+        [(applied,)] = await raw_sql(province.config, "SELECT applied FROM seen_messages WHERE id = :id",
+                                     {"id": env["id"]})
+        assert applied
+    finally:
+        await stop_all(nodes)

@@ -118,8 +118,16 @@ class Call:
     wrote: bool = False
     claimed: bool = False
     _claiming: bool = False
+    # Run first in the call's first write transaction (a delivered message marks itself applied there, so
+    # that its effect and the mark commit or roll back together); may raise to refuse the transaction.
+    first_write: Callable[[sa.Connection], None] | None = None
+    _first_written: bool = False
+    _first_writing: bool = False
 
     def begin(self, conn: sa.Connection) -> None:
+        if self.open and self.first_write is not None and not self._first_written:
+            self.first_write(conn)
+            self._first_writing = True
         if not self.open or self.idempotency is None or self.claimed:
             return
         claim = self.idempotency
@@ -145,6 +153,8 @@ class Call:
         self.wrote = True
         if self._claiming:
             self.claimed, self._claiming = True, False
+        if self._first_writing:
+            self._first_written, self._first_writing = True, False
 
     def note(self, **fields: Any) -> None:
         self.fields.update({k: v for k, v in fields.items() if v is not None})

@@ -17,8 +17,9 @@ from federation.envelope import hop_count, make_envelope, next_hop, sign_envelop
 from federation.errors import EnvelopeError, FederationError, SignatureError, TrustError
 from federation.signing import decode_b64, signed_bytes, verify_signed_json
 from node.audit.service import Call
-from node.db import CALL_WRITES
+from node.db import CALL_WRITES, write_tx
 from node.errors import STATUS_OF, ApiError
+from node.federation import store as fed_store
 from node.federation.replay import Claim
 from node.ids import now_ms
 
@@ -205,8 +206,13 @@ class Messages:
                     # Another worker of this node took the envelope first (a sender retrying after its
                     # own worker died, say): acknowledged as a duplicate, like one this worker saw.
                     fresh, durable = False, _settled()
+            if not fresh and is_async and not await self._applied(env["id"]):
+                # Claimed before, but what it carries was never stored or queued: the node that claimed it was
+                # killed in between, or its handler failed. Acting on the retry is what keeps the message;
+                # the mark committed with the effect stops a second application (fed_store.mark_applied).
+                fresh = True
             if not fresh:
-                answer = self.answer(env, "reply", {"accepted": True, "duplicate": True})
+                answer = self.duplicate(env)
             elif hop == self.node_id:
                 if durable is not None:
                     try:
@@ -224,19 +230,30 @@ class Messages:
                         details["op"] = body["op"][:32]
                     _note_requester(body, details, person)
                     call = Call(audit_fields("ok"))  # what it stores carries its audit intent
+                    if is_async:  # and the mark that it is applied, in the same commit
+                        call.first_write = lambda conn: fed_store.mark_applied(conn, env["id"])
                     token = CALL_WRITES.set(call)
                     try:
                         answer = await self.dispatch(opened, opened=True)
+                    except fed_store.AlreadyApplied:  # another delivery of it stored it first
+                        answer = self.duplicate(env)
                     finally:
                         call.open = False
                         CALL_WRITES.reset(token)
+                    if is_async and not call.wrote and answer.get("kind") != "error":
+                        await self._mark_applied(env["id"])  # a handler that stored nothing: its retry is a duplicate
             elif hop is None or hop == hop_origin:
                 answer = self.error_answer(env, ApiError(f"no route to node {destination}",
                                                          {"hop": self.node_id}, code="NODE_UNKNOWN"))
             elif is_async:
                 await durable
-                await fed.sender.enqueue_message(hop, sign_envelope(env, self.node_id, fed.key, message=message))
-                answer = self.answer(env, "reply", {"accepted": True, "queued_at": self.node_id})
+                try:
+                    await fed.sender.enqueue_message(hop, sign_envelope(env, self.node_id, fed.key, message=message),
+                                                     relaying=env["id"])
+                except fed_store.AlreadyApplied:  # another delivery of it was queued first
+                    answer = self.duplicate(env)
+                else:
+                    answer = self.answer(env, "reply", {"accepted": True, "queued_at": self.node_id})
             else:
                 # The relay's record commits with this hop's claims while the next hop works.
                 record = fed.audit.enqueue(**audit_fields("ok"))
@@ -256,6 +273,20 @@ class Messages:
                                            claims=claims if read_here else None)
             await _all_of(durable, record)  # no answer leaves before this hop's claims are durable
         return answer
+
+    def duplicate(self, env: dict[str, Any]) -> dict[str, Any]:
+        return self.answer(env, "reply", {"accepted": True, "duplicate": True})
+
+    async def _mark_applied(self, message_id: str) -> None:
+        try:
+            async with write_tx(self.fed.engine) as conn:
+                await conn.run_sync(fed_store.mark_applied, message_id)
+        except fed_store.AlreadyApplied:
+            pass
+
+    async def _applied(self, message_id: str) -> bool:
+        async with self.fed.engine.connect() as conn:
+            return await fed_store.message_applied(conn, message_id)
 
     async def dispatch(self, env: dict[str, Any], *, opened: bool = False) -> dict[str, Any]:
         """Serve an envelope addressed to this node; the handler gets it with its body opened."""

@@ -69,8 +69,12 @@ class Sender:
             for peer in filter(None, payload.split(",")):
                 self.outbox.wake(peer)
 
-    async def enqueue_message(self, peer: str, env: dict[str, Any]) -> None:
+    async def enqueue_message(self, peer: str, env: dict[str, Any], *, relaying: str | None = None) -> None:
+        """Queue an envelope for a neighbour. `relaying`: the id of the message being passed on, marked
+        applied in the same commit (store.AlreadyApplied if another delivery of it was queued already)."""
         async with write_tx(self.engine) as conn:
+            if relaying is not None:
+                await conn.run_sync(store.mark_applied, relaying)
             await store.enqueue(conn, peer, "message", env, now_ms())
             if self.outbox is None:  # the sending worker learns of it as the row commits
                 await announce(conn, "outbox", peer)

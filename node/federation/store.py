@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from node.db import metadata, next_counter, on_conflict_statement, read_counter_sync
+from node.ids import now_ms
 
 REGISTRY_COUNTER = "registry_change"
 
@@ -55,6 +56,11 @@ seen_messages = sa.Table(
     metadata,
     sa.Column("id", sa.String(26), primary_key=True),
     sa.Column("at", sa.BigInteger, nullable=False, index=True),
+    # An asynchronous message's claim commits before it is acted on; `applied` commits with what it stored
+    # (or queued, at a relay). A node killed between the two keeps the claim without the effect, and the
+    # sender's retry must then be acted on, not acknowledged as a duplicate (the fault drill lost
+    # feedback and applications that way).
+    sa.Column("applied", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 feed_cursors = sa.Table(
@@ -172,6 +178,30 @@ def claim_seen(conn: sa.Connection, nonces: list[dict[str, Any]],
                                      .returning(seen_messages.c.id))
         won_messages = {r[0] for r in conn.execute(stmt, messages).all()}
     return won_nonces, won_messages
+
+
+class AlreadyApplied(Exception):
+    """What the message carries is stored already (by an earlier delivery, or another worker's at once):
+    the transaction that would store it again rolls back and the message is answered as a duplicate."""
+
+
+def mark_applied(conn: sa.Connection, message_id: str) -> None:
+    """In the transaction that stores what a message carries: mark it applied, or raise AlreadyApplied.
+    The row lock (PostgreSQL; SQLite's write lock does the same) makes a second worker acting on the same
+    message wait for the first's commit, then see it applied."""
+    row = conn.execute(sa.select(seen_messages.c.applied).where(seen_messages.c.id == message_id)
+                       .with_for_update()).first()
+    if row is not None and row[0]:
+        raise AlreadyApplied(message_id)
+    if row is None:  # pruned meanwhile (a claim older than its window): the mark alone keeps it from repeating
+        conn.execute(sa.insert(seen_messages).values(id=message_id, at=now_ms(), applied=True))
+    else:
+        conn.execute(sa.update(seen_messages).where(seen_messages.c.id == message_id).values(applied=True))
+
+
+async def message_applied(conn: AsyncConnection, message_id: str) -> bool:
+    row = (await conn.execute(sa.select(seen_messages.c.applied).where(seen_messages.c.id == message_id))).first()
+    return bool(row is not None and row[0])
 
 
 async def load_seen(conn: AsyncConnection, nonces_since: int, messages_since: int) -> tuple[list[sa.Row], list[sa.Row]]:
