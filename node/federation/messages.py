@@ -114,6 +114,9 @@ class Messages:
         # Called with (request envelope, reply envelope) when an async message sent from here is answered.
         self.reply_handlers: dict[str, Callable[[dict, dict], Awaitable[None]]] = {}
         self._boxes = sealed.Boxes()
+        # Asynchronous messages being acted on in this process, by id: a retry that arrives meanwhile waits
+        # for the first to finish before it asks whether the message was applied.
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
 
     # Routing --------------------------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class Messages:
         durable = None if read_here else asyncio.ensure_future(_all_of(*(c.durable() for c in claims)))
         record: asyncio.Future[None] | None = None
         call: Call | None = None
+        in_flight: asyncio.Future[None] | None = None
         try:
             if fresh and is_async:
                 assert durable is not None and message_claim is not None
@@ -206,11 +210,15 @@ class Messages:
                     # Another worker of this node took the envelope first (a sender retrying after its
                     # own worker died, say): acknowledged as a duplicate, like one this worker saw.
                     fresh, durable = False, _settled()
+            if not fresh and is_async and (running := self._in_flight.get(env["id"])) is not None:
+                await running
             if not fresh and is_async and not await self._applied(env["id"]):
                 # Claimed before, but what it carries was never stored or queued: the node that claimed it was
                 # killed in between, or its handler failed. Acting on the retry is what keeps the message;
                 # the mark committed with the effect stops a second application (fed_store.mark_applied).
                 fresh = True
+            if fresh and is_async and env["id"] not in self._in_flight:
+                in_flight = self._in_flight[env["id"]] = asyncio.get_running_loop().create_future()
             if not fresh:
                 answer = self.duplicate(env)
             elif hop == self.node_id:
@@ -240,8 +248,10 @@ class Messages:
                     finally:
                         call.open = False
                         CALL_WRITES.reset(token)
-                    if is_async and not call.wrote and answer.get("kind") != "error":
-                        await self._mark_applied(env["id"])  # a handler that stored nothing: its retry is a duplicate
+                    if is_async and not call.wrote:
+                        # The handler answered without storing anything (or refused the message), and that
+                        # answer is final for its sender: a retry of it is a duplicate.
+                        await self._mark_applied(env["id"])
             elif hop is None or hop == hop_origin:
                 answer = self.error_answer(env, ApiError(f"no route to node {destination}",
                                                          {"hop": self.node_id}, code="NODE_UNKNOWN"))
@@ -261,6 +271,9 @@ class Messages:
             if answer["kind"] == "error":  # sealed: the code is known where the error was made
                 outcome = getattr(answer, "outcome", "error")
         finally:
+            if in_flight is not None:
+                del self._in_flight[env["id"]]
+                in_flight.set_result(None)
             if durable is None:  # a read done here: its claims and its record, one commit
                 durable = asyncio.ensure_future(_all_of(*(c.durable() for c in claims)))
             elif record is not None and outcome != "ok":  # a forward that failed: record how
