@@ -109,7 +109,8 @@ async def test_publish_check_feedback_and_repair_in_the_browser(fed, portal_page
     # 双反馈: the issuer sees where its entry was applied, then removes it (信用修复).
     for _ in range(60):
         await tax.goto("/portal/lists/mine")
-        if "370303" in await tax.page.locator("#feedback-title + table").inner_text():
+        shown = await tax.page.locator("#feedback-title + table").inner_text()
+        if "370303" in shown and "供应商批量审查" in shown:  # both checks' hits (two messages) have arrived
             break
         await asyncio.sleep(0.5)
     text = await tax.text()
