@@ -10,7 +10,10 @@ end) holds a list issued by one of its departments. The script measures, in the 
    (the baseline), then again once it holds `--entries` entries: the median of `--rounds` calls each, and the
    ratio (the digest index should make it close to 1);
 2. a check of one subject, `--singles` calls one after the other on one connection: p50 and p99, next to the same
-   client against a bare aiohttp handler answering a constant JSON (started the same way), as a ratio.
+   client against a bare aiohttp handler answering a constant JSON (started the same way), as a ratio; and beside
+   it, on the same node with the same token, the two floors under any API call: a route answered from memory
+   (no account, no database) and the cheapest audited call (one small read, its audit record durable before the
+   answer), so that what the check itself adds can be told from what every call costs.
 
 The entries are signed by the node's key with the federation's holder-key digest of each subject, exactly as
 the node signs them, and written straight into its database while it is stopped (signing a million entries
@@ -143,21 +146,34 @@ def check_many(url: str, token: str, subjects: list[str], rounds: int) -> tuple[
     return statistics.median(times), answer
 
 
-def singles(url: str, token: str, codes: list[str]) -> list[float]:
+def singles(url: str, token: str, codes: list[str], path: str | None = None) -> list[float]:
+    """One check of one subject after another on one connection (50 warm-up calls first), in ms. With `path`,
+    a GET of `path` as many times instead: the same client and token on another route, for the floors."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     out = []
     try:
         for i, code in enumerate([codes[0]] * 50 + codes):
-            status, data, took = post(conn, "/api/v1/lists/check", token,
-                                      json.dumps({"subjects": [{"code": code}], "purpose": "基准测试"}).encode())
+            if path is None:
+                status, data, took = post(conn, "/api/v1/lists/check", token,
+                                          json.dumps({"subjects": [{"code": code}], "purpose": "基准测试"}).encode())
+            else:
+                status, data, took = get(conn, path, token)
             if status != 200:
-                raise RuntimeError(f"check answered {status}: {data[:300]!r}")
+                raise RuntimeError(f"{path or 'check'} answered {status}: {data[:300]!r}")
             if i >= 50:
                 out.append(took * 1000)
     finally:
         conn.close()
     return out
+
+
+def get(conn: http.client.HTTPConnection, path: str, token: str) -> tuple[int, bytes, float]:
+    t0 = time.perf_counter()
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    data = resp.read()
+    return resp.status, data, time.perf_counter() - t0
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -243,18 +259,29 @@ def main() -> int:
             codes = [checked[i % len(checked)] for i in range(args.singles)]
             node_ms, bare_ms = [], []
             node_cpu = bare_cpu = 0.0
-            for r in range(2):  # alternate, so a busy moment of the machine falls on both
+            # The floors under one subject's check, on the same node, client and token: a route the node answers
+            # from memory (the OpenAPI document: no account, no database), and the cheapest audited call (the
+            # caller's own lists: the token's account, one small read, and the call's audit record made durable
+            # before the answer, as for every API call).
+            floor_ms: dict[str, list[float]] = {"openapi": [], "audited": []}
+            for r in range(2):  # alternate, so a busy moment of the machine falls on each
                 c0 = cpu_seconds(bare.pid)
                 bare_ms += singles(f"http://127.0.0.1:{bare_port}", checker, codes[r::2])
                 bare_cpu += cpu_seconds(bare.pid) - c0
                 c0 = cpu_seconds(node.pid)
                 node_ms += singles(node.url, checker, codes[r::2])
                 node_cpu += cpu_seconds(node.pid) - c0
+                floor_ms["openapi"] += singles(node.url, checker, codes[r::2], path="/api/v1/openapi.json")
+                floor_ms["audited"] += singles(node.url, checker, codes[r::2], path="/api/v1/lists?mine=true")
             calls = len(codes) + 100  # each round's 50 warm-up calls included
             p50, p99, b50 = pct(node_ms, 0.5), pct(node_ms, 0.99), pct(bare_ms, 0.5)
             print(f"one subject at the API: p50 {p50:.2f} ms, p99 {p99:.2f} ms; bare aiohttp p50 {b50:.2f} ms "
                   f"(× {p50 / b50:.1f}); server CPU a call {node_cpu * 1000 / calls:.2f} ms vs bare "
                   f"{bare_cpu * 1000 / calls:.2f} ms   target p50 ≤ 2 ms: {'met' if p50 <= 2.0 else 'MISSED'}")
+            f_open, f_aud = pct(floor_ms["openapi"], 0.5), pct(floor_ms["audited"], 0.5)
+            print(f"floors on the same node: GET of the OpenAPI document (no account, no database) p50 {f_open:.2f} ms; "
+                  f"the cheapest audited call (GET /api/v1/lists) p50 {f_aud:.2f} ms; one subject's check = "
+                  f"× {p50 / f_aud:.2f} the audited floor, {p50 - f_aud:+.2f} ms")
             print(f"machine load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         finally:
             for p in procs:

@@ -85,3 +85,34 @@ async def test_facet_counts_agree_with_counting_entry_by_entry(node):
     assert found["providers"][DEPTS["370300"][1]] == {"node": "370300", "name": "370300部门2"}
     assert set(found["providers"]) == {e["provider"]["dept"] for e in entries if not e["deleted"]}
     assert set(found["counts"]["level"]) == {"province", "city", "county"}
+
+
+async def test_facet_counts_follow_changes_committed_after_they_were_first_counted(node):
+    """Each process counts from its own copy of the facet columns: a later change, whoever committed it, must
+    be in the next count (a new entry, an entry changed to another share type, an entry withdrawn)."""
+    entries = _entries(60)
+    catalog = node.app[CATALOG]
+    async with write_tx(node.app[DB]) as conn:
+        await catalog.apply_received_many(entries[:50], conn)
+    before = await catalog.facets(q=None)
+    assert before["total"] == sum(not e["deleted"] for e in entries[:50])
+
+    keys = {n: generate_signing_key("1") for n in NODES}
+    live = [e for e in entries[:50] if not e["deleted"]]
+    changed, withdrawn = dict(live[0]), dict(live[1])
+    for doc in (changed, withdrawn):
+        doc.pop("signatures", None)
+        doc["seq"] += 100
+        doc["version"] += 1
+    changed["share"] = {"type": "none", "condition": "", "basis": "法规", "methods": ["api"]}
+    withdrawn["deleted"] = True
+    fresh = [sign_json(doc, doc["node"], keys[doc["node"]]) for doc in (changed, withdrawn)]
+    async with write_tx(node.app[DB]) as conn:
+        await catalog.apply_received_many(entries[50:] + fresh, conn)
+    now = [e for e in entries if e["code"] not in (changed["code"], withdrawn["code"])] + fresh
+    expected_total, expected = _brute(now, None, {})
+    after = await catalog.facets(q=None)
+    assert after["total"] == expected_total == before["total"] + sum(not e["deleted"] for e in entries[50:]) - 1
+    assert after["counts"] == expected
+    # Narrowed to the changed entry's new share type, it is counted there.
+    assert (await catalog.facets(q=None, share_type="none"))["total"] == _brute(now, None, {"share_type": "none"})[0]

@@ -146,43 +146,12 @@ async def search(
     return total, [r[0] for r in (await conn.execute(q)).all()]
 
 
-async def facet_counts(conn: AsyncConnection, *, text: str | None, include_deleted: bool,
-                       **chosen: str | None) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, int, str]]]:
-    """The entries matching `text`, counted two ways in one statement over one pass of the table:
-    - per (node, category, share type), among those of the chosen provider: every count of the level, node,
-      category and share type facets under any choice of the others follows from these few hundred groups
-      (a province's nodes times three times three);
-    - per provider department, among those matching the other choices, each with one of its codes
-      (`sample`, to name it): a province's catalog names thousands of departments, so they are not grouped
-      with the rest.
-    Returns ([(node, category, share type, count)], [(provider, count, sample)])."""
+async def facet_rows(conn: AsyncConnection, since: int) -> list[sa.Row]:
+    """The short columns of every entry changed after cursor `since` (node.catalog.facets)."""
     c = catalog_entries.c
-    m = sa.select(c.code, c.node, c.category, c.share_type, c.provider_dept).where(
-        _where(text=text, include_deleted=include_deleted)).cte("matching")
-    text_null = sa.null().cast(sa.String)
-    groups = (
-        sa.select(sa.literal("g", sa.String).label("kind"), m.c.node, m.c.category, m.c.share_type,
-                  text_null.label("provider_dept"), sa.func.count().label("n"), text_null.label("sample"))
-        .where(sa.and_(sa.true(), *([m.c.provider_dept == chosen["provider"]] if chosen.get("provider") else [])))
-        .group_by(m.c.node, m.c.category, m.c.share_type)
-    )
-    others = []
-    if chosen.get("node"):
-        others.append(m.c.node == chosen["node"])
-    if chosen.get("level"):
-        others.append(_level(chosen["level"], m.c.node))
-    for facet in ("category", "share_type"):
-        if chosen.get(facet):
-            others.append(m.c[facet] == chosen[facet])
-    providers = (
-        sa.select(sa.literal("p", sa.String), text_null, text_null, text_null, m.c.provider_dept,
-                  sa.func.count(), sa.func.min(m.c.code))
-        .where(sa.and_(sa.true(), *others))
-        .group_by(m.c.provider_dept)
-    )
-    rows = (await conn.execute(sa.union_all(groups, providers))).all()
-    return ([(node, category, share_type, n) for kind, node, category, share_type, _, n, _ in rows if kind == "g"],
-            [(dept, n, sample) for kind, _, _, _, dept, n, sample in rows if kind == "p"])
+    q = sa.select(c.code, c.node, c.category, c.share_type, c.provider_dept, c.deleted, c.search_text,
+                  c.change_id).where(c.change_id > since)
+    return list((await conn.execute(q)).all())
 
 
 async def entries(conn: AsyncConnection, codes: list[str]) -> list[sa.Row]:
