@@ -47,15 +47,13 @@ REPORTED_DAYS = 7  # a report for each of the last days: statuses of earlier app
 # day's grace for the update of its last day. `other` declares no cycle and is not judged.
 CYCLE_DAYS = {"realtime": 1, "daily": 1, "weekly": 7, "monthly": 31, "quarterly": 92, "yearly": 366}
 DAY_MS = 86_400_000
-WORKFLOW_STATUSES = {"application": ("submitted", "accepted", "approved", "rejected", "withdrawn"),
-                     "data_request": ("submitted", "accepted", "fulfilled", "rejected")}
-# Each kind's two steps in a report's shape: the first (`review`: the platform reviews an application, or
-# assigns a data request to a department) and the second (`decision`: the department decides, or answers),
-# as the (due, started, done) columns of the kind's table (node.workflow).
-WORKFLOW_STEPS = {"application": (("review_due", "submitted_at", "reviewed_at"),
-                                  ("decision_due", "reviewed_at", "decided_at")),
-                  "data_request": (("assign_due", "submitted_at", "assigned_at"),
-                                   ("answer_due", "assigned_at", "answered_at"))}
+def workflow_kinds() -> dict[str, Any]:
+    """The workflows the figures count, by name: each kind's statuses are a report's columns, and its two steps
+    (the platform's review or assignment, then the department's decision or answer) a report's `review` and
+    `decision` (node.workflow.Kind, the one description of each)."""
+    from node.applications.service import APPLICATION
+    from node.requests.service import DATA_REQUEST
+    return {k.name: k for k in (APPLICATION, DATA_REQUEST)}
 
 
 def days_between(first: str, last: str) -> list[str]:
@@ -270,20 +268,18 @@ class FiguresService:
         """This node's figures for each day of [first, last], in a report's shape (one part a day); without
         `calls`, what a page reads besides the sums of calls."""
         since, until = day_bounds(first)[0], day_bounds(last)[1]
-        from node.applications import store as app_store
         from node.quality import store as q_store
-        from node.requests import store as req_store
         from node.workflow import store as wf_store
-        tables = {"application": app_store.applications, "data_request": req_store.data_requests}
+        kinds = workflow_kinds()
         async with self.engine.connect() as conn:
             rows = await conn.run_sync(store.day_rows, self.node_id, first, last) if calls else []
-            docs = {kind: await wf_store.stats_rows(conn, table, self.node_id, since, until,
-                                                    [c for step in WORKFLOW_STEPS[kind] for c in step])
-                    for kind, table in tables.items()}
+            docs = {name: await wf_store.stats_rows(conn, kind.table, self.node_id, since, until,
+                                                    [c for st in kind.steps for c in (st.due, st.started, st.done)])
+                    for name, kind in kinds.items()}
             feedback = await wf_store.stats_rows(conn, q_store.feedback, self.node_id, since, until,
                                                  ["due", "resolved_at"])
             catalog = await self._catalog(conn)
-        parts = {d: {"node": self.node_id, "day": d, "calls": [], "workflows": {kind: [] for kind in tables},
+        parts = {d: {"node": self.node_id, "day": d, "calls": [], "workflows": {name: [] for name in kinds},
                      "feedback": []} for d in days_between(first, last)}
         for r in rows:
             parts[r.day]["calls"].append([r.kind, r.resource, r.dept, r.op, int(r.calls), int(r.errors),
@@ -294,11 +290,11 @@ class FiguresService:
                 day = cst_date(r.submitted_at).isoformat()
                 dept = r.provider_dept or "platform"  # a data request not yet assigned is the platform's
                 acc = wf.setdefault((day, dept), {
-                    "dept": f"{self.node_id}/{dept}", "statuses": dict.fromkeys(WORKFLOW_STATUSES[kind], 0),
+                    "dept": f"{self.node_id}/{dept}", "statuses": dict.fromkeys(kinds[kind].statuses, 0),
                     "review_done": 0, "review_on_time": 0, "decision_done": 0, "decision_on_time": 0})
                 acc["statuses"][r.status] = acc["statuses"].get(r.status, 0) + 1
-                for name, (due, started, done) in zip(("review", "decision"), WORKFLOW_STEPS[kind]):
-                    at, begun, until_day = getattr(r, done), getattr(r, started), getattr(r, due)
+                for name, st in zip(("review", "decision"), kinds[kind].steps):
+                    at, begun, until_day = getattr(r, st.done), getattr(r, st.started), getattr(r, st.due)
                     if at is not None and begun is not None and until_day:
                         acc[f"{name}_done"] += 1
                         acc[f"{name}_on_time"] += cst_date(at).isoformat() <= until_day

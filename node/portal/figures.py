@@ -30,7 +30,7 @@ VIEWERS = ("operator", "auditor")
 PERIODS = {"7": 7, "30": 30, "90": 90}
 OPS = {"query": "查询", "verify": "核验", "compare": "比对"}
 WORKFLOWS = {"application": "共享申请", "data_request": "数据需求"}
-# Per kind: its statuses as the figures' columns, and the names of its two steps (node.figures.WORKFLOW_STEPS).
+# Per kind: its statuses as the figures' columns, and the Chinese names of its two steps (node.figures.workflow_kinds).
 STATUSES = {"application": {"submitted": "待平台审核", "accepted": "待部门决定", "approved": "已批准",
                             "rejected": "未通过", "withdrawn": "已撤回"},
             "data_request": {"submitted": "待平台分派", "accepted": "待部门答复", "fulfilled": "已满足",
