@@ -153,6 +153,7 @@ async def test_the_operator_runs_the_node_from_the_console(tree, portal_page):
     sources = op.page.get_by_role("table", name=re.compile("前置机库表"))
     source_row = await sources.locator("tbody tr").filter(has_text=code).inner_text()
     assert "出错" in source_row and "5 / 0 / 0" in source_row and "100.0%" in source_row, source_row
+    assert "源表或字段已变化" in source_row and "连续失败 1 次" in source_row, source_row  # why, in Chinese
     assert "ed25519:1" in text and "无（从未轮换）" in text and "370300" in text  # its child 淄博市's certificate
     await op.screenshot("console")
 

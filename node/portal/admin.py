@@ -40,6 +40,10 @@ PERSON_STATUS = {"active": "正常", "disabled": "已停用", "locked": "已锁�
 INVITE_REFUSALS = {"code": ("code", "节点代码须为 6 位数字（GB/T 2260 行政区划代码）"),
                    "ttl_hours": ("hours", "有效时长须大于 0，至多 168 小时")}
 SOURCE_STATES = {"ready": "正常", "loading": "首次加载中", "error": "出错"}
+# What went wrong with a source, in the operator's words (node.exchange.models.SourceError.kind); the driver's
+# own message follows as it was given, for the source database's administrator.
+SOURCE_ERRORS = {"unreachable": "无法连接源库", "schema": "源表或字段已变化", "source": "源库报错",
+                 "credentials": "源库账号或密码无效", "internal": "本节点内部错误"}
 
 
 def _ms(ms: int | None) -> str:
@@ -88,7 +92,7 @@ async def console(request: web.Request, person: Person | None) -> dict[str, Any]
     sources = await request.app[EXCHANGE].list_all(acct)
     return {"waiting": waiting, "waiting_total": waiting_total, "overdue": overdue, "overdue_total": overdue_total,
             "names": names, "dept_names": dept_names, "statuses": STATUSES, "due": due_of,
-            "sources": sources, "source_states": SOURCE_STATES, "keys": _keys(request),
+            "sources": sources, "source_states": SOURCE_STATES, "source_errors": SOURCE_ERRORS, "keys": _keys(request),
             "departments": len(await request.app[ACCOUNTS].list()), "people": len(await request.app[PEOPLE].list())}
 
 
