@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from node.cli import command
 from node.config import CONFIG_FILE, Config, ConfigError, load_config
@@ -163,14 +164,43 @@ def _restore_database(copy: Path, db: Path | None, copied: list[Path]) -> None:
         raise ConfigError(f"the restored database fails SQLite's integrity check ({check})")
 
 
-async def _verify_chain(config: Config) -> tuple[object, int]:
+# After a restore the node's counters are the backup's, but before it was lost the node went on counting:
+# its neighbours hold feed cursors past the backup's heads (they would skip the restored node's next changes,
+# numbered again from the backup's heads), and receivers hold its own documents with versions (seq) past the
+# backup's (they would take its next documents for old ones). So every feed counter (`*_change`) and every
+# counter of the node's own documents (`*_seq`) moves on by far more than a node counts between a backup and
+# its loss; the audit chain's counters stay, since the chain is verified as it was backed up. A resource's
+# serial cannot move so far (six digits of its code): an entry registered after the backup may see its code
+# given again, and the newer document replaces it everywhere (operator guide, Backups).
+COUNTER_GAP = 2**32
+
+
+async def advance_counters(engine: Any) -> int:
+    """Move the restored node's feed and document counters on (see above); how many counters moved."""
+    import sqlalchemy as sa
+
+    from node.db import counters, write_tx
+
+    async with write_tx(engine) as conn:
+        moved = await conn.execute(sa.update(counters).where(sa.or_(
+            counters.c.name.like("%\\_change", escape="\\"), counters.c.name.like("%\\_seq", escape="\\")))
+            .values(value=counters.c.value + COUNTER_GAP))
+    return int(moved.rowcount)
+
+
+async def _settle(config: Config, verify: bool) -> tuple[object, int, int]:
+    """The restored database's counters moved on, then (SQLite) its audit chain walked: (the chain's first
+    break or None, audit intents waiting, counters moved)."""
     from node.audit.service import AuditLog
     from node.commands import open_database
 
     engine = await open_database(config, home_held=True)
     try:
+        moved = await advance_counters(engine)
+        if not verify:
+            return None, 0, moved
         log = AuditLog(engine)
-        return await log.verify(), await log.pending_intents()
+        return await log.verify(), await log.pending_intents(), moved
     finally:
         await engine.dispose()
 
@@ -198,10 +228,14 @@ async def restore(args: argparse.Namespace) -> int:
         config, manifest = restore_home(Path(args.src), home)
         print(f"restored node {manifest['node']} ({manifest['name']}) as backed up at {manifest['made_at']} into {home}")
         if not manifest.get("database"):
-            print("the database is PostgreSQL: restore it with pg_restore first (operator guide, Backups), "
-                  "then run `govnode audit verify`")
+            # The schema must have been restored with pg_restore first (operator guide, Backups).
+            _, _, moved = await _settle(config, verify=False)
+            print(f"the database is PostgreSQL: {moved} feed and document counters moved past the backup's; "
+                  "run `govnode audit verify`")
             return 0
-        broken, waiting = await _verify_chain(config)
+        broken, waiting, moved = await _settle(config, verify=True)
+        print(f"{moved} feed and document counters moved past the backup's (neighbours take the node's next "
+              "changes for new)")
     finally:
         lock.release()
     if broken is not None:

@@ -63,6 +63,11 @@ async def test_backup_beside_a_running_node_then_restore_rejoin_and_catch_up(tmp
         assert rc == 1 and "running" in err
         assert (await county.call("GET", "/healthz"))[0] == 200
 
+        # The county goes on after the backup: an entry its neighbours pull (their cursors on its feeds now
+        # stand past the backup's heads), then lost with the county.
+        lost = await register(county, ctok, "桓台县死亡登记信息")
+        await wait_for(lambda: _holds(province, lost["code"]), timeout=60, what="the entry made after the backup")
+
         # The county is lost (killed, its home wiped); meanwhile the federation goes on.
         county.kill()
         shutil.rmtree(home)
@@ -94,8 +99,11 @@ async def test_backup_beside_a_running_node_then_restore_rejoin_and_catch_up(tmp
         status, body = await county.call("POST", f"/api/v1/resources/{before['code']}/verify", ctok,
                                          json_body={"key": PEOPLE[0]["id_number"], "fields": {"name": "张三"}})
         assert status == 200 and body["match"] is True and body["via"][-1] == "370000", body
+        # Its next entry reaches the province although the neighbours' cursors stood past the backup, and is
+        # taken there for new although its numbers could have been given after the backup (the restore moves
+        # the node's feed and document counters on).
         after = await register(county, ctok, "桓台县婚姻登记信息")
-        await wait_for(lambda: _holds(province, after["code"]), timeout=60,
+        await wait_for(lambda: _named(province, after["code"], "桓台县婚姻登记信息"), timeout=60,
                        what="the restored county's new entry at the province")
     finally:
         await stop_all(nodes)
@@ -103,6 +111,11 @@ async def test_backup_beside_a_running_node_then_restore_rejoin_and_catch_up(tmp
 
 async def _holds(node, code: str) -> bool:  # noqa: ANN001
     return code in await catalog_codes(node)
+
+
+async def _named(node, code: str, name: str) -> bool:  # noqa: ANN001
+    rows = await raw_sql(node.config, "SELECT name FROM catalog_entries WHERE code = :code", {"code": code})
+    return [r[0] for r in rows] == [name]
 
 
 async def _holds_all(node, codes: list[str]) -> bool:  # noqa: ANN001
@@ -117,3 +130,20 @@ async def test_restore_refuses_what_is_not_a_backup_and_leaves_the_home_empty(tm
     rc, _out, err = await run_cli_full_async(["restore", str(not_backup), "--dir", str(home)])
     assert rc == 2 and "lacks 'config.yaml'" in err
     assert not (home / "config.yaml").exists()
+
+
+async def test_restore_moves_feed_and_document_counters_on_and_leaves_the_audit_chain_alone(node):
+    """On both databases (a PostgreSQL node's schema is restored with pg_restore, then `govnode restore`)."""
+    from node.backup import COUNTER_GAP, advance_counters
+    from node.context import DB
+
+    await register(node, "police", "桓台县户籍人口基本信息")
+    before = dict(await raw_sql(node.config, "SELECT name, value FROM counters"))
+    assert before["catalog_change"] >= 1 and before["resource_serial"] >= 1
+    assert any(n.startswith("audit") and v >= 1 for n, v in before.items())  # on PostgreSQL, a worker's segment
+    moved = await advance_counters(node.app[DB])
+    after = dict(await raw_sql(node.config, "SELECT name, value FROM counters"))
+    assert moved == sum(1 for n in before if n.endswith(("_change", "_seq")))
+    for name, value in before.items():
+        gap = COUNTER_GAP if name.endswith(("_change", "_seq")) else 0
+        assert after[name] == value + gap, name
