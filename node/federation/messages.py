@@ -160,7 +160,7 @@ class Messages:
         if self.node_id in (env.get("signatures") or {}):
             raise ApiError("the envelope has already passed this node (a loop)", code="INVALID_INPUT")
         is_async = env["kind"] in ASYNC_KINDS
-        message_claim = fed.replay.claim_message(env["id"])
+        message_claim = fed.replay.claim_message(env["id"], env["expires_at"])
         fresh = message_claim is not None
         claims = [c for c in (hop_claim, message_claim) if c is not None]
         if not fresh and not is_async:

@@ -55,6 +55,8 @@ seen_messages = sa.Table(
     "seen_messages",
     metadata,
     sa.Column("id", sa.String(26), primary_key=True),
+    # When the claim's window starts (it is kept for the message window from then): when the envelope was
+    # seen, or earlier for one that expires before the window ends (ReplayGuard.claim_message).
     sa.Column("at", sa.BigInteger, nullable=False, index=True),
     # An asynchronous message's claim commits before it is acted on; `applied` commits with what it stored
     # (or queued, at a relay). A node killed between the two keeps the claim without the effect, and the
