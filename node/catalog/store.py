@@ -87,8 +87,8 @@ async def store_many(conn: AsyncConnection, new_rows: list[dict[str, Any]], held
 
 
 # The levels of SPEC §1, told by the node id's trailing zeros as node.ids.level_of tells them, in SQL.
-def _level(level: str, node: Any = None) -> Any:
-    node = catalog_entries.c.node if node is None else node
+def _level(level: str) -> Any:
+    node = catalog_entries.c.node
     if level == "national":
         return node == "000000"
     if level == "province":
