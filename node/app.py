@@ -3,6 +3,7 @@ is closed if and only if it was opened."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,7 @@ from node.cluster import CLUSTER, Cluster
 from node.supervisor import Supervisor
 from node.config import Config
 from node.context import CONFIG, DB, SIGNING_KEY, add_routes
+from node import memory
 from node.db import make_engine, upgrade
 from node.ops import http as ops_http
 from node.sharing import http as sharing_http
@@ -43,6 +45,7 @@ def init_app(config: Config) -> web.Application:
     app[NODE_INFO] = {"node": config.node.id, "name": config.node.name}
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_audit)
+    app.cleanup_ctx.append(_memory)
     # aiohttp tries the routes under one path prefix in the order they were added: the department API's
     # most frequent calls (query, verify, compare) go first, ahead of records, files and sources.
     add_routes(app, sharing_http.routes)
@@ -112,6 +115,18 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     yield
     await tasks.close()
     await audit.close()
+
+
+async def _memory(app: web.Application) -> AsyncIterator[None]:
+    """Each process gives freed memory back to the system once a minute (see node/memory.py)."""
+    tasks = Supervisor(app[CONFIG].node.id, logging.getLogger("govnode.ops"))
+    if memory.can_trim():
+        async def trim() -> None:
+            await asyncio.to_thread(memory.trim)
+
+        tasks.every((trim, memory.TRIM_INTERVAL_S, "malloc-trim"))
+    yield
+    await tasks.close()
 
 
 async def _cluster(app: web.Application) -> AsyncIterator[None]:
