@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_federation import prepare  # noqa: E402
 from bench_local import ENTRY, person  # noqa: E402
-from benchlib import NodeProcess, env_info, start_three_levels  # noqa: E402
+from benchlib import NodeProcess, env_info, start_three_levels, stop_nodes_on_sigterm  # noqa: E402
 
 
 def vm_rss_mb(pid: int) -> float:
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=32, help="callers of the capacity measurement")
     ap.add_argument("--workdir", help="keep the nodes' homes here (default: a temporary folder, removed)")
     args = ap.parse_args(argv)
+    stop_nodes_on_sigterm()
 
     nodes: list[NodeProcess] = []
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="govnode-soak-")
