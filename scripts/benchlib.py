@@ -45,6 +45,15 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
+def stop_nodes_on_sigterm() -> None:
+    """`kill` (SIGTERM) ends a long script as Ctrl-C does, so that its `finally` stops the nodes it started:
+    a soak ended with SIGTERM left its three nodes running and serving."""
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @dataclass
 class NodeProcess:
     home: Path

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchlib import NodeProcess, env_info, free_port, govnode, last_line  # noqa: E402
+from benchlib import NodeProcess, env_info, free_port, govnode, last_line, stop_nodes_on_sigterm  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
@@ -575,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--final-timeout", type=float, default=180.0, help="longest wait for the final convergence")
     ap.add_argument("--workdir", help="keep the nodes' homes here (default: a temporary folder, removed)")
     args = ap.parse_args(argv)
+    stop_nodes_on_sigterm()
     if args.rounds is None:
         args.rounds = 20 if args.db_cuts else 100
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="govnode-drill-")
