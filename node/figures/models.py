@@ -1,7 +1,7 @@
 """The signed daily report a node sends its parent (feed `figures`): one node, one day, its own figures only.
 
 A call row is `[kind, resource, dept, op, calls, errors, latency_ms]` (kind `served` or `made`). Workflows are
-keyed by kind (`application` now; `data_request` slots in beside it with its own statuses), each row one
+keyed by kind (`application`, `data_request`, each with its own statuses), each row one
 providing department's items submitted that day, with their statuses as of `updated_at`."""
 
 from __future__ import annotations
