@@ -10,7 +10,7 @@ closed-loop run at fixed concurrency: the benchmarks' way), because the machine 
 sends the same mix open-loop at `--share` of that rate for `--minutes`.
 
 Every `--window` minutes it prints: requests, errors by kind, p50 and p99 latency, and each node's
-resident memory (VmRSS) and open file descriptors besides callers' connections to it (the median of
+resident memory (VmRSS) and open file descriptors besides its established connections (the median of
 samples taken every 10 s). At the end: each node's growth of RSS and descriptors after the first ten
 minutes (`--settle`), from the first window that starts then to the last (target < 5 %; the first minutes
 fill the replay windows, caches and connection pools, which is not growth), and from the very first
@@ -54,14 +54,17 @@ def vm_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def open_fds(pid: int, port: int) -> int:
-    """Descriptors the node holds open, less the connections callers hold open to its port: those follow the
-    load (a slow instant has more calls in flight), not the node, so only the rest can show a leak."""
+def open_fds(pid: int) -> int:
+    """Descriptors the node holds open, less its established TCP connections: callers' connections to it
+    and its own to its neighbours follow the load (a slow instant has more calls in flight, and the client
+    pool to the parent keeps as many as were needed), not the node, so only the rest can show a leak. A
+    connection left half-closed (CLOSE_WAIT) is not established and still counts."""
     try:
-        total = len(os.listdir(f"/proc/{pid}/fd"))
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     except OSError:
         return -1
-    inbound = 0
+    sockets = {link[8:-1] for link in links if link.startswith("socket:[")}
+    established = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -69,9 +72,9 @@ def open_fds(pid: int, port: int) -> int:
             continue
         for line in lines:
             cols = line.split()
-            if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED, to the node's port
-                inbound += 1
-    return total - inbound
+            if cols[3] == "01" and cols[9] in sockets:  # ESTABLISHED, and a socket of this node
+                established += 1
+    return len(links) - established
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -167,7 +170,7 @@ async def closed_loop(mix: Mix, token: str, concurrency: int, seconds: float, wa
 
 
 async def open_loop(mix: Mix, token: str, rate: float, minutes: float, window_min: float,
-                    pids: dict[str, int], ports: dict[str, int],
+                    pids: dict[str, int],
                     max_in_flight: int = 256) -> tuple[list[dict], Counter]:
     """Send at `rate` calls/s, whatever the answers' pace, for `minutes`; a summary per window."""
     windows: list[dict] = []
@@ -191,7 +194,7 @@ async def open_loop(mix: Mix, token: str, rate: float, minutes: float, window_mi
                     break
                 if now >= next_sample:
                     samples.append((now - start, {n: vm_rss_mb(p) for n, p in pids.items()},
-                                    {n: open_fds(p, ports[n]) for n, p in pids.items()}))
+                                    {n: open_fds(p) for n, p in pids.items()}))
                     next_sample = now + 10
                 due = start + k * interval
                 if due > now:
@@ -209,9 +212,8 @@ async def open_loop(mix: Mix, token: str, rate: float, minutes: float, window_mi
                 await asyncio.gather(*list(in_flight), return_exceptions=True)
             if not samples:
                 samples.append((time.perf_counter() - start, {n: vm_rss_mb(p) for n, p in pids.items()},
-                                {n: open_fds(p, ports[n]) for n, p in pids.items()}))
-            # The median of the window's samples (one each 10 s): the county's descriptors include the soak's
-            # own connections, whose number at one instant follows the latency of that instant.
+                                {n: open_fds(p) for n, p in pids.items()}))
+            # The median of the window's samples (one each 10 s).
             rss = {n: statistics.median(s[1][n] for s in samples) for n in pids}
             fds = {n: int(statistics.median(s[2][n] for s in samples)) for n in pids}
             secs = w_end - max(start, start + w * window_min * 60)
@@ -284,14 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             "\n".join(json.dumps(p, ensure_ascii=False) for p in local_people).encode(), "application/x-ndjson")
         mix = Mix(county, entry["code"], routed_code, local_people, routed_people)
         pids = {"province": province.pid, "city": city.pid, "county": county.pid}
-        ports = {"province": province.port, "city": city.port, "county": county.port}
 
         capacity = asyncio.run(closed_loop(mix, ctok, args.concurrency, args.capacity_seconds, warmup=3.0))
         rate = capacity * args.share
         print(f"capacity for the mix now: {capacity:.0f} calls/s at concurrency {args.concurrency} "
               f"({args.capacity_seconds:g} s); soaking at {args.share:.0%} = {rate:.0f} calls/s for "
               f"{args.minutes:g} min", flush=True)
-        windows, errors = asyncio.run(open_loop(mix, ctok, rate, args.minutes, args.window, pids, ports))
+        windows, errors = asyncio.run(open_loop(mix, ctok, rate, args.minutes, args.window, pids))
 
         total = sum(w["requests"] for w in windows)
         print(f"\n-- soak: {total} calls in {args.minutes:g} min at {rate:.0f}/s target; "
