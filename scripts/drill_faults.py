@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchlib import NodeProcess, env_info, free_port, govnode, last_line, stop_nodes_on_sigterm  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
 
+from node.audit.service import INTENT_GRACE_MS, SWEEP_INTERVAL_S  # noqa: E402
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
 TREE = [  # (code, name, parent)
@@ -465,7 +466,11 @@ class Drill:
             return all([not (await self.sql(n, "SELECT COUNT(*) FROM audit_intents"))[0][0] for n in self.nodes])
 
         try:
-            await self.wait(no_intents, 90, "every stored write's audit record")  # the sweep runs every minute
+            # An intent left by a call whose record failed is swept once it is older than the grace and the
+            # sweep comes round: up to grace + interval (2 minutes) after the call, so wait that and a margin
+            # (90 s was shorter than the node's own bound, and one run in the suite ended there).
+            await self.wait(no_intents, INTENT_GRACE_MS / 1000 + SWEEP_INTERVAL_S + 30,
+                            "every stored write's audit record")
             found["intents_left"] = 0
         except TimeoutError:
             found["intents_left"] = sum([(await self.sql(n, "SELECT COUNT(*) FROM audit_intents"))[0][0] for n in self.nodes])
