@@ -126,14 +126,22 @@ def _drop_dead_connections(sync_engine: sa.Engine) -> None:
             ctx.is_disconnect = True
 
 
+def sqlite_file(engine: AsyncEngine) -> str | None:
+    """The file of an SQLite engine's database; None for PostgreSQL and in-memory databases."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return url.database
+
+
 def sqlite_writer_twin(engine: AsyncEngine) -> sa.Engine | None:
     """For an SQLite file database: a plain (synchronous) engine on the same file with the same settings
     and one connection, for a writer that runs whole transactions in one worker thread (the journal).
     Through aiosqlite every statement is a hop between threads; this makes a transaction one hop.
     None for PostgreSQL and in-memory databases."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    if sqlite_file(engine) is None:
         return None
+    url = engine.url
     twin = sa.create_engine(url.set(drivername="sqlite"), connect_args={"timeout": 30, "check_same_thread": False},
                             pool_size=1, max_overflow=0)
     _sqlite_connection_setup(twin, _sqlite_synchronous.get(engine.sync_engine, "FULL"))

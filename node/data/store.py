@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from node.db import JsonDoc, metadata, on_conflict_statement
+from node.db import JsonDoc, metadata, on_conflict_statement, sqlite_file
 
 records = sa.Table(
     "records",
@@ -139,10 +139,8 @@ class SqliteReader:
 
     @classmethod
     def for_engine(cls, engine: AsyncEngine) -> "SqliteReader | None":
-        url = engine.url
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-            return None
-        return cls(url.database)
+        path = sqlite_file(engine)
+        return None if path is None else cls(path)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.db import metadata
+from node.db import metadata, sqlite_file
 
 lists = sa.Table(
     "lists",
@@ -217,10 +217,8 @@ class LoopReader:
 
     @classmethod
     def for_engine(cls, engine: Any) -> "LoopReader | None":
-        url = engine.url
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-            return None
-        return cls(url.database)
+        path = sqlite_file(engine)
+        return None if path is None else cls(path)
 
     def matching_one(self, digest: str, today: str) -> list[tuple[str, str]] | None:
         """The entries in force today that name `digest`, or None when SQLite was busy (read elsewhere)."""
