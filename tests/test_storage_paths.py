@@ -129,6 +129,76 @@ async def test_batched_point_reads(tmp_path, sqlite_engine):
         await reader.get("101001/3703210001", "k1")
 
 
+async def test_postgresql_point_reads_are_one_statement_outside_a_transaction():
+    """On PostgreSQL a point read is one statement in autocommit (no BEGIN, no ROLLBACK), and reads that
+    arrive while one is in flight go together: one statement per resource, whatever the number of keys."""
+    from support import PG_URL, drop_pg_schema, pg_schema
+
+    schema = pg_schema()
+    engine = make_engine(DatabaseConfig(url=PG_URL, schema=schema))
+    statements: list[str] = []
+    try:
+        await upgrade(engine, schema)
+        rows = [{"resource_code": code, "key": f"k{i}", "data": {"n": i, "code": code}, "deleted": i % 10 == 0,
+                 "change_id": i + 1, "updated_at": 0} for code in ("101001/3703210001", "101002/3703210001")
+                for i in range(300)]
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(data_store.records), rows)
+        reader = data_store.PgReader.for_engine(engine)
+        assert reader is not None and data_store.SqliteReader.for_engine(engine) is None
+
+        @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def seen(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+            statements.append(statement)
+
+        # Whether PostgreSQL had a transaction open when a statement returned (a BEGIN was sent before it).
+        begins: list[bool] = []
+
+        @sa.event.listens_for(engine.sync_engine, "after_cursor_execute")
+        def in_transaction(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+            if conn.connection.driver_connection.is_in_transaction():
+                begins.append(True)
+
+        assert await reader.get("101001/3703210001", "k1") == {"n": 1, "code": "101001/3703210001"}
+        assert len(statements) == 1 and not begins  # a lone read: one statement, no transaction
+        async with engine.connect() as conn:  # (through the engine: inside BEGIN … ROLLBACK)
+            await data_store.get(conn, "101001/3703210001", "k1")
+        assert begins == [True]
+        begins.clear()
+
+        statements.clear()
+        asks = [(code, f"k{i}") for i in range(300) for code in ("101001/3703210001", "101002/3703210001")]
+        asks += [("101001/3703210001", "absent"), ("101001/3703210001", "k7"), ("101003/3703210001", "k1")]
+        got = await asyncio.gather(*(reader.get(code, key) for code, key in asks))
+        for (code, key), value in zip(asks, got):
+            i = int(key[1:]) if key.startswith("k") else None
+            expected = None if i is None or i % 10 == 0 or code.startswith("101003") else {"n": i, "code": code}
+            assert value == expected, (code, key)
+        # 603 reads gathered: the first alone (it was in flight), the rest one statement per resource.
+        assert len(statements) <= 1 + 3, statements
+        assert not begins
+
+        # A caller that gives up does not disturb the others in its batch.
+        tasks = [asyncio.ensure_future(reader.get("101001/3703210001", f"k{i}")) for i in range(1, 6)]
+        tasks[2].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(done[2], asyncio.CancelledError)
+        assert [done[i]["n"] for i in (0, 1, 3, 4)] == [1, 2, 4, 5]
+
+        # A read that fails tells every caller of its batch, and the next read is served again.
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE records RENAME TO records_away"))
+        failed = await asyncio.gather(*(reader.get("101001/3703210001", f"k{i}") for i in range(1, 4)),
+                                      return_exceptions=True)
+        assert all(isinstance(f, sa.exc.DBAPIError) for f in failed), failed
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE records_away RENAME TO records"))
+        assert (await reader.get("101001/3703210001", "k3"))["n"] == 3
+    finally:
+        await engine.dispose()
+        await drop_pg_schema(schema)
+
+
 @pytest.fixture
 async def audit_log(sqlite_engine):
     audit = AuditLog(sqlite_engine, batch_ms=2)

@@ -200,7 +200,7 @@ class DataService:
         self.limits = limits
         self._schemas: dict[tuple[str, str, int], RecordSchema] = {}
         self._counts: dict[str, tuple[int, int]] = {}  # code -> (last change id, live records then)
-        self._reader = store.SqliteReader.for_engine(engine)
+        self._reader = store.SqliteReader.for_engine(engine) or store.PgReader.for_engine(engine)
         # Called with a resource code after its records changed (subscriptions wake their waiting feeds).
         self.listeners: list[Callable[[str], None]] = []
         # The change feed for departments that are neither the provider nor an operator (set by subscriptions:

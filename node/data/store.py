@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from node.db import JsonDoc, metadata, on_conflict_statement, sqlite_file
@@ -120,7 +120,7 @@ class SqliteReader:
     Reading through the async engine costs a handful of thread hops per call (checkout, BEGIN, cursor,
     execute, fetch, close, ROLLBACK); a verify or a query by key is one indexed read, so it goes to a
     small pool of threads that each hold a plain read-only sqlite3 connection (WAL: readers see every
-    committed write and never block the writer). PostgreSQL reads go through the engine.
+    committed write and never block the writer). PostgreSQL has its own (`PgReader`).
 
     Even one hop costs more CPU than the indexed read it carries (a future, a lock, waking the worker,
     waking the loop), so point reads queue up: one worker drains the queue, reading every key waiting,
@@ -210,6 +210,77 @@ class SqliteReader:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+
+
+# One statement for any number of keys of one resource: `= ANY(array)` keeps one SQL text (and so one
+# prepared statement a connection) whatever the batch's size, where an expanding IN made one a size.
+_PG_GET_MANY = sa.select(records.c.key, records.c.data).where(
+    records.c.resource_code == sa.bindparam("code"),
+    records.c.key == sa.any_(sa.bindparam("keys", type_=ARRAY(sa.String(200)))),
+    records.c.deleted.is_(False),
+)
+
+
+class PgReader:
+    """Point reads of live records on PostgreSQL, gathered, outside a transaction.
+
+    Through the engine a point read was three round trips (BEGIN, the SELECT, the pool's ROLLBACK) for one
+    index probe, and each round trip is a send and a wake-up on both sides: `scripts/bench_local.py
+    --workers 2` profiled a worker spending a fifth of its time in the socket send alone. Here a read is
+    one statement on a connection in autocommit (PostgreSQL's READ COMMITTED gives a lone statement the
+    same snapshot it would have inside BEGIN … ROLLBACK), and reads that arrive while one is in flight
+    wait and go together in the next statement, one per resource. A lone read still costs one round trip.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._waiting: list[tuple[str, str, asyncio.Future[dict[str, Any] | None]]] = []
+        self._draining = False
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine) -> "PgReader | None":
+        return cls(engine) if engine.dialect.name == "postgresql" else None
+
+    async def get(self, code: str, key: str) -> dict[str, Any] | None:
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((code, key, fut))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain(), name="records-read")
+        return await fut
+
+    async def _drain(self) -> None:
+        batch: list[tuple[str, str, asyncio.Future[dict[str, Any] | None]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                keys: dict[str, set[str]] = {}
+                for code, key, _ in batch:
+                    keys.setdefault(code, set()).add(key)
+                found: dict[tuple[str, str], Any] = {}
+                async with self.engine.connect() as conn:
+                    for code, wanted in keys.items():
+                        for key, data in await conn.execute(_PG_GET_MANY, {"code": code, "keys": list(wanted)}):
+                            found[(code, key)] = data
+                _deliver([(fut, found.get((code, key)), None) for code, key, fut in batch])
+                batch = []
+        except BaseException as exc:  # every caller waiting learns why (a cut, a timeout, the node stopping)
+            failed = batch + self._waiting
+            self._waiting = []
+            _deliver([(fut, None, exc if isinstance(exc, Exception) else RuntimeError("the record reader stopped"))
+                      for _, _, fut in failed])
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._draining = False
+
+    async def compare(self, code: str, fields: list[str], submitted: list[list[Any]]) -> list[tuple[Any, ...]]:
+        """`compare` below, one statement outside a transaction."""
+        async with self.engine.connect() as conn:
+            return await compare(conn, code, fields, submitted)
+
+    def close(self) -> None:
+        pass
 
 
 async def find(conn: AsyncConnection, code: str, where: dict[str, Any], limit: int) -> list[dict[str, Any]]:
