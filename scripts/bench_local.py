@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import (add_dept, cpu_seconds, env_info, free_port, init_node, journal_totals, load,  # noqa: E402
-                      merged, postgres_cpu_seconds, rss_mb, tree_cpu_seconds, wait_healthy)
+                      machine_cpu_seconds, merged, postgres_cpu_seconds, rss_mb, tree_cpu_seconds, wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
@@ -298,6 +298,8 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
             # The journal's commits (summed over the workers by /metrics): how many records a commit carries
             # and how long it takes, which shows whether the workers' journals wait for each other.
             journal = {1: [0.0, 0.0], args.workers: [0.0, 0.0]}
+            # The machine while measuring: cores idle, and cores the hypervisor gave to other guests.
+            machine = {n: {"idle": 0.0, "steal": 0.0, "total": 0.0} for n in (1, args.workers)}
             for r in range(args.rounds):
                 for n in (1, args.workers):
                     node.workers = n
@@ -306,7 +308,11 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
                     load(url, headers, bodies, args.concurrency, 1.0, warmup_s=0.5)
                     cpu0, pg0 = tree_cpu_seconds(node.pid), postgres_cpu_seconds()
                     commits0, spent0 = journal_totals(node.url)
+                    box0 = machine_cpu_seconds()
                     res = load(url, headers, bodies, args.concurrency, args.seconds)
+                    box1 = machine_cpu_seconds()
+                    for k in box0:
+                        machine[n][k] += box1[k] - box0[k]
                     cpu[n] += tree_cpu_seconds(node.pid) - cpu0
                     pg[n] += postgres_cpu_seconds() - pg0
                     commits1, spent1 = journal_totals(node.url)
@@ -331,6 +337,21 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
                           f"{spent * 1000 / commits:.1f} ms a commit ({commits:.0f} commits)")
             rps_ratio = figures[args.workers][0] / figures[1][0]
             cpu_ratio = figures[args.workers][1] / figures[1][1]
+            # What the cores left for the node: the machine's cores less what the hypervisor took, what stood
+            # idle, the load generator's and PostgreSQL's CPU (each a share of the measured time).
+            n = args.workers
+            m = merged(runs[n])
+            cores = os.cpu_count() or 1
+            share = {k: machine[n][k] / machine[n]["total"] * cores for k in ("idle", "steal")}
+            loadgen = m.client_cpu / (m.seconds * warm)
+            postgres = figures[n][2] * m.rps / 1000
+            node_cores = figures[n][1] * m.rps / 1000
+            ceiling = (cores - share["steal"] - loadgen - postgres) * 1000 / figures[n][1]
+            print(f"   the {cores} cores during the {n}-worker runs: node {node_cores:.2f}, PostgreSQL {postgres:.2f}, "
+                  f"load generator {loadgen:.2f}, taken by the hypervisor {share['steal']:.2f}, idle {share['idle']:.2f}, "
+                  f"other {cores - node_cores - postgres - loadgen - share['steal'] - share['idle']:.2f}")
+            print(f"   with every core not stolen, nor the load generator's nor PostgreSQL's, busy at this node CPU "
+                  f"a request: {ceiling:.0f} req/s = {ceiling / figures[1][0]:.2f} × 1 worker")
             print()
             print(f"requests/s, {args.workers} workers ÷ 1 = {rps_ratio:.2f}   (target ≥ 1.4 with 2 workers on 2 cores: "
                   f"{'met' if rps_ratio >= 1.4 else 'MISSED'})")

@@ -297,6 +297,15 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
+def machine_cpu_seconds() -> dict[str, float]:
+    """The whole machine's CPU time so far from /proc/stat, summed over its cores: `idle` (with I/O wait),
+    `steal` (taken by the hypervisor for other guests) and `total`."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal (guest time is already inside user)
+    return {"idle": (fields[3] + fields[4]) / tick, "steal": fields[7] / tick, "total": sum(fields[:8]) / tick}
+
+
 def rss_mb(pid: int) -> float:
     """Peak resident memory of a process (VmHWM), in MiB."""
     try:
