@@ -138,6 +138,42 @@ def sqlite_file(engine: AsyncEngine) -> str | None:
     return url.database
 
 
+class LoopRead:
+    """A read-only SQLite connection used on the event loop itself, for reads that are one index probe.
+
+    Handing a probe of tens of microseconds to a connection's thread and waiting for the answer costs more
+    than the probe: a routed verify's province spent 12.5 % of its event loop's time submitting its record
+    read to the reader's thread (the loop then waits for the GIL while the woken thread runs; py-spy under
+    `scripts/bench_federation.py`'s load), and a one-subject list check spent more on its hops than on its
+    read. This connection never waits for a lock (busy timeout 0; in WAL a reader needs none): when SQLite
+    says busy, `read` answers None and the caller reads the other way, so the loop is never held."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine) -> "LoopRead | None":
+        path = sqlite_file(engine)
+        return None if path is None else cls(path)
+
+    def read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]] | None:
+        """The rows, or None when SQLite could not answer at once (the caller reads elsewhere)."""
+        try:
+            if self._conn is None:
+                conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA query_only=ON")
+                self._conn = conn
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 def sqlite_writer_twin(engine: AsyncEngine) -> sa.Engine | None:
     """For an SQLite file database: a plain (synchronous) engine on the same file with the same settings
     and one connection, for a writer that runs whole transactions in one worker thread (the journal).

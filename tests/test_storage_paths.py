@@ -111,12 +111,21 @@ async def test_batched_point_reads(tmp_path, sqlite_engine):
         await conn.execute(sa.insert(data_store.records), [{k: v for k, v in r.items() if k in cols} for r in rows])
     reader = data_store.SqliteReader.for_engine(sqlite_engine)
     assert reader is not None
-    try:
-        keys = [f"k{i}" for i in range(500)] + ["absent"]
-        got = await asyncio.gather(*(reader.get("101001/3703210001", k) for k in keys))
+    keys = [f"k{i}" for i in range(500)] + ["absent"]
+
+    def check(got):
         for i in range(500):
             assert got[i] == (None if i % 10 == 0 else {"n": i})
         assert got[-1] is None
+
+    try:
+        # Read on the event loop: the same answers, and no thread was started for them.
+        check([await reader.get("101001/3703210001", k) for k in keys])
+        assert not reader._pool._threads
+        # When SQLite cannot answer on the loop at once, reads go to the threads, gathered.
+        reader._on_loop.read = lambda sql, params: None
+        check(await asyncio.gather(*(reader.get("101001/3703210001", k) for k in keys)))
+        assert reader._pool._threads
         # A caller that gives up does not disturb the others waiting in the same batch.
         tasks = [asyncio.ensure_future(reader.get("101001/3703210001", f"k{i}")) for i in range(1, 6)]
         tasks[2].cancel()

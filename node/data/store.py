@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from node.db import JsonDoc, metadata, on_conflict_statement, sqlite_file
+from node.db import JsonDoc, LoopRead, metadata, on_conflict_statement, sqlite_file
 
 records = sa.Table(
     "records",
@@ -115,18 +115,19 @@ def _deliver(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
 class SqliteReader:
-    """Point reads of live records on SQLite, many per hop to a worker thread.
+    """Point reads of live records on SQLite.
 
-    Reading through the async engine costs a handful of thread hops per call (checkout, BEGIN, cursor,
-    execute, fetch, close, ROLLBACK); a verify or a query by key is one indexed read, so it goes to a
-    small pool of threads that each hold a plain read-only sqlite3 connection (WAL: readers see every
-    committed write and never block the writer). PostgreSQL has its own (`PgReader`).
+    A verify or a query by key is one indexed read. It is read on the event loop (`LoopRead`: a read-only
+    connection that never waits for a lock); only when SQLite cannot answer at once does it go to a small
+    pool of threads that each hold a plain read-only sqlite3 connection (WAL: readers see every committed
+    write and never block the writer). PostgreSQL has its own (`PgReader`).
 
-    Even one hop costs more CPU than the indexed read it carries (a future, a lock, waking the worker,
-    waking the loop), so point reads queue up: one worker drains the queue, reading every key waiting,
-    and hands the answers back to the loop in one wake-up. A lone read still takes one hop; under load
-    a hop carries as many reads as arrived while the previous ones were read.
+    Even one hop to a thread costs more CPU than the indexed read it carries (a future, a lock, waking the
+    worker, waking the loop), so reads that do go there queue up: one worker drains the queue, reading every
+    key waiting, and hands the answers back to the loop in one wake-up.
     """
+
+    GET = "SELECT data FROM records WHERE resource_code = ? AND key = ? AND deleted = 0"
 
     def __init__(self, path: str, threads: int = 2) -> None:
         self.path = path
@@ -136,6 +137,8 @@ class SqliteReader:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="records-read")
         self._waiting: list[tuple[str, str, asyncio.Future[dict[str, Any] | None]]] = []
         self._draining = False
+        self._on_loop = LoopRead(path)
+        self._closed = False
 
     @classmethod
     def for_engine(cls, engine: AsyncEngine) -> "SqliteReader | None":
@@ -154,12 +157,13 @@ class SqliteReader:
         return conn
 
     def _get(self, code: str, key: str) -> dict[str, Any] | None:
-        row = self._conn().execute(
-            "SELECT data FROM records WHERE resource_code = ? AND key = ? AND deleted = 0", (code, key)
-        ).fetchone()
+        row = self._conn().execute(self.GET, (code, key)).fetchone()
         return None if row is None or row[0] is None else json.loads(row[0])
 
     async def get(self, code: str, key: str) -> dict[str, Any] | None:
+        rows = None if self._closed else self._on_loop.read(self.GET, (code, key))
+        if rows is not None:
+            return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         with self._lock:
@@ -205,6 +209,8 @@ class SqliteReader:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._compare, code, fields, submitted)
 
     def close(self) -> None:
+        self._closed = True
+        self._on_loop.close()
         self._pool.shutdown(wait=True)
         with self._lock:
             for conn in self._conns:

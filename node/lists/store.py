@@ -5,14 +5,13 @@ reported to this node's lists (双反馈); lists bound to a resource's records; 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.db import metadata, sqlite_file
+from node.db import LoopRead, metadata, sqlite_file
 
 lists = sa.Table(
     "lists",
@@ -199,21 +198,14 @@ async def matching(conn: AsyncConnection, digests: list[str], today: str) -> lis
 
 
 class LoopReader:
-    """One subject's check on SQLite, read on the event loop itself from a read-only connection of its own.
-
-    A single index probe of `list_entries` takes tens of microseconds; handing it to a connection's thread
-    and waiting for the answer cost more than the probe (a hop each way, the pool's checkout and SQLAlchemy's
-    result handling), and a one-subject check is what a clerk's page and most departments' systems send.
-    The connection never waits for a lock (busy timeout 0, and in WAL a reader needs none): if SQLite says
-    busy, the caller reads through the engine instead, so the loop is never held. Larger checks go through
-    the engine as before."""
+    """One subject's check on SQLite, read on the event loop (`node.db.LoopRead`); a one-subject check is
+    what a clerk's page and most departments' systems send. Larger checks go through the engine."""
 
     SQL = ("SELECT digest, doc FROM list_entries WHERE digest = ? AND deleted = 0 AND valid_from <= ? "
            "AND (valid_until IS NULL OR valid_until >= ?)")
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
+        self._read = LoopRead(path)
 
     @classmethod
     def for_engine(cls, engine: Any) -> "LoopReader | None":
@@ -222,19 +214,10 @@ class LoopReader:
 
     def matching_one(self, digest: str, today: str) -> list[tuple[str, str]] | None:
         """The entries in force today that name `digest`, or None when SQLite was busy (read elsewhere)."""
-        try:
-            if self._conn is None:
-                conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA query_only=ON")
-                self._conn = conn
-            return self._conn.execute(self.SQL, (digest, today, today)).fetchall()
-        except sqlite3.OperationalError:
-            return None
+        return self._read.read(self.SQL, (digest, today, today))
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._read.close()
 
 
 async def held_seqs(conn: AsyncConnection, table: sa.Table, key: sa.Column, keys: list[str]) -> dict[str, tuple[int, str]]:
