@@ -184,7 +184,7 @@ class LoadResult:
 
 
 async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, seconds: float,
-                warmup_s: float, cafile: str | None = None) -> dict[str, Any]:
+                warmup_s: float, cafile: str | None = None, rate: float | None = None) -> dict[str, Any]:
     cpu0 = time.process_time()
     latencies: list[float] = []
     errors = 0
@@ -195,11 +195,16 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
         start = time.perf_counter()
         measure_from = start + warmup_s
         stop_at = measure_from + seconds
+        next_slot = start  # with `rate`: when the next request may start (one slot each 1/rate seconds)
 
         async def worker(i: int) -> None:
-            nonlocal errors, count, sent
+            nonlocal errors, count, sent, next_slot
             n = i
             while True:
+                if rate:
+                    slot, next_slot = next_slot, max(next_slot, time.perf_counter() - 1.0) + 1 / rate
+                    if slot > time.perf_counter():
+                        await asyncio.sleep(slot - time.perf_counter())
                 t0 = time.perf_counter()
                 if t0 >= stop_at:
                     return
@@ -229,13 +234,15 @@ def _load_process(q: mp.Queue, *args: Any) -> None:
 
 
 def load(url: str, headers: dict[str, str], bodies: list[Any], concurrency: int = 32, seconds: float = 8.0,
-         warmup_s: float = 1.0, cafile: str | None = None) -> LoadResult:
+         warmup_s: float = 1.0, cafile: str | None = None, rate: float | None = None) -> LoadResult:
     """POST the bodies round-robin at `url` from a separate process for `seconds` (after a warm-up); an https
-    `url` is checked against `cafile`."""
+    `url` is checked against `cafile`. With `rate`, requests start no faster than `rate` a second (still at
+    most `concurrency` at once): a server's CPU per request depends on how busy it is, so two paths are
+    compared at one rate."""
     raw = [b if isinstance(b, bytes) else json.dumps(b, ensure_ascii=False).encode() for b in bodies]
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
-    p = ctx.Process(target=_load_process, args=(q, url, headers, raw, concurrency, seconds, warmup_s, cafile))
+    p = ctx.Process(target=_load_process, args=(q, url, headers, raw, concurrency, seconds, warmup_s, cafile, rate))
     p.start()
     result = q.get(timeout=seconds + warmup_s + 120)
     p.join(timeout=30)
