@@ -139,14 +139,15 @@ def _ratio(runs: dict[str, list[LoadResult]], num: str, den: str, i: int) -> flo
 
 def measured_load(url: str, headers: dict[str, str], bodies: list[Any], conc: int, seconds: float,
                   pids: dict[str, int], cpu: dict[str, list[float]], nodes: dict[str, str] | None = None,
-                  commits: dict[str, list[tuple[float, float]]] | None = None) -> LoadResult:
+                  commits: dict[str, list[tuple[float, float]]] | None = None, rate: float | None = None) -> LoadResult:
     """`load`, and the CPU time each process in `pids` spent per request answered, appended to `cpu`; for
-    the govnode `nodes` (name → URL), (journal commits per request, ms per commit) appended to `commits`."""
+    the govnode `nodes` (name → URL), (journal commits per request, ms per commit) appended to `commits`.
+    `rate`: requests start no faster than that a second."""
     nodes = nodes or {}
     commits = commits if commits is not None else {}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     journals = {name: journal_totals(url) for name, url in nodes.items()}
-    result = load(url, headers, bodies, conc, seconds)
+    result = load(url, headers, bodies, conc, seconds, rate=rate)
     for name, pid in pids.items():
         cpu.setdefault(name, []).append((cpu_seconds(pid) - before[name]) * 1000 / max(result.sent, 1))
     for name, node_url in nodes.items():
@@ -169,6 +170,30 @@ def _journal_line(label: str, commits: dict[str, list[tuple[float, float]]]) -> 
     return f"   journal per request, {label}: " + ", ".join(
         f"{name} {statistics.median(n for n, _ in runs):.2f} commits × {statistics.median(ms for _, ms in runs):.2f} ms"
         for name, runs in commits.items())
+
+
+def cpu_ratios(cpu: dict[str, dict[str, list[float]]], routed_rps: float, paced: Any) -> None:
+    """Issue 17's CPU ratios: the province's CPU per routed call ÷ per direct call, and the city's per relayed
+    call ÷ a bare aiohttp relay's (the second of the two, in the city's place), first each path at its own
+    pace (32 at once), then with the direct and bare runs held to the routed run's rate. A node's CPU per
+    request falls as it gets busier (more requests a wake-up of its loop, more records a commit), and the
+    direct path runs at about five times the routed one's rate: at one rate the ratios compare the work."""
+    med = statistics.median
+    province, city = med(cpu["cross"]["province"]), med(cpu["cross"]["city"])
+    direct, relay = med(cpu["direct"]["province"]), med(cpu["bare relayed"]["second relay"])
+    print(f"   each at its own pace: province routed ÷ direct = {province / direct:.2f} (target ≤ 1.5: "
+          f"{'met' if province / direct <= 1.5 else 'MISSED'}); city ÷ bare relay = {city / relay:.2f} "
+          f"(target ≤ 2.5: {'met' if city / relay <= 2.5 else 'MISSED'})")
+    same: dict[str, Any] = {"direct": {}, "bare relayed": {}, "commits": {}}
+    paced(routed_rps, same)
+    direct, relay = med(same["direct"]["province"]), med(same["bare relayed"]["second relay"])
+    # Held to a rate, direct calls arrive one by one and each commits alone; routed calls reach the province
+    # bunched behind two relays and share commits (the journal lines above): said beside the figure.
+    print(f"   direct and bare relay held to the routed rate ({routed_rps:.0f} req/s): province direct {direct:.2f} ms "
+          f"({med(n for n, _ in same['commits']['province']):.2f} commits a request), "
+          f"bare relay {relay:.2f} ms a request; province routed ÷ direct = {province / direct:.2f} (target ≤ 1.5: "
+          f"{'met' if province / direct <= 1.5 else 'MISSED'}); city ÷ bare relay = {city / relay:.2f} (target ≤ 2.5: "
+          f"{'met' if city / relay <= 2.5 else 'MISSED'})")
 
 
 def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json",
@@ -329,6 +354,12 @@ def main() -> int:
                 print(bare_relayed.line("bare aiohttp, two relays in front"))
                 print(_cpu_line("bare", cpu["bare"]))
                 print(_cpu_line("bare relayed", cpu["bare relayed"]))
+                if label == "throughput":
+                    cpu_ratios(cpu, cross.rps, lambda rate, into: (
+                        measured_load(direct_url, ph, bodies, conc, args.seconds, {"province": province.pid},
+                                      into["direct"], {"province": province.url}, into["commits"], rate=rate),
+                        measured_load(bare_relayed_url, {}, bodies, conc, args.seconds, {"second relay": bare[1].pid},
+                                      into["bare relayed"], rate=rate)))
                 floor = statistics.median(_ratio(runs, "bare relayed", "bare", i) for i in range(rounds))
                 print(f"   floor of HTTP relaying on this machine: p50 ratio {floor:.2f}; "
                       f"govnode adds {direct.pct(50) - bare_direct.pct(50):.2f} ms direct, "
