@@ -6,7 +6,7 @@ import operator
 import re
 import time
 
-from ulid import ULID
+from federation.envelope import new_ulid
 
 NODE_ID = re.compile(r"^[0-9]{6}$")
 # 分类码: 类 (1 digit) 项 (2) 目 (3) [细目 (3)]; 顺序码: origin node id + serial digits.
@@ -20,8 +20,8 @@ _GB32100_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 
 
 
 def new_id() -> str:
-    """A new ULID (26 chars, Crockford base32)."""
-    return str(ULID())
+    """A new ULID (26 chars, Crockford base32), later than every one made before it in this process."""
+    return new_ulid()
 
 
 def now_ms() -> int:

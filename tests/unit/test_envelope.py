@@ -101,6 +101,26 @@ def test_new_ulid() -> None:
     assert ULID.from_str(new_ulid(T0)).milliseconds == T0
 
 
+def test_new_ulids_are_ulids_made_in_order() -> None:
+    """Read back by python-ulid: the same string, the time part the clock's; and ids made one after another
+    in one process sort in the order they were made, many in one millisecond included."""
+    import time
+
+    before = time.time_ns() // 1_000_000
+    made = [new_ulid() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
+    assert sorted(made) == made and len(set(made)) == len(made)
+    parsed = [ULID.from_str(m) for m in made]
+    assert [str(p) for p in parsed] == made
+    assert before <= parsed[0].milliseconds <= parsed[-1].milliseconds <= after + 1
+    # Within one millisecond the random part counts up by one; a new millisecond draws afresh.
+    same_ms = [(a, b) for a, b in zip(parsed, parsed[1:]) if a.milliseconds == b.milliseconds]
+    assert same_ms, "20,000 ids took more than 20,000 ms?"
+    assert all(int.from_bytes(b.bytes[6:], "big") == int.from_bytes(a.bytes[6:], "big") + 1 for a, b in same_ms)
+    # Every character is Crockford's (no I, L, O, U) and the first is at most 7 (128 bits in 130).
+    assert all(set(m) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ") and m[0] <= "7" for m in made)
+
+
 def test_make_envelope_shape() -> None:
     envelope = make_envelope("service.call", "370321", "370000", CALL_BODY, ttl_ms=5_000, now_ms=NOW)
     assert envelope == {
