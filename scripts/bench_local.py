@@ -348,8 +348,7 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
             node_cores = figures[n][1] * m.rps / 1000
             ceiling = (cores - share["steal"] - loadgen - postgres) * 1000 / figures[n][1]
             print(f"   the {cores} cores during the {n}-worker runs: node {node_cores:.2f}, PostgreSQL {postgres:.2f}, "
-                  f"load generator {loadgen:.2f}, taken by the hypervisor {share['steal']:.2f}, idle {share['idle']:.2f}, "
-                  f"other {cores - node_cores - postgres - loadgen - share['steal'] - share['idle']:.2f}")
+                  f"load generator {loadgen:.2f}, taken by the hypervisor {share['steal']:.2f}, idle {share['idle']:.2f}")
             print(f"   with every core not stolen, nor the load generator's nor PostgreSQL's, busy at this node CPU "
                   f"a request: {ceiling:.0f} req/s = {ceiling / figures[1][0]:.2f} × 1 worker")
             print()
