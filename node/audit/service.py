@@ -446,7 +446,13 @@ def _append(conn: sa.Connection, records: list[dict[str, Any]], segment: str | N
     this process's segment, taking their places in the node's order from the sequence (PostgreSQL)."""
     if segment is not None:
         _append_to_segment(conn, records, segment)
-        return
+    else:
+        _append_to_chain(conn, records)
+    # The figures' running totals move in the same commit as the records they count (node.figures.store).
+    figures_store.tally(conn, records)
+
+
+def _append_to_chain(conn: sa.Connection, records: list[dict[str, Any]]) -> None:
     last = next_counter_sync(conn, COUNTER, len(records))
     seq = last - len(records) + 1
     prev = store.hash_at(conn, seq - 1) if seq > 1 else GENESIS
@@ -460,8 +466,6 @@ def _append(conn: sa.Connection, records: list[dict[str, Any]], segment: str | N
         rows.append(row)
         seq += 1
     store.insert_many(conn, rows)
-    # The figures' running totals move in the same commit as the records they count (node.figures.store).
-    figures_store.tally(conn, records)
 
 
 def _append_to_segment(conn: sa.Connection, records: list[dict[str, Any]], segment: str) -> None:
