@@ -180,10 +180,13 @@ def cpu_ratios(cpu: dict[str, dict[str, list[float]]], routed_rps: float, paced:
     direct path runs at about five times the routed one's rate: at one rate the ratios compare the work."""
     med = statistics.median
     province, city = med(cpu["cross"]["province"]), med(cpu["cross"]["city"])
-    direct, relay = med(cpu["direct"]["province"]), med(cpu["bare relayed"]["second relay"])
-    print(f"   each at its own pace: province routed ÷ direct = {province / direct:.2f} (target ≤ 1.5: "
-          f"{'met' if province / direct <= 1.5 else 'MISSED'}); city ÷ bare relay = {city / relay:.2f} "
-          f"(target ≤ 2.5: {'met' if city / relay <= 2.5 else 'MISSED'})")
+
+    def verdicts(direct: float, relay: float) -> str:
+        return (f"province routed ÷ direct = {province / direct:.2f} (target ≤ 1.5: "
+                f"{'met' if province / direct <= 1.5 else 'MISSED'}); city ÷ bare relay = {city / relay:.2f} "
+                f"(target ≤ 2.5: {'met' if city / relay <= 2.5 else 'MISSED'})")
+
+    print("   each at its own pace: " + verdicts(med(cpu["direct"]["province"]), med(cpu["bare relayed"]["second relay"])))
     same: dict[str, Any] = {"direct": {}, "bare relayed": {}, "commits": {}}
     paced(routed_rps, same)
     direct, relay = med(same["direct"]["province"]), med(same["bare relayed"]["second relay"])
@@ -191,9 +194,7 @@ def cpu_ratios(cpu: dict[str, dict[str, list[float]]], routed_rps: float, paced:
     # bunched behind two relays and share commits (the journal lines above): said beside the figure.
     print(f"   direct and bare relay held to the routed rate ({routed_rps:.0f} req/s): province direct {direct:.2f} ms "
           f"({med(n for n, _ in same['commits']['province']):.2f} commits a request), "
-          f"bare relay {relay:.2f} ms a request; province routed ÷ direct = {province / direct:.2f} (target ≤ 1.5: "
-          f"{'met' if province / direct <= 1.5 else 'MISSED'}); city ÷ bare relay = {city / relay:.2f} (target ≤ 2.5: "
-          f"{'met' if city / relay <= 2.5 else 'MISSED'})")
+          f"bare relay {relay:.2f} ms a request; " + verdicts(direct, relay))
 
 
 def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json",

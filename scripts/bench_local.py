@@ -337,8 +337,8 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
                           f"{spent * 1000 / commits:.1f} ms a commit ({commits:.0f} commits)")
             rps_ratio = figures[args.workers][0] / figures[1][0]
             cpu_ratio = figures[args.workers][1] / figures[1][1]
-            # What the cores left for the node: the machine's cores less what the hypervisor took, what stood
-            # idle, the load generator's and PostgreSQL's CPU (each a share of the measured time).
+            # What the cores left for the node: the machine's cores less what the hypervisor took and the load
+            # generator's and PostgreSQL's CPU (idle time is printed, not subtracted: it is what the node left).
             n = args.workers
             m = merged(runs[n])
             cores = os.cpu_count() or 1

@@ -202,6 +202,7 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
             n = i
             while True:
                 if rate:
+                    # A slot missed while the server was slow may be made up, but never more than a second's.
                     slot, next_slot = next_slot, max(next_slot, time.perf_counter() - 1.0) + 1 / rate
                     if slot > time.perf_counter():
                         await asyncio.sleep(slot - time.perf_counter())

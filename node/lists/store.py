@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.db import LoopRead, metadata, sqlite_file
+from node.db import LoopRead, metadata
 
 lists = sa.Table(
     "lists",
@@ -197,27 +197,16 @@ async def matching(conn: AsyncConnection, digests: list[str], today: str) -> lis
     return list(result.all())
 
 
-class LoopReader:
+class LoopReader(LoopRead):
     """One subject's check on SQLite, read on the event loop (`node.db.LoopRead`); a one-subject check is
     what a clerk's page and most departments' systems send. Larger checks go through the engine."""
 
     SQL = ("SELECT digest, doc FROM list_entries WHERE digest = ? AND deleted = 0 AND valid_from <= ? "
            "AND (valid_until IS NULL OR valid_until >= ?)")
 
-    def __init__(self, path: str) -> None:
-        self._read = LoopRead(path)
-
-    @classmethod
-    def for_engine(cls, engine: Any) -> "LoopReader | None":
-        path = sqlite_file(engine)
-        return None if path is None else cls(path)
-
     def matching_one(self, digest: str, today: str) -> list[tuple[str, str]] | None:
         """The entries in force today that name `digest`, or None when SQLite was busy (read elsewhere)."""
-        return self._read.read(self.SQL, (digest, today, today))
-
-    def close(self) -> None:
-        self._read.close()
+        return self.read(self.SQL, (digest, today, today))
 
 
 async def held_seqs(conn: AsyncConnection, table: sa.Table, key: sa.Column, keys: list[str]) -> dict[str, tuple[int, str]]:
