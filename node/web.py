@@ -268,6 +268,38 @@ Observer = Callable[[web.Request, web.StreamResponse, str, float], Awaitable[Non
 ErrorPage = Callable[[web.Request, ApiError, str], web.StreamResponse]
 
 
+async def answered(request: web.Request, work: Awaitable[web.StreamResponse],
+                   answer: Callable[[ApiError, str], web.StreamResponse] = error_response,
+                   ) -> tuple[web.StreamResponse, str]:
+    """The answer to `request` once its handler's `work` ends, and its outcome (`ok` or the error code):
+    the one place where a failure becomes an answer in the SPEC's shape."""
+    rid = request[REQUEST_ID]
+    try:
+        return await work, "ok"
+    except ApiError as err:
+        resp = answer(err, rid)
+        if isinstance(err, BodyBroken):
+            resp.force_close()
+        return resp, err.code
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = _http_exception_error(exc)
+        resp = answer(err, rid)
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp, err.code
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure becomes an answer too
+        err = unavailable_error(exc)  # the database is down or stalled: 503, not a failure of this node's
+        if err is None:
+            log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
+            err = ApiError("internal error; quote the request id to the operator", code="INTERNAL")
+        else:
+            log.warning("database unavailable: %s", type(exc).__name__,
+                        extra={"request_id": rid, "path": request.path})
+        return answer(err, rid), err.code
+
+
 def make_error_middleware(observers: list[Observer], pages: dict[str, ErrorPage] | None = None) -> Any:
     """Outermost middleware: request ids, the one error shape, and the observers (audit before answer).
     Under a path prefix of `pages`, an error is shown as that prefix's page: same status, code and audit."""
@@ -286,29 +318,7 @@ def make_error_middleware(observers: list[Observer], pages: dict[str, ErrorPage]
             rid = new_id()
         request[REQUEST_ID] = rid
         started = time.perf_counter()
-        try:
-            resp = await handler(request)
-            outcome = "ok"
-        except ApiError as err:
-            resp, outcome = answer(err, rid), err.code
-            if isinstance(err, BodyBroken):
-                resp.force_close()
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            err = _http_exception_error(exc)
-            resp, outcome = answer(err, rid), err.code
-            if "Allow" in exc.headers:  # a 405 says which methods the path takes
-                resp.headers["Allow"] = exc.headers["Allow"]
-        except Exception as exc:  # noqa: BLE001 - the one place an unexpected failure becomes an answer
-            err = unavailable_error(exc)  # the database is down or stalled: 503, not a failure of this node's
-            if err is None:
-                log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
-                err = ApiError("internal error; quote the request id to the operator", code="INTERNAL")
-            else:
-                log.warning("database unavailable: %s", type(exc).__name__,
-                            extra={"request_id": rid, "path": request.path})
-            resp, outcome = answer(err, rid), err.code
+        resp, outcome = await answered(request, handler(request), answer)
         elapsed = time.perf_counter() - started
         for observe in observers:
             try:

@@ -12,6 +12,8 @@ Modes:
   stop being relayed (both ways). Nothing is ever answered: a hung server or a lost route. Connections
   that lived through a black hole have lost bytes, so going back to `forward` closes them; new ones are
   relayed again.
+- `deaf`: as `blackhole`, except that open connections still relay what the client sends: the server gets
+  it and acts on it, and its answer is lost on the way back (a COMMIT that lands while its reply does not).
 
 The port stays reserved while the proxy is open, even while it refuses, so switching back never races
 another process for it.
@@ -23,7 +25,7 @@ import asyncio
 import contextlib
 import socket
 
-MODES = ("forward", "refuse", "blackhole")
+MODES = ("forward", "refuse", "blackhole", "deaf")
 LOOPBACK = "127.0.0.1"
 
 
@@ -34,6 +36,7 @@ class _Link:
         self.client = client
         self.upstream = upstream
         self.blackholed = blackholed
+        self.deaf = False  # the upstream's answers are dropped
 
     def abort(self) -> None:
         for writer in (self.client, self.upstream):
@@ -90,7 +93,9 @@ class TcpProxy:
         for link in list(self._links):
             if mode == "blackhole":
                 link.blackholed = True
-            elif link.blackholed:
+            elif mode == "deaf":
+                link.deaf = True
+            elif link.blackholed or link.deaf:
                 link.abort()
 
     @property
@@ -155,7 +160,7 @@ class TcpProxy:
         try:
             pumps = [self._pump(reader, upstream_writer, link, self.recorded)]
             if upstream_reader is not None:
-                pumps.append(self._pump(upstream_reader, writer, link, self.recorded))
+                pumps.append(self._pump(upstream_reader, writer, link, self.recorded, answers=True))
             await asyncio.gather(*pumps)
         finally:
             self._links.discard(link)
@@ -163,11 +168,12 @@ class TcpProxy:
 
     @staticmethod
     async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, link: _Link,
-                    recorded: bytearray) -> None:
-        """Relay until either side closes; while the link is in a black hole, read and drop."""
+                    recorded: bytearray, answers: bool = False) -> None:
+        """Relay until either side closes; while the link is in a black hole (or deaf, for the upstream's
+        `answers`), read and drop."""
         with contextlib.suppress(OSError):
             while data := await src.read(65536):
-                if link.blackholed or dst is None:
+                if link.blackholed or dst is None or (answers and link.deaf):
                     continue
                 recorded += data
                 dst.write(data)

@@ -8,11 +8,13 @@ node killed with SIGKILL in the middle of a stream of writes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 
 from node.audit.http import AUDIT
 from node.audit.service import AuditLog
@@ -237,3 +239,110 @@ async def test_a_database_cut_neither_duplicates_a_keyed_write_nor_leaves_it_unr
                 node.config, "SELECT resource FROM audit_log WHERE action = 'catalog.create'")}
             assert set(codes.values()) <= created
             assert await node.app[AUDIT].verify() is None
+
+
+@contextlib.asynccontextmanager
+async def _lost_commit_reply(tmp_path):
+    """A county node on PostgreSQL through a proxy, and `cut(mode)`: the next COMMIT of a catalog entry switches
+    the proxy to `mode` as it is sent (`deaf`: the server gets the COMMIT, its reply is lost; `blackhole`: the
+    COMMIT is lost too). Statements time out after 1 s, connecting after 0.5 s."""
+    from sqlalchemy.engine import make_url
+
+    from node.db import CALL_WRITES
+    from node.ops.http import ENGINE
+    from support import PG_URL, pg_schema, police_node
+    from tcpproxy import TcpProxy
+
+    pg = make_url(PG_URL)
+    async with TcpProxy(pg.port or 5432, pg.host or "127.0.0.1") as proxy:
+        url = pg.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        database = {"url": url, "schema": pg_schema(), "connect_timeout_s": 0.5, "statement_timeout_s": 1.0}
+        async with police_node(tmp_path / "node", "postgresql", {"database": database}) as node:
+            armed: list[str] = []
+
+            def on_commit(conn) -> None:
+                call = CALL_WRITES.get()
+                if armed and call is not None and call.fields["action"] == "catalog.create":
+                    proxy.mode = armed.pop()
+
+            sa.event.listen(node.app[ENGINE].sync_engine, "commit", on_commit)
+            yield node, proxy, armed.append
+
+
+async def _post_entry(node, body: dict, key: str | None = None) -> tuple[int, dict, bool]:
+    headers = {"Authorization": f"Bearer {node.tokens['police']}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    async with node.session.post(node.url + "/api/v1/catalog", json=body, headers=headers) as resp:
+        return resp.status, await resp.json(), resp.headers.get("Idempotent-Replayed") == "true"
+
+
+async def _entries_named(node, name: str) -> list[str]:
+    return [c for (c,) in await raw_sql(node.config, "SELECT code FROM catalog_entries WHERE name = :n", {"n": name})]
+
+
+async def _retry_until_answered(node, body: dict, key: str) -> tuple[int, dict, bool]:
+    for _ in range(80):  # a retry while the first call is still finishing is told so (409); 20 s at most
+        status, answer, replayed = await _post_entry(node, body, key)
+        if status != 409:
+            return status, answer, replayed
+        await asyncio.sleep(0.25)
+    raise AssertionError(answer)
+
+
+async def test_a_keyed_write_whose_commit_reply_is_lost_keeps_its_answer_for_the_retry(tmp_path):
+    """The server commits a keyed write, but its reply to the COMMIT is lost and the database stays out of
+    reach: the caller is answered 503 meanwhile. Once the database answers again the call finds its write
+    stored, finishes, and keeps its answer, so the retry gets that entry (not a 409 saying the answer is
+    lost, nor a second entry), and the entry has one record, which says the caller was answered first."""
+    async with _lost_commit_reply(tmp_path) as (node, proxy, cut):
+        body = _entry("回执丢失登记")
+        cut("deaf")
+        status, answer, _ = await _post_entry(node, body, "lost-reply")
+        assert status == 503 and "not known yet" in answer["error"]["message"], answer
+        proxy.mode = "forward"
+        assert len(await _entries_named(node, "回执丢失登记")) == 1  # the server did commit it
+        status, answer, replayed = await _retry_until_answered(node, body, "lost-reply")
+        assert (status, replayed) == (201, True), answer
+        assert await _entries_named(node, "回执丢失登记") == [answer["code"]]
+        records = await _audit_of(node.config, answer["code"])
+        created = [r for r in records if r[0] == "catalog.create"]
+        assert len(created) == 1 and created[0][1:3] == (201, "ok"), records
+        assert json.loads(created[0][3])["answered_before_settled"] is True
+        assert await _intents(node.config) == 0
+        assert await node.app[AUDIT].verify() is None
+
+
+async def test_a_keyed_write_whose_commit_is_lost_is_carried_out_by_the_retry(tmp_path):
+    """The COMMIT itself is lost (a black hole): nothing was stored. Once the database answers again the call
+    learns so and its key stays free, so the retry carries the write out, once."""
+    async with _lost_commit_reply(tmp_path) as (node, proxy, cut):
+        body = _entry("提交丢失登记")
+        cut("blackhole")
+        status, answer, _ = await _post_entry(node, body, "lost-commit")
+        assert status == 503, answer
+        proxy.mode = "forward"
+        status, answer, replayed = await _retry_until_answered(node, body, "lost-commit")
+        assert (status, replayed) == (201, False), answer
+        assert await _entries_named(node, "提交丢失登记") == [answer["code"]]
+        for _ in range(40):  # the first call's own record (503) follows once it has learnt what happened
+            outcomes = [o for (o,) in await raw_sql(
+                node.config, "SELECT outcome FROM audit_log WHERE action = 'catalog.create' ORDER BY seq")]
+            if len(outcomes) == 2:
+                break
+            await asyncio.sleep(0.25)
+        assert sorted(outcomes) == ["UNAVAILABLE", "ok"], outcomes
+        assert await node.app[AUDIT].verify() is None
+
+
+async def test_a_write_whose_commit_reply_is_lost_briefly_is_answered_with_its_result(tmp_path):
+    """Without a key, a COMMIT whose reply is lost while the database comes back within a connect and a
+    statement is answered with its real result (201), not a 503 that would make its caller send it twice."""
+    async with _lost_commit_reply(tmp_path) as (node, proxy, cut):
+        asyncio.get_running_loop().call_later(1.2, setattr, proxy, "mode", "forward")  # the commit times out at 1 s
+        cut("deaf")
+        status, answer, _ = await _post_entry(node, _entry("短暂断开登记"))
+        assert status == 201, answer
+        assert await _entries_named(node, "短暂断开登记") == [answer["code"]]
+        records = await _audit_of(node.config, answer["code"])
+        assert [r[:3] for r in records] == [("catalog.create", 201, "ok")], records

@@ -3,7 +3,9 @@ writes carry their audit intent, its Idempotency-Key is honoured) and the observ
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +17,7 @@ from node.audit.service import MAX_KEPT_ANSWER, AuditLog, Call, IdempotencyClaim
 from node.db import CALL_WRITES
 from node.errors import ApiError
 from node.fields import Instant, to_ms
-from node.web import REQUEST_ID, ApiRoutes, json_response, query_model
+from node.web import REQUEST_ID, ApiRoutes, answered, json_response, query_model
 
 log = logging.getLogger("govnode.audit")
 
@@ -23,6 +25,8 @@ AUDIT = web.AppKey("audit", AuditLog)
 # What a handler tells the audit about its call: resource code, keys touched, message id, details.
 AUDIT_INFO = web.RequestKey("audit_info", dict)
 CALL = web.RequestKey("call", Call)
+# A keyed call answered 503 while its commit is settled: its one record is made when it ends.
+SETTLING = web.RequestKey("settling", bool)
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 routes = ApiRoutes()
@@ -80,11 +84,49 @@ async def call_middleware(request: web.Request, handler):  # noqa: ANN001, ANN20
         call.idempotency = claim
     request[CALL] = call
     token = CALL_WRITES.set(call)
+    settling = False
     try:
-        return await handler(request)
+        if call.idempotency is None:
+            return await handler(request)
+        # A keyed write runs as a task of its own, so that when its COMMIT gets no answer the caller can be
+        # answered 503 while the call goes on asking whether the write was stored (Call.settle): found
+        # stored, the call ends as if the commit had been slow and its answer is kept for the key, so the
+        # caller's retry gets it instead of a 409 that says the answer is lost.
+        began = time.perf_counter()
+        call.answer_early = asyncio.get_running_loop().create_future()
+        work = asyncio.ensure_future(handler(request))  # in this context: its writes are the call's
+        try:
+            await asyncio.wait((work, call.answer_early), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        if work.done():
+            return work.result()
+        settling = True
+        request[SETTLING] = True
+        request.app[AUDIT].finish_later(_finish_settled(request, work, call, began))
+        raise ApiError("the database went away while this write was being committed, and whether it was "
+                       "stored is not known yet; send it again with the same Idempotency-Key in a few seconds "
+                       "(it is carried out at most once)", code="UNAVAILABLE")
+    finally:
+        if not settling:
+            call.open = False
+        CALL_WRITES.reset(token)
+
+
+async def _finish_settled(request: web.Request, work: "asyncio.Future[web.StreamResponse]", call: Call,
+                          began: float) -> None:
+    """The end of a keyed call answered early: its record, with the answer kept for its key."""
+    try:
+        resp, outcome = await answered(request, work)
     finally:
         call.open = False
-        CALL_WRITES.reset(token)
+    note(request, answered_before_settled=True)
+    request[SETTLING] = False
+    try:
+        await audit_observer(request, resp, outcome, time.perf_counter() - began)
+    except ApiError as err:  # it changed nothing and cannot be recorded: its caller was answered 503
+        log.warning("the record of call %s is lost: %s", request[REQUEST_ID], err)
 
 
 def _kept_answer(call: Call, resp: web.StreamResponse) -> dict[str, Any] | None:
@@ -100,7 +142,7 @@ def _kept_answer(call: Call, resp: web.StreamResponse) -> dict[str, Any] | None:
 
 
 async def audit_observer(request: web.Request, resp: web.StreamResponse, outcome: str, elapsed: float) -> None:
-    if not _audited(request):
+    if not _audited(request) or request.get(SETTLING):
         return
     info = request.get(AUDIT_INFO, {})
     acct = request.get(ACCOUNT) or info.get("caller")

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from node.audit import store
 from node.figures import store as figures_store
 from node.cluster import worker_of
-from node.db import next_counter_sync, read_counter
+from node.db import database_unavailable, next_counter_sync, probe_timeout, read_counter
 from node.errors import ApiError, Conflict, InvalidInput, NotFound
 from node.groupcommit import GroupCommitter
 from node.ids import new_id, now_ms
@@ -72,6 +72,9 @@ class ChainBreak:
 # minute leaves room for a journal stalled by a slow database without recording a live call twice.
 INTENT_GRACE_MS = 60_000
 SWEEP_INTERVAL_S = 60.0
+# How long a call whose COMMIT got no answer asks whether it was stored (Call.settle). With record_later's
+# half of the grace after it, its record is made before the sweep could take the intent for a stopped call.
+SETTLE_S = INTENT_GRACE_MS / 4000
 # How long an Idempotency-Key is remembered: a client retries within minutes, a day covers a night's outage.
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY = 255
@@ -123,6 +126,11 @@ class Call:
     first_write: Callable[[sa.Connection], None] | None = None
     _first_written: bool = False
     _first_writing: bool = False
+    # The intent of the call's latest write transaction: found stored, it says that transaction committed.
+    _intent: str | None = None
+    # Set by whoever can answer the caller before a commit in doubt is settled (a keyed API call, whose
+    # kept answer a retry then gets): completed when the caller should be answered 503 meanwhile.
+    answer_early: asyncio.Future[None] | None = None
 
     def begin(self, conn: sa.Connection) -> None:
         if self.open and self.first_write is not None and not self._first_written:
@@ -144,7 +152,8 @@ class Call:
     def end(self, conn: sa.Connection) -> None:
         if not self.open:
             return
-        store.insert_intent(conn, {"id": new_id(), "call_key": self.key, "at": now_ms(), "worker": worker_of(conn.engine),
+        self._intent = new_id()
+        store.insert_intent(conn, {"id": self._intent, "call_key": self.key, "at": now_ms(), "worker": worker_of(conn.engine),
                                    "fields": json.dumps(self.fields, ensure_ascii=False, sort_keys=True)})
 
     def committed(self) -> None:
@@ -155,6 +164,34 @@ class Call:
             self.claimed, self._claiming = True, False
         if self._first_writing:
             self._first_written, self._first_writing = True, False
+
+    async def settle(self, engine: AsyncEngine) -> bool:
+        """Whether the call's latest write transaction, whose COMMIT failed because the database went away,
+        is stored all the same: its intent tells, once the database answers again. Asked again every half
+        second; after `probe_timeout` (one connect and one statement) the caller is answered early when
+        someone waits for that (`answer_early`), and the asking goes on until SETTLE_S. False when not
+        stored or still not known, so the write is answered as failed."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            try:
+                async with engine.connect() as conn:
+                    stored = await conn.run_sync(store.intent_stored, self._intent)
+                log.warning("a commit whose answer was lost %s stored", "was" if stored else "was not")
+                return stored
+            except Exception as exc:  # noqa: BLE001 - only the database being away is waited out
+                if not database_unavailable(exc):
+                    raise
+            waited = loop.time() - started
+            if waited >= probe_timeout(engine):
+                if self.answer_early is None:
+                    return False
+                if not self.answer_early.done():
+                    self.answer_early.set_result(None)
+            if waited >= SETTLE_S:
+                log.warning("a commit whose answer was lost is still unknown after %.0f s", waited)
+                return False
+            await asyncio.sleep(0.5)
 
     def note(self, **fields: Any) -> None:
         self.fields.update({k: v for k, v in fields.items() if v is not None})
@@ -219,7 +256,11 @@ class AuditLog:
                         log.warning("the record of call %s is left to its audit intent", fields.get("request_id"))
                         return
 
-        task = asyncio.create_task(retry())
+        self.finish_later(retry())
+
+    def finish_later(self, work: Awaitable[None]) -> None:
+        """Run `work` (the end of a call that outlives its answer) until it ends or the log closes."""
+        task = asyncio.ensure_future(work)
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 

@@ -182,6 +182,13 @@ def insert_intent(conn: sa.Connection, row: dict) -> None:
     conn.execute(_INSERT_INTENT, row)
 
 
+_INTENT_STORED = sa.select(audit_intents.c.id).where(audit_intents.c.id == sa.bindparam("id"))
+
+
+def intent_stored(conn: sa.Connection, intent_id: str) -> bool:
+    return conn.execute(_INTENT_STORED, {"id": intent_id}).first() is not None
+
+
 def delete_intents(conn: sa.Connection, call_keys: list[str]) -> None:
     conn.execute(_DELETE_INTENTS, {"keys": call_keys})
 
