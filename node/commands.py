@@ -11,6 +11,7 @@ from aiohttp import web
 
 from federation.signing import SigningKey, generate_signing_key, read_signing_key_file, verify_key_b64, write_signing_key_file
 from node.accounts.service import ROLES, AccountService
+from node.audit.console import console_call
 from node.audit.service import AuditLog
 from node.cli import command
 from node.config import CONFIG_FILE, Config, ConfigError, load_config, write_config
@@ -120,9 +121,11 @@ async def _accounts(config: Config) -> tuple[AccountService, object]:
 
 
 async def dept_add(args: argparse.Namespace) -> int:
-    accounts, engine = await _accounts(_config(args))
+    config = _config(args)
+    accounts, engine = await _accounts(config)
     try:
-        token = await accounts.add_department(args.code, args.name, args.role)
+        async with console_call(engine, config.node.id, args, "console.dept.add", dept=args.code, role=args.role):
+            token = await accounts.add_department(args.code, args.name, args.role)
     finally:
         await engine.dispose()
     print(f"department {args.code} ({args.name}) added with role {args.role}; its token (shown once):")
@@ -131,9 +134,11 @@ async def dept_add(args: argparse.Namespace) -> int:
 
 
 async def dept_token(args: argparse.Namespace) -> int:
-    accounts, engine = await _accounts(_config(args))
+    config = _config(args)
+    accounts, engine = await _accounts(config)
     try:
-        token = await accounts.issue_token(args.code)
+        async with console_call(engine, config.node.id, args, "console.dept.token", dept=args.code):
+            token = await accounts.issue_token(args.code)
     finally:
         await engine.dispose()
     print(f"new token for department {args.code} (shown once):")
@@ -142,9 +147,11 @@ async def dept_token(args: argparse.Namespace) -> int:
 
 
 async def dept_revoke(args: argparse.Namespace) -> int:
-    accounts, engine = await _accounts(_config(args))
+    config = _config(args)
+    accounts, engine = await _accounts(config)
     try:
-        n = await accounts.revoke(args.code)
+        async with console_call(engine, config.node.id, args, "console.dept.revoke", dept=args.code):
+            n = await accounts.revoke(args.code)
     finally:
         await engine.dispose()
     from node.accounts.people import sessions_changed

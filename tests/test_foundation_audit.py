@@ -80,14 +80,17 @@ async def test_caller_supplied_request_id_is_kept(node):
 
 async def test_hash_chain_and_concurrency(node):
     """Concurrent calls (group commit) still make one gapless chain, one record a call."""
+    # The fixture's departments were added at the console, each with its record.
+    (before,) = (await raw_sql(node.config, "SELECT count(*) FROM audit_log WHERE action = 'console.dept.add'"))[0]
+    assert before == len(node.tokens)
     results = await asyncio.gather(*[node.call("GET", "/api/v1/catalog", "police") for _ in range(60)])
     assert all(s == 200 for s, _ in results)
-    rows = await raw_sql(node.config, "SELECT seq, prev_hash, hash FROM audit_log ORDER BY seq")
-    assert [r[0] for r in rows] == list(range(1, 61))
-    prev = GENESIS
-    for seq, prev_hash, h in rows:
-        assert prev_hash == prev and len(h) == 64
-        prev = h
+    rows = await raw_sql(node.config, "SELECT seq, prev_hash, hash, segment FROM audit_log ORDER BY seq")
+    assert [r[0] for r in rows] == list(range(1, before + 61))
+    prev: dict = {}  # one chain on SQLite; on PostgreSQL a chain a process (each command's, the node's)
+    for seq, prev_hash, h, segment in rows:
+        assert prev_hash == prev.get(segment, GENESIS) and len(h) == 64
+        prev[segment] = h
     assert await node.app[AUDIT].verify() is None
     # Each hash covers the record's content.
     page = await audit_page(node, "limit=1")
@@ -188,3 +191,37 @@ def test_keys_digest():
     assert d == keys_digest([3, "a", "b"])  # order does not matter
     assert d == hashlib.sha256(b"3\na\nb\n").hexdigest()
     assert d != keys_digest(["a", "b"])
+
+
+async def cli_dept(node, *argv: str) -> int:
+    from support import run_cli_full_async
+
+    return (await run_cli_full_async(["dept", *argv, "--dir", str(node.config.home)]))[0]
+
+
+async def test_the_chain_check_behind_the_alerts_follows_each_segment(node):
+    """The check behind the operator's alert (figures) walks what was appended since its last walk. On
+    PostgreSQL the records of the console's commands (the fixture's departments) and of the node's worker are
+    segments of their own, interleaved by seq: intact, they are not a broken link; an altered record is found."""
+    from node.figures.http import FIGURES
+    from node.figures import store as figures_store
+
+    async def held():
+        async with node.app[FIGURES].engine.connect() as conn:
+            return await figures_store.get_check(conn)
+
+    for _ in range(3):
+        assert (await node.call("GET", "/api/v1/catalog", "police"))[0] == 200
+    assert await cli_dept(node, "add", "WATER1", "--name", "桓台县水利局") == 0  # one more segment, between calls
+    assert (await node.call("GET", "/api/v1/catalog", "police"))[0] == 200
+    await node.app[FIGURES].check_chain()
+    first = await held()
+    (top,) = (await raw_sql(node.config, "SELECT max(seq) FROM audit_log"))[0]
+    assert (first.broken_seq, first.seq) == (None, top), first
+    for _ in range(3):
+        assert (await node.call("GET", "/api/v1/catalog", "civil"))[0] == 200
+    (altered,) = (await raw_sql(node.config, "SELECT max(seq) FROM audit_log WHERE actor LIKE '%/' || :c",
+                                {"c": CIVIL}))[0]
+    await raw_sql(node.config, "UPDATE audit_log SET outcome = 'FORBIDDEN' WHERE seq = :s", {"s": altered})
+    await node.app[FIGURES].check_chain()
+    assert (await held()).broken_seq == altered

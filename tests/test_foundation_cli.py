@@ -218,7 +218,8 @@ async def test_dept_add_token_revoke_list(tmp_path, backend):
 
 @pytest.fixture
 async def audited(tmp_path, backend):
-    """A home whose audit log holds 6 records (5 calls by a department, 1 anonymous)."""
+    """A home whose audit log holds 7 records (the department added at the console, then 5 calls by it and
+    1 anonymous)."""
     from support import add_dept, drop_pg_schema
 
     config = init_home(tmp_path / "home", "370321", "桓台县", backend=backend)
@@ -230,7 +231,7 @@ async def audited(tmp_path, backend):
         assert (await running.call("GET", "/api/v1/catalog"))[0] == 401
     finally:
         await running.stop()
-    assert (await raw_sql(config, "SELECT count(*) FROM audit_log"))[0][0] == 6
+    assert (await raw_sql(config, "SELECT count(*) FROM audit_log"))[0][0] == 7
     try:
         yield config
     finally:
@@ -254,9 +255,9 @@ async def test_audit_verify_empty_log(tmp_path):
 
 
 async def test_audit_verify_finds_an_altered_record(audited):
-    await raw_sql(audited, "UPDATE audit_log SET outcome = 'ok', status = 200 WHERE seq = 6")
+    await raw_sql(audited, "UPDATE audit_log SET outcome = 'ok', status = 200 WHERE seq = 7")
     rc, out, err = verify(audited)
-    assert rc == 1 and "record 6" in err and "altered" in err
+    assert rc == 1 and "record 7" in err and "altered" in err
     # Earlier records are still fine: the message names the first broken one, not record 1.
     await raw_sql(audited, "UPDATE audit_log SET actor = 'someone/else' WHERE seq = 3")
     rc, out, err = verify(audited)
@@ -270,9 +271,9 @@ async def test_audit_verify_finds_a_deleted_middle_record(audited):
 
 
 async def test_audit_verify_finds_a_deleted_last_record(audited):
-    await raw_sql(audited, "DELETE FROM audit_log WHERE seq = 6")
+    await raw_sql(audited, "DELETE FROM audit_log WHERE seq = 7")
     rc, out, err = verify(audited)
-    assert rc == 1 and "record 6" in err and "missing" in err
+    assert rc == 1 and "record 7" in err and "missing" in err
 
 
 async def test_audit_verify_finds_a_rewritten_link(audited):
@@ -288,3 +289,58 @@ async def test_audit_verify_finds_a_rewritten_link(audited):
     await raw_sql(audited, "UPDATE audit_log SET hash = :h WHERE seq = 2", {"h": forged})
     rc, out, err = verify(audited)
     assert rc == 1 and "record 3" in err and "link" in err
+
+
+# account changes at the console ---------------------------------------------------------------------
+
+async def test_account_changes_at_the_console_are_audited(tmp_path, backend):
+    """Departments and people added, given new credentials and disabled with `govnode dept` / `govnode user`
+    leave records in the node's one chain, as the portal's do: refused commands too, and beside the running
+    node, whose own calls' records interleave."""
+    import getpass
+
+    from support import drop_pg_schema, run_cli_full_async
+
+    config = init_home(tmp_path / "home", "370321", "桓台县", backend=backend)
+    home = str(config.home)
+
+    async def cli(*argv: str) -> int:
+        return (await run_cli_full_async([*argv, "--dir", home]))[0]
+
+    assert await cli("dept", "add", "AUDIT1", "--name", "桓台县审计局", "--role", "auditor") == 0
+    auditor = (await run_cli_full_async(["dept", "token", "AUDIT1", "--dir", home]))[1].strip().splitlines()[-1]
+    running = await start_node(config)
+    try:
+        assert await cli("dept", "add", POLICE, "--name", "桓台县公安局") == 0
+        assert await cli("user", "add", "zhangsan", "--dept", POLICE, "--name", "张三") == 0
+        assert (await running.call("GET", "/api/v1/catalog", auditor))[0] == 200
+        assert await cli("user", "disable", "nobody") == 1  # refused: recorded all the same
+        assert await cli("user", "reset", "zhangsan") == 0
+        assert await cli("user", "disable", "zhangsan") == 0
+        assert await cli("dept", "revoke", POLICE) == 0
+        status, page = await running.call("GET", "/api/v1/audit?limit=100", auditor)
+        assert status == 200, page
+    finally:
+        await running.stop()
+    try:
+        records = sorted(page["records"], key=lambda r: r["seq"])
+        console = [(r["action"], r["outcome"], r["details"]) for r in records if r["actor"] == "370321/console"]
+        assert console == [
+            ("console.dept.add", "ok", {"dept": "AUDIT1", "role": "auditor"}),
+            ("console.dept.token", "ok", {"dept": "AUDIT1"}),
+            ("console.dept.add", "ok", {"dept": POLICE, "role": "dept"}),
+            ("console.user.add", "ok", {"dept": POLICE, "username": "zhangsan"}),
+            ("console.user.disable", "NOT_FOUND", {"username": "nobody"}),
+            ("console.user.reset", "ok", {"username": "zhangsan"}),
+            ("console.user.disable", "ok", {"username": "zhangsan"}),
+            ("console.dept.revoke", "ok", {"dept": POLICE}),
+        ], console
+        assert {(r["role"], r["method"], r["user"]) for r in records if r["actor"] == "370321/console"} == {
+            ("operator", "CLI", getpass.getuser()[:32])}
+        assert "catalog.search" in [r["action"] for r in records if r["actor"] == "370321/AUDIT1"]
+        assert (await raw_sql(config, "SELECT count(*) FROM audit_intents"))[0][0] == 0  # each record took its intent
+        rc, out, err = run_cli(["audit", "verify", "--dir", home])
+        assert rc == 0 and "intact" in out, err
+    finally:
+        if config.database.schema_:
+            await drop_pg_schema(config.database.schema_)

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from node.accounts.people import CST, PeopleService
 from node.accounts.service import ROLES
+from node.audit.console import console_call
 from node.cli import command
 from node.config import load_config
 from node.fields import printable
@@ -20,10 +21,15 @@ async def _people(args: argparse.Namespace) -> tuple[PeopleService, object]:
     return PeopleService(engine, config.node.id, config.home), engine
 
 
+def _audited(people: PeopleService, args: argparse.Namespace, action: str, **details: str | None):  # noqa: ANN202
+    return console_call(people.engine, people.node_id, args, action, username=args.username, **details)
+
+
 async def user_add(args: argparse.Namespace) -> int:
     people, engine = await _people(args)
     try:
-        password = await people.add(args.username, args.dept, args.role, args.name)
+        async with _audited(people, args, "console.user.add", dept=args.dept, role=args.role):
+            password = await people.add(args.username, args.dept, args.role, args.name)
     finally:
         await engine.dispose()
     print(f"user {args.username} added to department {args.dept}; they sign in at the portal (/portal/) with "
@@ -48,7 +54,8 @@ async def user_list(args: argparse.Namespace) -> int:
 async def user_disable(args: argparse.Namespace) -> int:
     people, engine = await _people(args)
     try:
-        await people.disable(args.username)
+        async with _audited(people, args, "console.user.disable"):
+            await people.disable(args.username)
     finally:
         await engine.dispose()
     print(f"user {args.username} disabled; their sessions are ended")
@@ -58,7 +65,8 @@ async def user_disable(args: argparse.Namespace) -> int:
 async def user_reset(args: argparse.Namespace) -> int:
     people, engine = await _people(args)
     try:
-        password = await people.reset(args.username)
+        async with _audited(people, args, "console.user.reset"):
+            password = await people.reset(args.username)
     finally:
         await engine.dispose()
     print(f"user {args.username} has a new initial password, to be changed at the next sign-in (shown once):")
