@@ -12,7 +12,7 @@ import threading
 import traceback
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
@@ -354,6 +354,8 @@ class CallWrites(Protocol):
 
     def committed(self) -> None: ...
 
+    def claim_turn(self) -> AbstractAsyncContextManager[None]: ...
+
     async def settle(self, engine: AsyncEngine) -> bool: ...
 
     def note(self, **fields: Any) -> None: ...
@@ -379,35 +381,37 @@ async def write_tx(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     that call's audit intent (and claims its idempotency key), in the same transaction."""
     call = CALL_WRITES.get()
     in_doubt: Exception | None = None
-    async with queued_write(engine):
-        async with engine.connect() as conn:
-            conn.sync_connection.info["write"] = True  # type: ignore[union-attr]
-            ended = False
-            try:
-                async with conn.begin():
-                    if call is not None:
-                        await conn.run_sync(call.begin)
-                    yield conn
-                    if call is not None:
-                        await conn.run_sync(call.end)
-                    ended = True
-            except Exception as exc:
-                # The COMMIT itself failed because the database went away (a timeout, a cut connection): the
-                # server may have committed and only its reply been lost. Answering 503 then would tell the
-                # caller a stored write failed, and keep no answer for its Idempotency-Key.
-                if not (ended and call is not None and database_unavailable(exc)):
-                    raise
-                in_doubt = exc
-            finally:
-                # A connection dropped on the way (a statement timed out, the server went away) has nothing to
-                # clear, and asking it would reconnect outside SQLAlchemy's greenlet, raising MissingGreenlet in
-                # place of the error that says the database is unavailable.
-                if not conn.invalidated:
-                    conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
-    if in_doubt is not None and not await call.settle(engine):  # type: ignore[union-attr]
-        raise in_doubt
-    if call is not None:
-        call.committed()
+    # Until the call's key is claimed its transactions take turns (Call.claim_turn), commit and settling included.
+    async with call.claim_turn() if call is not None else nullcontext():
+        async with queued_write(engine):
+            async with engine.connect() as conn:
+                conn.sync_connection.info["write"] = True  # type: ignore[union-attr]
+                ended = False
+                try:
+                    async with conn.begin():
+                        if call is not None:
+                            await conn.run_sync(call.begin)
+                        yield conn
+                        if call is not None:
+                            await conn.run_sync(call.end)
+                        ended = True
+                except Exception as exc:
+                    # The COMMIT itself failed because the database went away (a timeout, a cut connection): the
+                    # server may have committed and only its reply been lost. Answering 503 then would tell the
+                    # caller a stored write failed, and keep no answer for its Idempotency-Key.
+                    if not (ended and call is not None and database_unavailable(exc)):
+                        raise
+                    in_doubt = exc
+                finally:
+                    # A connection dropped on the way (a statement timed out, the server went away) has nothing to
+                    # clear, and asking it would reconnect outside SQLAlchemy's greenlet, raising MissingGreenlet in
+                    # place of the error that says the database is unavailable.
+                    if not conn.invalidated:
+                        conn.sync_connection.info.pop("write", None)  # type: ignore[union-attr]
+        if in_doubt is not None and not await call.settle(engine):  # type: ignore[union-attr]
+            raise in_doubt
+        if call is not None:
+            call.committed()
 
 
 def next_counter_sync(conn: sa.Connection, name: str, n: int = 1) -> int:

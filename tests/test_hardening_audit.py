@@ -346,3 +346,29 @@ async def test_a_write_whose_commit_reply_is_lost_briefly_is_answered_with_its_r
         assert await _entries_named(node, "短暂断开登记") == [answer["code"]]
         records = await _audit_of(node.config, answer["code"])
         assert [r[:3] for r in records] == [("catalog.create", 201, "ok")], records
+
+
+async def test_concurrent_writes_of_one_keyed_call_claim_its_key_once(node):
+    """A call whose handler writes in two transactions at once claims its Idempotency-Key in one of them: the
+    other does not take the claim for a second request with the key and refuse its own call."""
+    from node.audit.service import Call, IdempotencyClaim
+    from node.db import CALL_WRITES, next_counter_sync, write_tx
+    from node.ops.http import ENGINE
+
+    engine = node.app[ENGINE]
+    call = Call({"request_id": "two-writes", "actor": f"370321/{POLICE}", "action": "test"},
+                idempotency=IdempotencyClaim.of(f"370321/{POLICE}", "two-writes", "POST", "/x", ""))
+
+    async def write(counter: str) -> None:
+        async with write_tx(engine) as conn:
+            await conn.run_sync(next_counter_sync, counter)
+            await asyncio.sleep(0.05)  # both transactions open at once on PostgreSQL (SQLite takes turns)
+
+    token = CALL_WRITES.set(call)
+    try:
+        await asyncio.gather(write("two-writes-a"), write("two-writes-b"))
+    finally:
+        CALL_WRITES.reset(token)
+    assert call.claimed and call.wrote
+    assert (await raw_sql(node.config, "SELECT count(*) FROM idempotency_keys WHERE key = 'two-writes'"))[0][0] == 1
+    assert (await raw_sql(node.config, "SELECT count(*) FROM counters WHERE name LIKE 'two-writes-%'"))[0][0] == 2

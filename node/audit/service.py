@@ -13,6 +13,7 @@ long record push holding it would stall every other call's record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -131,6 +132,21 @@ class Call:
     # Set by whoever can answer the caller before a commit in doubt is settled (a keyed API call, whose
     # kept answer a retry then gets): completed when the caller should be answered 503 meanwhile.
     answer_early: asyncio.Future[None] | None = None
+    _claim_turn: asyncio.Lock | None = None
+
+    @contextlib.asynccontextmanager
+    async def claim_turn(self) -> AsyncIterator[None]:
+        """Held around each write transaction of the call until its key is claimed: two transactions of one
+        call open at once (PostgreSQL) would both insert the key, and the second would take the first's
+        uncommitted row for another request with the key and refuse its own call. Once the claim has
+        committed, the call's transactions run side by side again."""
+        if self.idempotency is None or self.claimed or not self.open:
+            yield
+            return
+        if self._claim_turn is None:
+            self._claim_turn = asyncio.Lock()
+        async with self._claim_turn:
+            yield
 
     def begin(self, conn: sa.Connection) -> None:
         if self.open and self.first_write is not None and not self._first_written:
