@@ -11,7 +11,8 @@ load generator (a separate process, fixed concurrency), it measures verify reque
 to a bare aiohttp handler that answers a constant JSON, started the same way in its own subprocess; and
 the seconds to compare `--compare-keys` keys (with a name each) against the records. Bare and verify
 alternate for `--rounds` rounds; the ratio is the median of the rounds' ratios. Each figure also shows the
-server's CPU time, which a busy machine disturbs less than wall-clock rates.
+server's CPU time, which a busy machine disturbs less than wall-clock rates. Last, verifies one at a time
+while one more comparison is served: how long a big call keeps the node's other callers waiting.
 
 Targets (issue 2): verify req/s ≥ 0.30 × bare req/s; ingest ≥ 20,000 records/s; compare ≤ 3 s.
 Figures are printed; the script exits 0 whatever they are.
@@ -38,8 +39,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,6 +106,42 @@ def person(i: int, rng: random.Random) -> dict:
         "phone": f"1{rng.choice('3589')}{rng.randrange(10**9):09d}",
         "address": f"山东省淄博市桓台县索镇{rng.randrange(1, 300)}号",
     }
+
+
+def verifies_beside(url: str, path: str, token: str, bodies: list[dict], work: Any) -> tuple[list[float], list[float]]:
+    """Verify latencies (ms), one call at a time on one connection: for 2 s alone, then while `work()` runs
+    in this thread (a big compare): how long the node keeps its other callers waiting."""
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    raw = [json.dumps(b, ensure_ascii=False).encode() for b in bodies]
+    running = threading.Event()
+
+    def calls(until: Any) -> list[float]:
+        out: list[float] = []
+        i = 0
+        while until():
+            t0 = time.perf_counter()
+            conn.request("POST", path, body=raw[i % len(raw)], headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            out.append((time.perf_counter() - t0) * 1000)
+            i += 1
+        return out
+
+    deadline = time.perf_counter() + 2.0
+    alone = calls(lambda: time.perf_counter() < deadline)
+    beside: list[float] = []
+    caller = threading.Thread(target=lambda: beside.extend(calls(running.is_set)))
+    running.set()
+    caller.start()
+    try:
+        work()
+    finally:
+        running.clear()
+        caller.join()
+        conn.close()
+    return alone, beside
 
 
 def request(url: str, method: str, path: str, token: str, body: bytes | None = None,
@@ -231,10 +270,15 @@ def main() -> int:
                 assert status == 200, raw[:500]
             answer = json.loads(raw)
             assert answer["total"] == n, answer["total"]
+            alone, beside = verifies_beside(node.url, f"/api/v1/resources/{code}/verify", consumer, bodies[:200], lambda: (
+                request(node.url, "POST", f"/api/v1/resources/{code}/compare", consumer, compare_body)))
             print(f"compare {n:,} keys (key + name) against {args.records:,} records: "
                   f"{compare_times[0]:.2f} s first, {min(compare_times):.2f} s best of 3, node CPU "
                   f"{min(compare_cpu):.2f} s (found {answer['found']:,}, matched {answer['matched']:,}; "
                   f"request {len(compare_body) / 2**20:.1f} MiB)")
+            print(f"verify one at a time while a compare of {n:,} keys is served: p50 {statistics.median(beside):.1f} ms, "
+                  f"worst {max(beside):.0f} ms ({len(beside)} calls); alone p50 {statistics.median(alone):.1f} ms, "
+                  f"worst {max(alone):.0f} ms")
             print(f"node peak memory {rss_mb(node.pid):.0f} MiB")
 
             ratio = statistics.median(ratios)
