@@ -32,9 +32,9 @@ def _os_user() -> str | None:
 async def console_call(engine: AsyncEngine, node_id: str, args: argparse.Namespace, action: str,
                        **details: str | None) -> AsyncIterator[Call]:
     """Run the body as one audited call (`action`, with `details` such as the account's code) of the
-    command in `args`; its record is stored once it ends,
-    refused or not. Beside a running node the record joins the same chain: on SQLite the file's write lock
-    orders the two writers, on PostgreSQL the command appends to a segment of its own."""
+    command in `args`; its record is stored once it ends, refused or not. Beside a running node the record
+    joins the same chain: on SQLite the file's write lock orders the two writers, on PostgreSQL the command
+    appends to a segment of its own."""
     log = AuditLog(engine, batch_ms=0)
     await log.start()
     call = Call({"request_id": new_id(), "actor": f"{node_id}/{CONSOLE}", "user": _os_user(), "role": "operator",

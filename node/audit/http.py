@@ -84,7 +84,6 @@ async def call_middleware(request: web.Request, handler):  # noqa: ANN001, ANN20
         call.idempotency = claim
     request[CALL] = call
     token = CALL_WRITES.set(call)
-    settling = False
     try:
         if call.idempotency is None:
             return await handler(request)
@@ -102,14 +101,13 @@ async def call_middleware(request: web.Request, handler):  # noqa: ANN001, ANN20
             raise
         if work.done():
             return work.result()
-        settling = True
         request[SETTLING] = True
         request.app[AUDIT].finish_later(_finish_settled(request, work, call, began))
         raise ApiError("the database went away while this write was being committed, and whether it was "
                        "stored is not known yet; send it again with the same Idempotency-Key in a few seconds "
                        "(it is carried out at most once)", code="UNAVAILABLE")
     finally:
-        if not settling:
+        if not request.get(SETTLING):  # else the call ends when it is settled (_finish_settled)
             call.open = False
         CALL_WRITES.reset(token)
 

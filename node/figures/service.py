@@ -421,29 +421,26 @@ class FiguresService:
                             audit_store.segment_hash_at, r.segment, r.segment_seq - 1))
             for r in rows:
                 row = dict(r._mapping)
-                if row["segment"] is not None:
-                    # Places in `seq` that no record holds are normal here (a failed batch's numbers); a missing
-                    # segment record shows as a link to nothing. `govnode audit verify` names it exactly.
-                    before = segment_prev[row["segment"]]
-                    if before is None:
-                        broken = (row["seq"], "the record before it in its segment is missing")
-                    elif row["prev_hash"] != before:
-                        broken = (row["seq"], "its link to the previous record does not match")
-                    elif record_hash(before, row) != row["hash"]:
-                        broken = (row["seq"], "its contents do not match its hash (altered)")
-                    if broken:
-                        break
-                    segment_prev[row["segment"]], seq = row["hash"], row["seq"]
-                    continue
-                if row["seq"] != seq + 1:
+                segment = row["segment"]
+                # The record it links to: the chain's previous one, or its segment's. Places in `seq` that no
+                # record holds are normal among segments (a failed batch's numbers); a missing segment record
+                # shows as a link to nothing, and `govnode audit verify` names it exactly.
+                before = prev if segment is None else segment_prev[segment]
+                if segment is None and row["seq"] != seq + 1:
                     broken = (seq + 1, f"record {seq + 1} is missing")
-                elif row["prev_hash"] != prev:
+                elif before is None:
+                    broken = (row["seq"], "the record before it in its segment is missing")
+                elif row["prev_hash"] != before:
                     broken = (row["seq"], "its link to the previous record does not match")
-                elif record_hash(prev, row) != row["hash"]:
+                elif record_hash(before, row) != row["hash"]:
                     broken = (row["seq"], "its contents do not match its hash (altered)")
                 if broken:
                     break
-                seq, prev = row["seq"], row["hash"]
+                if segment is None:
+                    prev = row["hash"]
+                else:
+                    segment_prev[segment] = row["hash"]
+                seq = row["seq"]
             if broken or len(rows) < 5000:
                 break
         async with write_tx(self.engine) as conn:
