@@ -109,12 +109,15 @@ async def test_publish_check_feedback_and_repair_in_the_browser(fed, portal_page
     # 双反馈: the issuer sees where its entry was applied, then removes it (信用修复).
     for _ in range(60):
         await tax.goto("/portal/lists/mine")
-        shown = await tax.page.locator("#feedback-title + table").inner_text()
-        if "370303" in shown and "供应商批量审查" in shown:  # both checks' hits (two messages) have arrived
+        # The whole 双反馈 section: its first table counts hits per node, its second lists each hit's purpose.
+        # (Polling the first table alone for a purpose never matched, so this loop used to run out its 30 s.)
+        shown = await tax.page.locator("section[aria-labelledby=feedback-title]").inner_text()
+        if "供应商批量审查" in shown and "政府采购供应商资格审查" in shown:  # both checks' hits have arrived
             break
         await asyncio.sleep(0.5)
-    text = await tax.text()
-    assert "供应商批量审查" in text and "政府采购供应商资格审查" in text
+    else:
+        raise AssertionError(f"the issuer never saw both checks' hits: {shown}")
+    assert "370321-0001\t370303\t2\t" in shown, shown  # the two hits, counted for the node that checked
     await tax.screenshot("lists-feedback")
     await tax.page.get_by_label("移出原因").fill("已完成信用修复")
     await tax.press("移出名单")
