@@ -42,7 +42,6 @@ import random
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchlib import NodeProcess, env_info, free_port, govnode, last_line, stop_nodes_on_sigterm  # noqa: E402
+from benchlib import (NodeProcess, env_info, free_port, govnode, last_line, run_govnode,  # noqa: E402
+                      stop_nodes_on_sigterm)
 from tcpproxy import TcpProxy  # noqa: E402
 
 from node.audit.service import INTENT_GRACE_MS, SWEEP_INTERVAL_S  # noqa: E402
@@ -476,9 +476,8 @@ class Drill:
             found["intents_left"] = sum([(await self.sql(n, "SELECT COUNT(*) FROM audit_intents"))[0][0] for n in self.nodes])
         chains = {}
         for node, proc in self.nodes.items():
-            res = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "node.cli", "audit", "verify", "--dir",
-                                                           str(proc.home)], cwd=ROOT, capture_output=True, text=True)
-            chains[node] = "intact" if res.returncode == 0 else (res.stderr.strip() or res.stdout.strip())
+            rc, out, err = await asyncio.to_thread(run_govnode, "audit", "verify", "--dir", str(proc.home))
+            chains[node] = "intact" if rc == 0 else (err.strip() or out.strip())
         found["chains"] = chains
         return found
 

@@ -38,12 +38,12 @@ def test_database_drill_cuts_the_provinces_postgresql_and_loses_nothing():
 
 
 def test_soak_reports_windows_memory_and_descriptors():
-    rc, out = run_script("scripts/soak.py", "--minutes", "0.3", "--window", "0.1", "--settle", "0.1",
+    rc, out = run_script("scripts/soak.py", "--minutes", "0.15", "--window", "0.05", "--settle", "0.05",
                          "--capacity-seconds", "2", "--records", "50")
     assert rc == 0, out
     assert "-- soak:" in out and out.count("RSS MiB") == 3, out
     # growth is judged from the first window after the settling time (here the second) to the last
-    assert out.count("after minute 0.1, RSS") == 3 and "target < 5 %" in out, out
+    assert out.count("after minute 0.05, RSS") == 3 and "target < 5 %" in out, out
 
 
 def test_stateful_fuzzer_runs_and_finds_nothing():
