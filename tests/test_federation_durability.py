@@ -299,3 +299,36 @@ async def test_a_message_claimed_by_a_node_killed_before_it_stored_it_is_acted_o
         assert applied
     finally:
         await stop_all(nodes)
+
+
+async def test_a_relay_that_stops_answers_the_calls_it_is_passing_on_and_does_not_wait_for_them(tmp_path):
+    """A county's call waits at the province (a subscriber's long poll does, for up to 10 s) while the city,
+    which relays it, is stopped: the city gives the call a moment, then answers it 503 UNAVAILABLE itself and
+    exits, instead of holding its stop until the province answers (or until the server's 10 s bound)."""
+    nodes = await start_federation(tmp_path, subprocesses=("370300",))
+    city, county = nodes["370300"], nodes["370321"]
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(env: dict) -> dict:  # the province answers this call when the test has seen the city stop
+        entered.set()
+        await asyncio.wait_for(release.wait(), 60)
+        return {}
+
+    nodes["370000"].app[FEDERATION].handlers["service.call"] = slow
+    try:
+        call = asyncio.create_task(county.app[FEDERATION].call("service.call", "370000", {"op": "changes"}))
+        await asyncio.wait_for(entered.wait(), 20)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await city.stop()
+        stopped_in = loop.time() - started
+        assert city.proc.returncode == 0, city.log_tail()
+        with pytest.raises(ApiError) as refused:
+            await asyncio.wait_for(call, 5)
+        assert refused.value.code == "UNAVAILABLE" and refused.value.details.get("hop") == "370300", refused.value
+        assert "370300 is stopping" in refused.value.message
+        # Far inside the server's own 10 s bound for open requests: the relay did not wait for the province.
+        assert stopped_in < 6, stopped_in
+    finally:
+        release.set()
+        await stop_all(nodes)

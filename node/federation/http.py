@@ -157,6 +157,12 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         await fed.close()
 
 
+async def _stop_relaying(app: web.Application) -> None:
+    if FEDERATION in app:
+        await app[FEDERATION].messages.stop_relaying()
+
+
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_service)
+    app.on_shutdown.append(_stop_relaying)
     app.router.add_routes(routes)

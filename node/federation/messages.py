@@ -33,6 +33,8 @@ MAX_HOPS = 8
 # dead hop answers first and names it (PEER_TIMEOUT / PEER_UNREACHABLE, details.hop), within the expiry.
 HOP_MARGIN_MS = 250
 SYNC_TTL_MS = 30_000
+# At shutdown, how long the calls a relay is passing on may still wait for the next hop (`stop_relaying`).
+RELAY_GRACE_S = 1.0
 ASYNC_TTL_MS = 7 * 24 * 3600 * 1000
 # Kinds whose handling changes nothing here, so it may overlap the durable claim of the envelope id.
 READ_ONLY_KINDS = frozenset({"service.call", "licence.verify"})
@@ -117,6 +119,11 @@ class Messages:
         # Asynchronous messages being acted on in this process, by id: a retry that arrives meanwhile waits
         # for the first to finish before it asks whether the message was applied.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
+        # Calls this node is passing on, waiting for the next hop's answer, and those it ended at shutdown
+        # (`stop_relaying`): a county's long poll relayed to the province held a city's stop for 6 s.
+        self._relaying: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._relay_closed = False
 
     # Routing --------------------------------------------------------------------------------------
 
@@ -345,21 +352,49 @@ class Messages:
         signed = sign_envelope(env, self.node_id, fed.key, message=message)
         if remaining <= 0:
             return self.error_answer(env, ApiError("the envelope expired", {"hop": self.node_id}, code="PEER_TIMEOUT"))
+        task = asyncio.current_task()
+        if self._relay_closed or task is None:
+            return self._stopping_answer(env)
+        self._relaying.add(task)
         try:
             # `env` passed the canonical check (on receipt, or in verify_envelope_origin); a signature adds text.
             reply = await fed.client.request(hop, fed.membership.endpoint_of(hop), "POST", "/federation/v1/messages",
                                              signed, timeout_s=remaining, checked=True)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            task.uncancel()  # ended by stop_relaying, not by whoever else may cancel the request's task
+            return self._stopping_answer(env)
         except PeerError as exc:
             fed.peers.mark(hop, ok=False, error=exc.message)
             details = exc.details if isinstance(exc.details, dict) else {}
             details = {**details, "hop": details.get("hop", hop)}
             code = exc.code if exc.code in STATUS_OF else "PEER_UNREACHABLE"
             return self.error_answer(env, ApiError(exc.message, details, code=code))
+        finally:
+            self._relaying.discard(task)
+            self._cut.discard(task)
         fed.peers.mark(hop, ok=True)
         if not isinstance(reply, dict) or reply.get("in_reply_to") != env["id"]:
             return self.error_answer(env, ApiError(f"{hop} answered with something that is not the reply",
                                                    {"hop": hop}, code="PEER_UNREACHABLE"))
         return sign_envelope(reply, self.node_id, fed.key)
+
+    def _stopping_answer(self, env: dict[str, Any]) -> dict[str, Any]:
+        return self.error_answer(env, ApiError(f"{self.node_id} is stopping: send the call again",
+                                               {"hop": self.node_id}, code="UNAVAILABLE"))
+
+    async def stop_relaying(self, grace_s: float = RELAY_GRACE_S) -> None:
+        """The node is stopping (before the server waits for its open requests): the calls it is passing on get
+        `grace_s` for the next hop's answer, then this node answers them 503 UNAVAILABLE, and any call it is
+        asked to pass on from then. A long poll relayed for a subscriber otherwise held the stop for as long as
+        the poll waits (10 s)."""
+        if self._relaying:
+            await asyncio.wait(set(self._relaying), timeout=grace_s)
+        self._relay_closed = True
+        self._cut = set(self._relaying)
+        for task in self._cut:
+            task.cancel()
 
     # Envelopes made here ----------------------------------------------------------------------------
 
