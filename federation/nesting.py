@@ -29,6 +29,7 @@ MAX_NESTING = 64
 # A complete JSON string (escapes included): brackets inside one do not nest anything.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_BRACKETS_OR_QUOTES = bytes(b for b in range(256) if b not in b'[]{}"')
 _AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 _OPEN = ord("[")
 
@@ -49,9 +50,42 @@ def check_nesting(text: bytes | str, limit: int = MAX_NESTING) -> None:
     # Fewer opening brackets than the bound cannot nest deeper than it: the usual case costs two counts.
     if data.count(b"[") + data.count(b"{") <= limit:
         return
-    # What is left once strings are taken out and every other byte is deleted: the brackets alone, opening
-    # ones as "[" and closing ones as "]". Walking them costs about 20 ns a bracket (an 8 MB array of
-    # records: 0.14 s; json.loads of it takes 0.05 to 0.1 s), and stops at the first level past the bound.
+    skeleton = _bracket_skeleton(data)
+    # Each pass deletes the innermost pairs, so valid JSON is gone after as many passes as it is deep; all in C
+    # (a 5.6 MiB comparison body: 25 ms, where a Python walk over its brackets and a regular expression over its
+    # strings took 0.15 s, with every other call of the node waiting). Text left after `limit` passes, or a
+    # pass that deletes nothing (brackets that do not pair up: not valid JSON), is walked bracket by bracket.
+    for _ in range(limit):
+        if not skeleton:
+            return
+        shorter = skeleton.replace(b"[]", b"")
+        if len(shorter) == len(skeleton):
+            break
+        skeleton = shorter
+    if skeleton:
+        _walk(data, limit)
+
+
+def _bracket_skeleton(data: bytes) -> bytes:
+    """The brackets of JSON text outside its strings, opening ones as "[" and closing ones as "]", for text
+    whose quotes delimit strings (valid JSON; other text may lose or keep brackets here, never mis-pair them
+    so as to look shallower than the parser would find it, and its odd cases go to `_walk`)."""
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"")  # escaped backslashes first, then escaped quotes: what is left
+    if b'\\"' in data:
+        data = data.replace(b'\\"', b"")  # of the quotes opens and closes strings
+    kept = data.translate(_AS_SQUARE, _NOT_BRACKETS_OR_QUOTES)
+    # Two quotes side by side are an empty string, or a string's end and the next one's start (what lay
+    # between them was neither a bracket nor a quote): deleting them keeps every bracket on its side.
+    kept = kept.replace(b'""', b"")
+    if b'"' not in kept:
+        return kept
+    return b"".join(kept.split(b'"')[::2])  # brackets inside strings, rare: drop every second piece
+
+
+def _walk(data: bytes, limit: int) -> None:
+    # Strings taken out by a regular expression and the brackets walked one by one: exact for any text, and
+    # about 20 ns a bracket plus the expression's time.
     skeleton = _STRING.sub(b"", data).translate(_AS_SQUARE, _NOT_BRACKETS)
     depth = 0
     for byte in skeleton:

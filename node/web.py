@@ -42,6 +42,23 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
 
+async def json_response_sliced(obj: dict[str, Any], key: str, slice_len: int = 5_000) -> web.Response:
+    """`json_response(obj)`, the same text, for an answer whose `obj[key]` may be a long list: the list is
+    encoded a slice at a time and the node's other calls run in between. The C encoder holds the interpreter
+    for the whole of one call: 86 ms for a 100,000-row comparison's answer, every other caller waiting."""
+    items = obj.get(key)
+    if not isinstance(items, list) or len(items) <= slice_len:
+        return json_response(obj)
+    parts = []
+    for start in range(0, len(items), slice_len):
+        if start:
+            await asyncio.sleep(0)
+        parts.append(dumps(items[start:start + slice_len])[1:-1])
+    listed = "[" + ",".join(parts) + "]"
+    text = "{" + ",".join(f"{dumps(k)}:{listed if k == key else dumps(v)}" for k, v in obj.items()) + "}"
+    return web.Response(text=text, content_type="application/json")
+
+
 def error_response(err: ApiError, request_id: str | None) -> web.Response:
     return json_response(err.body(request_id), status=err.status)
 

@@ -101,6 +101,33 @@ def test_nesting_check_agrees_with_the_parsed_depth(value, limit, as_text):
     assert refused == deeper, (text, limit)
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='[]{}"\\a:, ', max_size=40), st.integers(min_value=0, max_value=6), st.booleans())
+def test_nesting_check_of_any_text_agrees_with_the_parser_where_it_parses(text, limit, as_text):
+    """Text that is not valid JSON (most of these) takes the exact walk wherever its brackets or quotes do not
+    pair up; text that parses is refused exactly when it is deeper than the bound."""
+    try:
+        check_nesting(text if as_text else text.encode(), limit)
+        refused = False
+    except NestingError:
+        refused = True
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return
+    assert refused == (depth_of(value) > limit), (text, limit)
+
+
+def test_a_big_flat_body_with_brackets_in_its_strings_is_measured_right():
+    body = json.dumps({"records": [{"id": f"{i}", "name": "张[三"} for i in range(20_000)]}, ensure_ascii=False,
+                      separators=(",", ":"))
+    check_nesting(body.encode(), 3)  # an object, its list, each record
+    with pytest.raises(NestingError):
+        check_nesting(body.encode(), 2)
+    with pytest.raises(NestingError):  # one record deeper than the rest
+        check_nesting(body.replace('"name":"张[三"}', '"name":[1]}', 1).encode(), 3)
+
+
 def test_the_bound_and_why_the_node_checks_it_itself():
     check_nesting(json.dumps(nested(MAX_NESTING)))
     with pytest.raises(NestingError):

@@ -20,7 +20,7 @@ from node.federation.http import FEDERATION
 from node.ops.openapi import ROUTED
 from node.sharing import remote
 from node.sharing.service import SharingService
-from node.web import CODE, ApiRoutes, json_response, read_model
+from node.web import CODE, ApiRoutes, json_response, json_response_sliced, read_model
 
 SHARING = web.AppKey("sharing", SharingService)
 routes = ApiRoutes()
@@ -33,7 +33,8 @@ async def _call(request: web.Request, op: str, model: type[BaseModel], limit: in
     params = await read_model(request, model, limit)
     sharing = request.app[SHARING]
     note(request, resource=code, keys=await sharing.requested_keys(op, code, params))
-    return json_response(await sharing.call(op, code, params, requester_of(acct)))
+    answer = await sharing.call(op, code, params, requester_of(acct))
+    return await json_response_sliced(answer, "results") if op == "compare" else json_response(answer)
 
 
 def requester_of(acct: Account, purpose: str | None = None) -> Requester:

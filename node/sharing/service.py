@@ -20,6 +20,7 @@ requesters vouched for by another node. It
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +55,10 @@ RemoteRouter = Callable[[dict[str, Any], str, dict[str, Any], Requester, dict[st
 
 # A comparison of this many rows or more runs with the cyclic garbage collector paused (see gc_paused).
 GC_PAUSE_ROWS = 10_000
+# A big comparison checks its rows and builds its answer this many at a time, and lets the node's other calls
+# run in between: about 7 ms of work a slice. Done in one go, a 100,000-row comparison kept a verify beside
+# it waiting up to 334 ms (scripts/bench_local.py).
+SLICE_ROWS = 5_000
 _gc_pauses = 0
 
 
@@ -329,7 +334,10 @@ class SharingService:
 
         if p.keys is not None:
             given_keys = p.keys
-            submitted = [[key_of(i, k)] for i, k in enumerate(p.keys, 1)]
+            for start in range(0, len(p.keys), SLICE_ROWS):
+                if start:
+                    await asyncio.sleep(0)
+                submitted.extend([key_of(i, k)] for i, k in enumerate(p.keys[start:start + SLICE_ROWS], start + 1))
         else:
             records = p.records or []
             if p.fields is not None:
@@ -344,6 +352,8 @@ class SharingService:
             convs = [schema.by_field[f].lenient for f in fields]
             width = len(fields) + 1
             for i, rec in enumerate(records, 1):
+                if i % SLICE_ROWS == 0:
+                    await asyncio.sleep(0)
                 row: list[Any] = [None] * width
                 k = rec.get(key_field)
                 given_keys.append(k)
@@ -374,6 +384,8 @@ class SharingService:
         results = []
         n_found = n_matched = 0
         for i, row in enumerate(submitted):
+            if i and i % SLICE_ROWS == 0:
+                await asyncio.sleep(0)
             hit = hits.get(i)
             complete = None not in row
             if hit is None:
