@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import pytest
@@ -330,3 +331,26 @@ def test_next_hop_without_a_trust_store() -> None:
     assert next_hop("370000", "370321", subtrees, None, known) == "370300"
     assert next_hop("370000", "370211", subtrees, None, known) is None  # known, but in no subtree, and no parent
     assert next_hop("370300", "370211", {"370321": {"370321"}}, "370000", known) == "370000"
+
+
+def test_a_forked_worker_makes_ids_of_its_own():
+    """`govnode run --workers N` forks: a worker must not use its parent's random bytes read ahead, nor count up
+    from its parent's last id, or two workers would make the same ids."""
+    new_ulid()  # the parent has bytes read ahead and a last id
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids go to the parent, then it leaves without running pytest's exit handlers
+        try:
+            os.write(write_end, ",".join(new_ulid() for _ in range(50)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    mine = [new_ulid() for _ in range(50)]
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    theirs = b"".join(chunks).decode().split(",")
+    assert len(set(theirs)) == 50 and sorted(theirs) == theirs  # in order, within the child
+    assert not {i[10:] for i in mine} & {i[10:] for i in theirs}  # random parts of their own
