@@ -352,9 +352,10 @@ class Messages:
         signed = sign_envelope(env, self.node_id, fed.key, message=message)
         if remaining <= 0:
             return self.error_answer(env, ApiError("the envelope expired", {"hop": self.node_id}, code="PEER_TIMEOUT"))
-        task = asyncio.current_task()
-        if self._relay_closed or task is None:
+        if self._relay_closed:
             return self._stopping_answer(env)
+        task = asyncio.current_task()
+        assert task is not None  # a request's handler always runs in a task
         self._relaying.add(task)
         try:
             # `env` passed the canonical check (on receipt, or in verify_envelope_origin); a signature adds text.
