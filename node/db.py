@@ -7,6 +7,7 @@ The tables themselves are declared in each capability's `store` module on `metad
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 import traceback
@@ -241,10 +242,22 @@ class PgWriterLoop:
             self.loop.close()
 
 
+@functools.cache
+def _head() -> str | None:
+    """The newest revision: reading it executes every migration script, so once a process."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
 def _upgrade(sync_conn: sa.Connection) -> None:
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
+    if _at_head(sync_conn):
+        # Every command and every start asks; a schema already at the head is the usual answer, and Alembic
+        # reading its scripts again to say so cost each of them ~80 ms of CPU (most of a `govnode dept add`).
+        return
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = sync_conn
@@ -266,10 +279,8 @@ async def upgrade(engine: AsyncEngine, schema: str | None = None) -> None:
 
 def _at_head(sync_conn: sa.Connection) -> bool:
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory(str(MIGRATIONS))
-    return MigrationContext.configure(sync_conn).get_current_revision() == script.get_current_head()
+    return MigrationContext.configure(sync_conn).get_current_revision() == _head()
 
 
 async def at_head(engine: AsyncEngine) -> bool:
