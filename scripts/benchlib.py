@@ -8,7 +8,6 @@ time. All traffic stays on 127.0.0.1 and every loop is bounded in count and time
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import multiprocessing as mp
 import os
@@ -16,9 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from contextlib import closing, redirect_stderr, redirect_stdout
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO / "tests"))  # support.run_cli: `govnode` commands in this process
 
 
 def free_port() -> int:
@@ -34,37 +33,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-_CLI_LOCK = threading.Lock()
-
-
-def run_govnode(*args: str) -> tuple[int, str, str]:
-    """Run a `govnode` command: (exit code, standard output, standard error).
-
-    The command runs in this process, on a thread of its own (it may run an event loop, and the caller's thread
-    may be running one), one at a time since its output is caught by swapping sys.stdout. In a subprocess each
-    command paid ~1.4 s of interpreter start-up and imports on a 2-core VM: about 25 s of a four-node drill's
-    set-up (init, invite, join and two `dept add` a node)."""
-    from node.cli import main as cli_main
-
-    out, err = io.StringIO(), io.StringIO()
-    result: list[int] = []
-
-    def run() -> None:
-        try:
-            result.append(cli_main(list(args)))
-        except SystemExit as exc:  # argparse refusing the arguments
-            result.append(exc.code if isinstance(exc.code, int) else 2)
-
-    with _CLI_LOCK, redirect_stdout(out), redirect_stderr(err):
-        thread = threading.Thread(target=run, name="govnode-cli")
-        thread.start()
-        thread.join()
-    return (result[0] if result else 1), out.getvalue(), err.getvalue()
-
-
 def govnode(*args: str, check: bool = True) -> str:
-    """Run a `govnode` command (`run_govnode`); returns its standard output, or raises if it failed."""
-    rc, out, err = run_govnode(*args)
+    """Run a `govnode` command; returns its standard output, or raises if it failed.
+
+    In this process (the tests' `run_cli`), not in a subprocess: each subprocess paid ~1.4 s of interpreter
+    start-up and imports on a 2-core VM, about 25 s of a four-node drill's set-up."""
+    from support import run_cli
+
+    rc, out, err = run_cli(list(args))
     if check and rc != 0:
         raise RuntimeError(f"govnode {' '.join(args)} failed: {err.strip() or out.strip()}")
     return out

@@ -58,8 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchlib import (NodeProcess, env_info, free_port, govnode, last_line, run_govnode,  # noqa: E402
-                      stop_nodes_on_sigterm)
+from benchlib import NodeProcess, env_info, free_port, govnode, last_line, stop_nodes_on_sigterm  # noqa: E402
+from support import run_cli  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
 
 from node.audit.service import INTENT_GRACE_MS, SWEEP_INTERVAL_S  # noqa: E402
@@ -476,7 +476,7 @@ class Drill:
             found["intents_left"] = sum([(await self.sql(n, "SELECT COUNT(*) FROM audit_intents"))[0][0] for n in self.nodes])
         chains = {}
         for node, proc in self.nodes.items():
-            rc, out, err = await asyncio.to_thread(run_govnode, "audit", "verify", "--dir", str(proc.home))
+            rc, out, err = await asyncio.to_thread(run_cli, ["audit", "verify", "--dir", str(proc.home)])
             chains[node] = "intact" if rc == 0 else (err.strip() or out.strip())
         found["chains"] = chains
         return found

@@ -20,7 +20,6 @@ requesters vouched for by another node. It
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from node.errors import ApiError, FieldNotGranted, GrantRequired, InvalidInput, 
 from node.ids import resource_node
 from node.sharing.masking import masker
 from node.sharing.models import CompareParams, QueryParams, Requester, VerifyParams
-from node.web import parse_model
+from node.web import in_slices, parse_model
 
 OPS: dict[str, type[BaseModel]] = {"query": QueryParams, "verify": VerifyParams, "compare": CompareParams}
 DEFAULT_QUERY_LIMIT = 100
@@ -55,10 +54,6 @@ RemoteRouter = Callable[[dict[str, Any], str, dict[str, Any], Requester, dict[st
 
 # A comparison of this many rows or more runs with the cyclic garbage collector paused (see gc_paused).
 GC_PAUSE_ROWS = 10_000
-# A big comparison checks its rows and builds its answer this many at a time, and lets the node's other calls
-# run in between: about 7 ms of work a slice. Done in one go, a 100,000-row comparison kept a verify beside
-# it waiting up to 334 ms (scripts/bench_local.py).
-SLICE_ROWS = 5_000
 _gc_pauses = 0
 
 
@@ -334,10 +329,8 @@ class SharingService:
 
         if p.keys is not None:
             given_keys = p.keys
-            for start in range(0, len(p.keys), SLICE_ROWS):
-                if start:
-                    await asyncio.sleep(0)
-                submitted.extend([key_of(i, k)] for i, k in enumerate(p.keys[start:start + SLICE_ROWS], start + 1))
+            async for start, some in in_slices(p.keys):  # big ones a slice at a time, the loop free between
+                submitted.extend([key_of(i, k)] for i, k in enumerate(some, start + 1))
         else:
             records = p.records or []
             if p.fields is not None:
@@ -351,31 +344,30 @@ class SharingService:
             index = {f: i for i, f in enumerate(fields, 1)}
             convs = [schema.by_field[f].lenient for f in fields]
             width = len(fields) + 1
-            for i, rec in enumerate(records, 1):
-                if i % SLICE_ROWS == 0:
-                    await asyncio.sleep(0)
-                row: list[Any] = [None] * width
-                k = rec.get(key_field)
-                given_keys.append(k)
-                row[0] = key_of(i, k)
-                for f, v in rec.items():
-                    j = index.get(f)
-                    if j is None:
-                        if f != key_field:
-                            error(i, f, "not an item of this resource" if f not in schema.by_field
-                                  else "not among the fields compared")
-                        continue
-                    if v is None or v == "":
-                        continue
-                    try:
-                        row[j] = convs[j - 1](v)
-                    except RowError as exc:
-                        error(i, f, str(exc))
-                if declared and None in row:
-                    for j, f in enumerate(fields, 1):
-                        if row[j] is None and rec.get(f) in (None, ""):
-                            error(i, f, "missing: every record carries the fields compared")
-                submitted.append(row)
+            async for start, some in in_slices(records):
+                for i, rec in enumerate(some, start + 1):
+                    row: list[Any] = [None] * width
+                    k = rec.get(key_field)
+                    given_keys.append(k)
+                    row[0] = key_of(i, k)
+                    for f, v in rec.items():
+                        j = index.get(f)
+                        if j is None:
+                            if f != key_field:
+                                error(i, f, "not an item of this resource" if f not in schema.by_field
+                                      else "not among the fields compared")
+                            continue
+                        if v is None or v == "":
+                            continue
+                        try:
+                            row[j] = convs[j - 1](v)
+                        except RowError as exc:
+                            error(i, f, str(exc))
+                    if declared and None in row:
+                        for j, f in enumerate(fields, 1):
+                            if row[j] is None and rec.get(f) in (None, ""):
+                                error(i, f, "missing: every record carries the fields compared")
+                    submitted.append(row)
         if error_count:
             if error_count > len(errors):
                 errors.append({"row": None, "field": None, "error": f"{error_count - len(errors)} more errors not listed"})
@@ -383,24 +375,23 @@ class SharingService:
         hits = {r[0]: r[1:] for r in await self.data.compare(code, fields, submitted)} if submitted else {}
         results = []
         n_found = n_matched = 0
-        for i, row in enumerate(submitted):
-            if i and i % SLICE_ROWS == 0:
-                await asyncio.sleep(0)
-            hit = hits.get(i)
-            complete = None not in row
-            if hit is None:
+        async for start, some in in_slices(submitted):
+            for i, row in enumerate(some, start):
+                hit = hits.get(i)
+                complete = None not in row
+                if hit is None:
+                    if complete:
+                        flags = dict.fromkeys(fields, False)
+                    else:
+                        flags = {f: False for f, v in zip(fields, row[1:]) if v is not None}
+                    results.append({"key": given_keys[i], "found": False, "match": False, "fields": flags})
+                    continue
                 if complete:
-                    flags = dict.fromkeys(fields, False)
+                    flags = dict(zip(fields, map(bool, hit)))
                 else:
-                    flags = {f: False for f, v in zip(fields, row[1:]) if v is not None}
-                results.append({"key": given_keys[i], "found": False, "match": False, "fields": flags})
-                continue
-            if complete:
-                flags = dict(zip(fields, map(bool, hit)))
-            else:
-                flags = {f: bool(m) for f, m, v in zip(fields, hit, row[1:]) if v is not None}
-            match = all(flags.values())
-            n_found += 1
-            n_matched += match
-            results.append({"key": given_keys[i], "found": True, "match": match, "fields": flags})
+                    flags = {f: bool(m) for f, m, v in zip(fields, hit, row[1:]) if v is not None}
+                match = all(flags.values())
+                n_found += 1
+                n_matched += match
+                results.append({"key": given_keys[i], "found": True, "match": match, "fields": flags})
         return {"resource": code, "total": len(results), "found": n_found, "matched": n_matched, "results": results}
