@@ -526,13 +526,19 @@ def _append_to_chain(conn: sa.Connection, records: list[dict[str, Any]]) -> None
 
 
 def _append_to_segment(conn: sa.Connection, records: list[dict[str, Any]], segment: str) -> None:
-    last = next_counter_sync(conn, SEGMENT_COUNTER + segment, len(records))
-    pos = last - len(records) + 1
-    prev = store.segment_hash_at(conn, segment, pos - 1) if pos > 1 else GENESIS
+    n = len(records)
+    places = store.segment_places(conn, SEGMENT_COUNTER + segment, segment, n)
+    if places is None:  # the segment's first batch: its counter is made here
+        last, prev, seqs = next_counter_sync(conn, SEGMENT_COUNTER + segment, n), None, store.next_seqs(conn, n)
+    else:
+        last, prev, seqs = places
+    pos = last - n + 1
+    if pos == 1:
+        prev = GENESIS
     if prev is None:
         raise RuntimeError(f"audit record {pos - 1} of segment {segment} is missing; run `govnode audit verify`")
     rows = []
-    for rec, seq in zip(records, store.next_seqs(conn, len(records))):
+    for rec, seq in zip(records, seqs):
         row = _normalise(rec, seq)
         row["segment"], row["segment_seq"] = segment, pos
         row["prev_hash"] = prev
