@@ -88,6 +88,7 @@ async def fill(home: Path, list_code: str, start: int, count: int) -> None:
     from node.db import make_engine, next_counter, write_tx
     from node.federation import store as fed_store
     from node.ids import new_id, now_ms
+    from node.federation.feed_tables import store_rows
     from node.licences.service import LicenceService
     from node.lists import store
     from node.lists.service import CHANGE_COUNTER, SEQ_COUNTER
@@ -120,7 +121,7 @@ async def fill(home: Path, list_code: str, start: int, count: int) -> None:
                     }, node, key)
                     rows.append(store.entry_row(doc, encode_canonical_json(doc).decode("utf-8"),
                                                 change - n + 1 + i))
-                await store.store_rows(conn, store.list_entries, store.list_entries.c.id, rows, [])
+                await store_rows(conn, store.list_entries.c.id, rows, [])
             done += n
             if done % 100_000 == 0 or done == count:
                 print(f"  … {start + done:,} entries", flush=True)

@@ -5,8 +5,8 @@
   implementing department at its own node, copying those elements unchanged (a difference is refused, naming
   the field), with the time limit and the materials, each linked to the catalog resource or licence type
   that can replace it, or to nothing.
-- Both are signed by their origin and replicate as the signed feed `items` (node.federation.replication's
-  SignedFeed, the catalog's and the licences' code path).
+- Both are signed by their origin and replicate as the signed feed `items` (node.federation.feed_tables'
+  TableFeed, the licences' and the lists' code path).
 - 一证通办 (`gather`): for one applicant, every material sharing can stand in for is verified, queried or
   (licence types) found and verified, all at once, each through the same entry point as a department's own
   call (SharingService.call, LicenceService.find / verify) with the caller's grants and purpose, and each
@@ -34,10 +34,11 @@ from node.catalog.service import CatalogService
 from node.db import next_counter, note_write, write_tx
 from node.groupcommit import GroupCommitter
 from node.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
-from node.federation.service import FederationService, SignedFeed
+from node.federation.feed_tables import Stored, TableFeed, store_rows
+from node.federation.service import FederationService
 from node.ids import level_of, now_ms
 from node.items import store
-from node.items.models import (BASIC_CODE_RE, ITEM_CODE_RE, UNIFIED, BasicItemBody, ByLicence, ByResource,
+from node.items.models import (BASIC_CODE_RE, ITEM_CODE_RE, UNIFIED, BasicItemBody, ByResource,
                                GatherBody, ImplementedItemBody, ItemDoc)
 from node.sharing.models import Requester
 from node.web import validation_details
@@ -80,11 +81,13 @@ def item_problem(obj: Any) -> str | None:
     return None
 
 
-class ItemFeed(SignedFeed):
+class ItemFeed(TableFeed):
     """Service items as a signed feed of the federation (served at /federation/v1/items/changes)."""
 
     name = FEED
     counter = CHANGE_COUNTER
+    stored = (Stored(store.service_items.c.code, store.service_items.c.doc,
+                     lambda d, c: store.row_of(d, c, search_text(d), encode_canonical_json(d).decode()), "an item"),)
 
     def __init__(self, items: "ItemService") -> None:
         self.items = items
@@ -94,35 +97,6 @@ class ItemFeed(SignedFeed):
 
     def problem(self, obj: dict[str, Any]) -> str | None:
         return item_problem(obj)
-
-    def document(self, row: Any) -> dict[str, Any]:
-        return json.loads(row.doc)
-
-    async def changes(self, conn: Any, since: int, limit: int, nodes_in: set[str] | None,
-                      nodes_out: set[str] | None) -> list[Any]:
-        return await store.changes(conn, since, limit, nodes_in, nodes_out)
-
-    async def apply_many(self, objs: list[dict[str, Any]], conn: Any) -> int:
-        held = await store.held(conn, sorted({o["code"] for o in objs}))
-        newer: dict[str, dict[str, Any]] = {}
-        for doc in objs:
-            code = doc["code"]
-            if code in held and held[code][1] != doc["node"]:
-                await store.log_refusal(conn, at=now_ms(), code=code, node=doc["node"], received_from=None,
-                                        reason=f"{code} is held as an item of node {held[code][1]}")
-                continue
-            floor = newer[code]["seq"] if code in newer else held.get(code, (None, None))[0]
-            if floor is None or doc["seq"] > floor:
-                newer.pop(code, None)
-                newer[code] = doc
-        if not newer:
-            return 0
-        applied = list(newer.values())
-        last = await next_counter(conn, CHANGE_COUNTER, len(applied))
-        rows = [store.row_of(d, last - len(applied) + 1 + i, search_text(d), encode_canonical_json(d).decode())
-                for i, d in enumerate(applied)]
-        await store.store_many(conn, [r for r in rows if r["code"] not in held], [r for r in rows if r["code"] in held])
-        return len(applied)
 
     async def log_refusal(self, conn: Any, refusal: dict[str, Any]) -> None:
         await store.log_refusal(conn, at=refusal["at"], code=refusal["key"], node=refusal["node"],
@@ -347,10 +321,7 @@ class ItemService:
         signed = sign_json({**doc, "node": self.node_id, "seq": seq, "version": version, "deleted": deleted,
                             "updated_at": now_ms()}, self.node_id, self.key)
         row = store.row_of(signed, change_id, search_text(signed), encode_canonical_json(signed).decode())
-        if new:
-            await store.store_many(conn, [row], [])
-        else:
-            await store.store_many(conn, [], [row])
+        await store_rows(conn, store.service_items.c.code, [row] if new else [], [] if new else [row])
         return signed
 
     async def _changed(self) -> None:

@@ -68,25 +68,6 @@ async def get(conn: AsyncConnection, code: str, *, for_update: bool = False) -> 
     return (await conn.execute(q)).first()
 
 
-async def held(conn: AsyncConnection, codes: list[str]) -> dict[str, tuple[int, str]]:
-    """(seq, origin node) held for each of `codes` that is held at all."""
-    out: dict[str, tuple[int, str]] = {}
-    for i in range(0, len(codes), 500):
-        q = sa.select(service_items.c.code, service_items.c.seq, service_items.c.node).where(
-            service_items.c.code.in_(codes[i:i + 500]))
-        out.update({r.code: (r.seq, r.node) for r in (await conn.execute(q)).all()})
-    return out
-
-
-async def store_many(conn: AsyncConnection, new_rows: list[dict[str, Any]], held_rows: list[dict[str, Any]]) -> None:
-    if new_rows:
-        await conn.execute(sa.insert(service_items), new_rows)
-    if held_rows:
-        stmt = sa.update(service_items).where(service_items.c.code == sa.bindparam("_code"))
-        await conn.execute(stmt, [{**{k: v for k, v in r.items() if k != "code"}, "_code": r["code"]}
-                                  for r in held_rows])
-
-
 async def search(conn: AsyncConnection, *, text: str | None, node: str | None, kind: str | None,
                  basic_code: str | None, dept: str | None, offset: int, limit: int) -> tuple[int, list[str]]:
     c = service_items.c
@@ -114,17 +95,6 @@ async def docs(conn: AsyncConnection, codes: list[str]) -> list[str]:
         q = sa.select(service_items.c.doc).where(service_items.c.code.in_(codes[i:i + 500]))
         out += [r[0] for r in (await conn.execute(q)).all()]
     return out
-
-
-async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[str] | None = None,
-                  nodes_out: set[str] | None = None) -> list[sa.Row]:
-    q = (sa.select(service_items.c.doc, service_items.c.change_id)
-         .where(service_items.c.change_id > since).order_by(service_items.c.change_id).limit(limit))
-    if nodes_in is not None:
-        q = q.where(service_items.c.node.in_(sorted(nodes_in)))
-    if nodes_out:
-        q = q.where(service_items.c.node.not_in(sorted(nodes_out)))
-    return list((await conn.execute(q)).all())
 
 
 async def log_refusal(conn: AsyncConnection, **row: Any) -> None:

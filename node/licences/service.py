@@ -39,7 +39,8 @@ from node.catalog.service import CatalogService
 from node.cluster import node_lock
 from node.db import next_counter, write_tx
 from node.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound
-from node.federation.service import FederationService, SignedFeed
+from node.federation.feed_tables import Stored, TableFeed, held_seqs, store_rows
+from node.federation.service import FederationService
 from node.ids import now_ms, valid_gb32100
 from node.licences import store
 from node.licences.identifier import IDENTIFIER, IdentifierError, make, parse
@@ -127,48 +128,18 @@ def resource_body(dept_name: str) -> dict[str, Any]:
     }
 
 
-class LicenceFeed(SignedFeed):
+class LicenceFeed(TableFeed):
     """The licence index as a signed feed of the federation (served at /federation/v1/licences/changes)."""
 
     name = FEED
     counter = CHANGE_COUNTER
+    stored = (Stored(store.licence_index.c.identifier, store.licence_index.c.entry, index_row, "a licence"),)
 
     def key(self, obj: dict[str, Any]) -> Any:
         return obj.get("identifier")
 
     def problem(self, obj: dict[str, Any]) -> str | None:
         return index_problem(obj)
-
-    def document(self, row: Any) -> dict[str, Any]:
-        return json.loads(row.entry)
-
-    async def changes(self, conn: Any, since: int, limit: int, nodes_in: set[str] | None,
-                      nodes_out: set[str] | None) -> list[Any]:
-        return await store.changes(conn, since, limit, nodes_in, nodes_out)
-
-    async def apply_many(self, objs: list[dict[str, Any]], conn: Any) -> int:
-        held = await store.held(conn, sorted({o["identifier"] for o in objs}))
-        newer: dict[str, dict[str, Any]] = {}
-        for entry in objs:
-            ident = entry["identifier"]
-            if ident in held and held[ident][1] != entry["node"]:
-                reason = f"{ident} is held as a licence of node {held[ident][1]}, not of {entry['node']}"
-                log.warning("refused licence index entry: %s", reason)
-                await store.log_refusal(conn, at=now_ms(), identifier=ident, node=entry["node"], received_from=None,
-                                        reason=reason)
-                continue
-            floor = newer[ident]["seq"] if ident in newer else held.get(ident, (None, None))[0]
-            if floor is None or entry["seq"] > floor:
-                newer.pop(ident, None)  # a later change of the same licence takes the later place
-                newer[ident] = entry
-        if not newer:
-            return 0
-        applied = list(newer.values())
-        last = await next_counter(conn, CHANGE_COUNTER, len(applied))
-        rows = [index_row(e, last - len(applied) + 1 + i) for i, e in enumerate(applied)]
-        await store.store_index(conn, [r for r in rows if r["identifier"] not in held],
-                                [r for r in rows if r["identifier"] in held])
-        return len(applied)
 
     async def log_refusal(self, conn: Any, refusal: dict[str, Any]) -> None:
         await store.log_refusal(conn, at=refusal["at"], identifier=refusal["key"], node=refusal["node"],
@@ -324,8 +295,9 @@ class LicenceService:
             "seq": seq, "updated_at": now_ms(),
         })
         row = index_row(entry, change_id)
-        held = await store.held(conn, [entry["identifier"]])
-        await store.store_index(conn, [] if held else [row], [row] if held else [])
+        key = store.licence_index.c.identifier
+        held = await held_seqs(conn, key, [entry["identifier"]])
+        await store_rows(conn, key, [] if held else [row], [row] if held else [])
         return entry
 
     async def _own(self, conn: AsyncConnection, acct: Account, identifier: str) -> tuple[dict, dict]:

@@ -87,38 +87,6 @@ async def by_holder(conn: AsyncConnection, digest: str, include_superseded: bool
     return list((await conn.execute(q)).all())
 
 
-async def held(conn: AsyncConnection, identifiers: list[str]) -> dict[str, tuple[int, str]]:
-    """(seq, origin node) held for each of `identifiers` that is held at all."""
-    out: dict[str, tuple[int, str]] = {}
-    for i in range(0, len(identifiers), 500):
-        q = (sa.select(licence_index.c.identifier, licence_index.c.seq, licence_index.c.node)
-             .where(licence_index.c.identifier.in_(identifiers[i:i + 500])))
-        out.update({r.identifier: (r.seq, r.node) for r in (await conn.execute(q)).all()})
-    return out
-
-
-async def store_index(conn: AsyncConnection, new_rows: list[dict[str, Any]], held_rows: list[dict[str, Any]]) -> None:
-    """Insert entries not held yet and replace held ones: one statement for each group."""
-    if new_rows:
-        await conn.execute(sa.insert(licence_index), new_rows)
-    if held_rows:
-        stmt = sa.update(licence_index).where(licence_index.c.identifier == sa.bindparam("_identifier"))
-        await conn.execute(stmt, [{**{k: v for k, v in r.items() if k != "identifier"}, "_identifier": r["identifier"]}
-                                  for r in held_rows])
-
-
-async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[str] | None = None,
-                  nodes_out: set[str] | None = None) -> list[sa.Row]:
-    """Entries changed after cursor `since`, in commit order; optionally only origins in / not in a set."""
-    q = (sa.select(licence_index.c.entry, licence_index.c.change_id)
-         .where(licence_index.c.change_id > since).order_by(licence_index.c.change_id).limit(limit))
-    if nodes_in is not None:
-        q = q.where(licence_index.c.node.in_(sorted(nodes_in)))
-    if nodes_out:
-        q = q.where(licence_index.c.node.not_in(sorted(nodes_out)))
-    return list((await conn.execute(q)).all())
-
-
 async def log_refusal(conn: AsyncConnection, **row: Any) -> None:
     await conn.execute(sa.insert(licence_refusals).values(**row))
 

@@ -30,7 +30,8 @@ from node.catalog.service import CatalogService
 from node.cluster import node_lock
 from node.db import next_counter, write_tx
 from node.errors import ApiError, Forbidden, InvalidInput, NotFound
-from node.federation.service import FederationService, SignedFeed
+from node.federation.feed_tables import Stored, TableFeed, held_seqs, store_rows
+from node.federation.service import FederationService
 from node.ids import new_id, now_ms
 from node.licences.identifier import holder_code_type, valid_holder_code
 from node.lists import store
@@ -58,11 +59,14 @@ def _text(doc: dict[str, Any]) -> str:
     return encode_canonical_json(doc).decode("utf-8")
 
 
-class ListFeed(SignedFeed):
+class ListFeed(TableFeed):
     """Lists and their entries as one signed feed (served at /federation/v1/lists/changes)."""
 
     name = FEED
     counter = CHANGE_COUNTER
+    stored = (Stored(store.lists.c.code, store.lists.c.doc, lambda d, c: store.list_row(d, _text(d), c), "a list", "list"),
+              Stored(store.list_entries.c.id, store.list_entries.c.doc, lambda d, c: store.entry_row(d, _text(d), c),
+                     "a list entry", "list_entry"))
     default_scope = "national"  # SPEC §18: lists reach every node of the country
 
     def key(self, obj: dict[str, Any]) -> Any:
@@ -81,44 +85,6 @@ class ListFeed(SignedFeed):
         if doc.issuer.node != doc.node:
             return f"the issuer's node {doc.issuer.node} is not the origin {doc.node}"
         return None
-
-    def document(self, row: Any) -> dict[str, Any]:
-        return json.loads(row.doc)
-
-    async def changes(self, conn: Any, since: int, limit: int, nodes_in: set[str] | None,
-                      nodes_out: set[str] | None) -> list[Any]:
-        return await store.changes(conn, since, limit, nodes_in, nodes_out)
-
-    async def apply_many(self, objs: list[dict[str, Any]], conn: Any) -> int:
-        applied = 0
-        for table, key, kind, row_of in ((store.lists, store.lists.c.code, "list", store.list_row),
-                                         (store.list_entries, store.list_entries.c.id, "list_entry", store.entry_row)):
-            docs = [o for o in objs if o.get("type", "list") == kind]
-            if not docs:
-                continue
-            keys = [self.key(d) for d in docs]
-            held = await store.held_seqs(conn, table, key, sorted(set(keys)))
-            newer: dict[str, dict[str, Any]] = {}
-            for doc, k in zip(docs, keys):
-                if k in held and held[k][1] != doc["node"]:
-                    reason = f"{k} is held as an object of node {held[k][1]}, not of {doc['node']}"
-                    log.warning("refused list object: %s", reason)
-                    await store.log_refusal(conn, at=now_ms(), key=k, node=doc["node"], received_from=None,
-                                            reason=reason)
-                    continue
-                floor = newer[k]["seq"] if k in newer else held.get(k, (None, None))[0]
-                if floor is None or doc["seq"] > floor:
-                    newer.pop(k, None)
-                    newer[k] = doc
-            if not newer:
-                continue
-            docs = list(newer.values())
-            last = await next_counter(conn, CHANGE_COUNTER, len(docs))
-            rows = [row_of(d, _text(d), last - len(docs) + 1 + i) for i, d in enumerate(docs)]
-            await store.store_rows(conn, table, key, [r for r in rows if r[key.name] not in held],
-                                   [r for r in rows if r[key.name] in held])
-            applied += len(docs)
-        return applied
 
     async def log_refusal(self, conn: Any, refusal: dict[str, Any]) -> None:
         await store.log_refusal(conn, at=refusal["at"], key=refusal["key"], node=refusal["node"],
@@ -173,7 +139,7 @@ class ListService:
                 "scope": "national",
             })
             change = await next_counter(conn, CHANGE_COUNTER)
-            await store.store_rows(conn, store.lists, store.lists.c.code, [store.list_row(doc, _text(doc), change)], [])
+            await store_rows(conn, store.lists.c.code, [store.list_row(doc, _text(doc), change)], [])
         await self._changed()
         return doc
 
@@ -278,7 +244,7 @@ class ListService:
             signed.append(doc)
             row = store.entry_row(doc, _text(doc), change - len(docs) + 1 + i)
             (held_rows if doc["id"] in held else new_rows).append(row)
-        await store.store_rows(conn, store.list_entries, store.list_entries.c.id, new_rows, held_rows)
+        await store_rows(conn, store.list_entries.c.id, new_rows, held_rows)
         return signed
 
     async def remove_entry(self, acct: Account, code: str, entry_id: str, reason: str) -> dict[str, Any]:
@@ -378,10 +344,8 @@ class ListService:
         ids = sorted({str(h.get("entry"))[:26] for h in msg.hits})
         now = now_ms()
         async with write_tx(self.engine) as conn:
-            mine = {}
-            for i in range(0, len(ids), store.CHUNK):
-                held = await store.held_seqs(conn, store.list_entries, store.list_entries.c.id, ids[i:i + store.CHUNK])
-                mine.update({k: v for k, v in held.items() if v[1] == self.node_id})
+            held = await held_seqs(conn, store.list_entries.c.id, ids)
+            mine = {k: v for k, v in held.items() if v[1] == self.node_id}
             rows = [{"entry": str(h["entry"]), "list": str(h.get("list"))[:16], "checked_node": origin,
                      "checked_dept": str(msg.checked_by.get("dept"))[:32],
                      "checked_user": (str(msg.checked_by["user"])[:64] if msg.checked_by.get("user") else None),

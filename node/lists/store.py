@@ -5,7 +5,6 @@ reported to this node's lists (双反馈); lists bound to a resource's records; 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -83,12 +82,6 @@ list_refusals = sa.Table(
 
 # Digests per statement: well inside SQLite's limit on bound parameters (999 before 3.32) and PostgreSQL's.
 CHUNK = 900
-
-
-@dataclass
-class FeedRow:
-    doc: str
-    change_id: int
 
 
 def list_row(doc: dict[str, Any], text: str, change_id: int) -> dict[str, Any]:
@@ -207,40 +200,6 @@ class LoopReader(LoopRead):
     def matching_one(self, digest: str, today: str) -> list[tuple[str, str]] | None:
         """The entries in force today that name `digest`, or None when SQLite was busy (read elsewhere)."""
         return self.read(self.SQL, (digest, today, today))
-
-
-async def held_seqs(conn: AsyncConnection, table: sa.Table, key: sa.Column, keys: list[str]) -> dict[str, tuple[int, str]]:
-    out: dict[str, tuple[int, str]] = {}
-    for i in range(0, len(keys), CHUNK):
-        q = sa.select(key, table.c.seq, table.c.node).where(key.in_(keys[i:i + CHUNK]))
-        out.update({r[0]: (r[1], r[2]) for r in (await conn.execute(q)).all()})
-    return out
-
-
-async def store_rows(conn: AsyncConnection, table: sa.Table, key: sa.Column, new_rows: list[dict[str, Any]],
-                     held_rows: list[dict[str, Any]]) -> None:
-    if new_rows:
-        await conn.execute(sa.insert(table), new_rows)
-    if held_rows:
-        stmt = sa.update(table).where(key == sa.bindparam("_key"))
-        await conn.execute(stmt, [{**{k: v for k, v in r.items() if k != key.name}, "_key": r[key.name]}
-                                  for r in held_rows])
-
-
-async def changes(conn: AsyncConnection, since: int, limit: int, nodes_in: set[str] | None,
-                  nodes_out: set[str] | None) -> list[FeedRow]:
-    """Lists and entries changed after `since`, in commit order (one counter numbers both)."""
-    rows: list[FeedRow] = []
-    for table in (lists, list_entries):
-        q = (sa.select(table.c.doc, table.c.change_id).where(table.c.change_id > since)
-             .order_by(table.c.change_id).limit(limit))
-        if nodes_in is not None:
-            q = q.where(table.c.node.in_(sorted(nodes_in)))
-        if nodes_out:
-            q = q.where(table.c.node.not_in(sorted(nodes_out)))
-        rows += [FeedRow(r.doc, r.change_id) for r in (await conn.execute(q)).all()]
-    rows.sort(key=lambda r: r.change_id)
-    return rows[:limit]
 
 
 async def add_hits(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
