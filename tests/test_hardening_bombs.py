@@ -1,7 +1,8 @@
 """Decompression bombs (issue 14): an uploaded XLSX is held to `limits.xlsx` before and while it unpacks, a
 body sent with Content-Encoding is held to the limits by its inflated size, and the node's memory comes back.
 
-The bombs are built here by streaming into zipfile, so this process never holds one unpacked."""
+The bombs are built here without this process ever holding one unpacked, and without deflating one either: a
+run of one repeated piece is deflated once and its packed bytes written as many times (see `Repeated`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import asyncio
 import gzip
 import json
 import os
-import zipfile
+import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,31 +58,74 @@ def _parts(shared: bool) -> dict[str, str]:
     }
 
 
-def write_xlsx(path: Path, rows: Iterable[bytes], strings: Iterable[bytes] | None = None, level: int = 6) -> Path:
+@dataclass(frozen=True)
+class Repeated:
+    """`unit` over and over, about `total` bytes (in 1 MiB pieces)."""
+
+    unit: bytes
+    total: int
+
+
+def repeat(unit: bytes, total: int) -> list[Repeated]:
+    return [Repeated(unit, total)]
+
+
+def _deflated(pieces: Iterable[bytes | Repeated], level: int) -> tuple[list[bytes], int, int]:
+    """A member's raw deflate stream as a list of packed pieces, its CRC-32 and its unpacked size.
+
+    Each piece is deflated on its own and ends on a full flush (no reference reaches back before it), so
+    packed pieces may follow one another in any order and any number of times. A 1 MiB piece repeated is
+    deflated once: deflating the ~1.75 GiB the bombs unpack to took 13-14 s of the suite's CPU; the ratio
+    is the same (~1,000 : 1 here, deflate's limit is 1,032 : 1)."""
+    packed: list[bytes] = []
+    crc = size = 0
+
+    def one(data: bytes) -> bytes:
+        z = zlib.compressobj(level, zlib.DEFLATED, -15)
+        return z.compress(data) + z.flush(zlib.Z_FULL_FLUSH)
+
+    for piece in pieces:
+        if isinstance(piece, Repeated):
+            block = piece.unit * max(1, (1 << 20) // len(piece.unit))
+            times = max(1, piece.total // len(block))
+            packed += [one(block)] * times
+            for _ in range(times):
+                crc = zlib.crc32(block, crc)
+            size += len(block) * times
+        else:
+            packed.append(one(piece))
+            crc = zlib.crc32(piece, crc)
+            size += len(piece)
+    packed.append(zlib.compressobj(level, zlib.DEFLATED, -15).flush(zlib.Z_FINISH))  # the final, empty block
+    return packed, crc, size
+
+
+def write_xlsx(path: Path, rows: Iterable[bytes | Repeated], strings: Iterable[bytes | Repeated] | None = None,
+               level: int = 6) -> Path:
     """An XLSX whose sheet is `rows` (the XML inside <sheetData>) and, if given, whose shared-strings table
-    is `strings` (the XML inside <sst>), both written piece by piece."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as z:
-        for name, text in _parts(strings is not None).items():
-            z.writestr(name, text)
-        with z.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as f:
-            f.write(f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{MAIN}"><sheetData>'.encode())
-            for piece in rows:
-                f.write(piece)
-            f.write(b"</sheetData></worksheet>")
-        if strings is not None:
-            with z.open("xl/sharedStrings.xml", "w", force_zip64=True) as f:
-                f.write(f'<?xml version="1.0" encoding="UTF-8"?><sst xmlns="{MAIN}">'.encode())
-                for piece in strings:
-                    f.write(piece)
-                f.write(b"</sst>")
+    is `strings` (the XML inside <sst>): a plain zip archive (PKZIP 2.0, deflated members), as Excel writes."""
+    members = [(name, [text.encode()]) for name, text in _parts(strings is not None).items()]
+    members.append(("xl/worksheets/sheet1.xml",
+                    [f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{MAIN}"><sheetData>'.encode(), *rows,
+                     b"</sheetData></worksheet>"]))
+    if strings is not None:
+        members.append(("xl/sharedStrings.xml",
+                        [f'<?xml version="1.0" encoding="UTF-8"?><sst xmlns="{MAIN}">'.encode(), *strings, b"</sst>"]))
+    central = []
+    with open(path, "wb") as f:
+        for name, pieces in members:
+            packed, crc, size = _deflated(pieces, level)
+            packed_size, raw_name, offset = sum(map(len, packed)), name.encode(), f.tell()
+            # Version 2.0, no flags, deflate, 1980-01-01 00:00.
+            fields = (20, 0, 8, 0, 0x21, crc, packed_size, size, len(raw_name))
+            f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, *fields, 0) + raw_name)
+            f.writelines(packed)
+            central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, *fields, 0, 0, 0, 0, 0, offset)
+                           + raw_name)
+        start = f.tell()
+        f.writelines(central)
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central), f.tell() - start, start, 0))
     return path
-
-
-def repeat(unit: bytes, total: int) -> Iterator[bytes]:
-    """`unit` over and over, about `total` bytes, in 1 MiB pieces."""
-    block = unit * max(1, (1 << 20) // len(unit))
-    for _ in range(max(1, total // len(block))):
-        yield block
 
 
 def inline(col: str, row: int, text: str) -> bytes:
