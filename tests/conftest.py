@@ -27,7 +27,7 @@ async def node(tmp_path, backend):
     from support import add_dept
 
     home = tmp_path / "node"
-    config = init_home(home, "370321", "桓台县", backend=backend)
+    config = init_home(home, "370321", "桓台县", backend=backend, migrated=True)
     tokens = {
         "police": add_dept(home, POLICE, "桓台县公安局"),
         "civil": add_dept(home, CIVIL, "桓台县民政局"),

@@ -88,3 +88,44 @@ async def test_upgrade_is_idempotent_and_keeps_data(engine):
     async with eng.connect() as conn:
         assert await db.read_counter(conn, "audit") == 5
         assert await conn.run_sync(_differences) == []
+
+
+def _described(sync_conn: sa.Connection) -> dict:
+    """Everything a schema holds that a node could tell apart: tables, columns with their types, defaults
+    and nullability, indexes, unique and foreign keys, sequences, the counters' rows and the revision."""
+    insp = sa.inspect(sync_conn)
+    sequences = sorted(insp.get_sequence_names()) if sync_conn.dialect.name == "postgresql" else []
+    out: dict = {"revision": _alembic_head(sync_conn), "sequences": sequences,
+                 "counters": sorted(tuple(r) for r in sync_conn.execute(sa.text("SELECT name, value FROM counters")))}
+    for table in sorted(insp.get_table_names()):
+        out[table] = {
+            "columns": [(c["name"], str(c["type"]), c["nullable"], str(c.get("default"))) for c in insp.get_columns(table)],
+            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(table)),
+            "unique": sorted((u["name"] or "", tuple(u["column_names"])) for u in insp.get_unique_constraints(table)),
+            "foreign": sorted((tuple(f["constrained_columns"]), f["referred_table"]) for f in insp.get_foreign_keys(table)),
+        }
+    return out
+
+
+async def test_the_suites_ready_made_databases_are_what_the_migrations_make(tmp_path, backend):
+    """tests/support.py gives most test nodes a database made once by the migrations and then copied (SQLite) or
+    replayed from the statements they sent (PostgreSQL): it must be the very schema the migrations make."""
+    from support import init_home
+
+    configs = [init_home(tmp_path / f"n{i}", "370321", "桓台县", backend=backend, migrated=i > 0) for i in range(3)]
+    engines = [db.make_engine(c.database) for c in configs]
+    try:
+        await db.upgrade(engines[0], configs[0].database.schema_)  # the migrations, as a new node runs them
+        described = []
+        for eng in (engines[0], engines[2]):  # the third: a copy or a replay, whichever the second was
+            async with eng.connect() as conn:
+                described.append(await conn.run_sync(_described))
+        assert described[0]["revision"] is not None and "audit_log" in described[0]
+        assert described[1] == described[0]
+        assert await db.at_head(engines[2])  # and a node finds nothing left to do
+    finally:
+        for eng in engines:
+            await eng.dispose()
+        for c in configs:
+            if c.database.schema_:
+                await drop_pg_schema(c.database.schema_)
