@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from node.cli import main as cli_main
-from node.config import Config, load_config
+from node.config import Config, DatabaseConfig, load_config
 from node.ids import make_gb32100
 
 # Department codes of the test county: valid 统一社会信用代码 (GB 32100).
@@ -174,7 +174,8 @@ async def _record_migrations(config: Config) -> list[tuple[str, Any, bool]]:
         finally:
             sa.event.remove(conn, "before_cursor_execute", keep)
 
-    engine = node_db.make_engine(config.database)
+    # The suite's server directly: a node's own URL may lead through a proxy a test cuts (tests/test_hardening_dbwait.py).
+    engine = node_db.make_engine(DatabaseConfig(url=PG_URL, schema=config.database.schema_))
     try:
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{config.database.schema_}"')
