@@ -271,6 +271,12 @@ _upgrade_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lo
 
 async def upgrade(engine: AsyncEngine, schema: str | None = None) -> None:
     """Create or upgrade the schema to the newest Alembic revision."""
+    if engine.dialect.name == "postgresql" and await at_head(engine):
+        # Every command and every start asks, and the answer is nearly always yes: asked on the engine's own
+        # pool, which the caller goes on to use, not on a connection opened for migrating (one connection
+        # less a command: a `govnode dept add` on PostgreSQL took 75 and 85 ms, now 71 and 74, alternating).
+        # A schema that does not exist yet has no revision, and is made below.
+        return
     loop = asyncio.get_running_loop()
     lock = _upgrade_locks.setdefault(loop, asyncio.Lock())
     async with lock:
