@@ -23,7 +23,7 @@ from node.ids import make_gb11643, make_gb32100
 from node.sharing.http import SHARING
 from node.sharing.models import Requester
 from node.workdays import CST
-from support import (CIVIL, add_dept, error_code, signing_key_of, start_node, start_tree, stop_all,
+from support import (CIVIL, add_dept_async, error_code, signing_key_of, start_node, start_tree, stop_all,
                      wait_for)
 
 PROVINCE_POLICE = make_gb32100("11370000MB", 1)
@@ -80,12 +80,12 @@ async def tree(tmp_path, backend):
     nodes = await start_tree(tmp_path, backend)
     try:
         province, county = nodes["370000"], nodes["370321"]
-        province.tokens.update(police=add_dept(province.config.home, PROVINCE_POLICE, "山东省公安厅"),
-                               operator=add_dept(province.config.home, "OPERATOR", "山东省大数据局", "operator"),
-                               auditor=add_dept(province.config.home, "AUDITOR", "山东省审计厅", "auditor"))
-        county.tokens.update(civil=add_dept(county.config.home, CIVIL, "桓台县民政局"),
-                             other=add_dept(county.config.home, OTHER, "桓台县人社局"),
-                             operator=add_dept(county.config.home, "OPERATOR", "桓台县大数据中心", "operator"))
+        province.tokens.update(police=await add_dept_async(province.config.home, PROVINCE_POLICE, "山东省公安厅"),
+                               operator=await add_dept_async(province.config.home, "OPERATOR", "山东省大数据局", "operator"),
+                               auditor=await add_dept_async(province.config.home, "AUDITOR", "山东省审计厅", "auditor"))
+        county.tokens.update(civil=await add_dept_async(county.config.home, CIVIL, "桓台县民政局"),
+                             other=await add_dept_async(county.config.home, OTHER, "桓台县人社局"),
+                             operator=await add_dept_async(county.config.home, "OPERATOR", "桓台县大数据中心", "operator"))
         yield nodes
     finally:
         await stop_all(nodes)
@@ -527,7 +527,7 @@ async def test_bad_applications_are_refused_clearly(node):
         status, res = await node.call("POST", base + "/decision", "police", json_body=body)
         assert (status, error_code(res)) == (400, "INVALID_INPUT"), (body, res)
     # Seeing: the applicant, the provider, the node's staff; not another department.
-    other = add_dept(node.config.home, OTHER, "桓台县人社局")
+    other = await add_dept_async(node.config.home, OTHER, "桓台县人社局")
     for token in ("civil", "police", "operator", "auditor"):
         status, _ = await node.call("GET", base, token)
         assert status == 200

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from node.accounts.http import ACCOUNTS
 from node.accounts.service import AUTH_CACHE_SECONDS
 from node.db import metadata
-from support import CIVIL, POLICE, add_dept, raw_sql, run_cli
+from support import CIVIL, POLICE, add_dept_async, raw_sql, run_cli
 
 
 async def all_stored_text(config) -> str:
@@ -73,7 +73,7 @@ async def test_revocation_by_the_cli_takes_effect_within_the_cache_time(node):
 
 
 async def test_a_department_added_while_running_can_call(node):
-    token = add_dept(node.config.home, "LATECOMER1", "新设部门")
+    token = await add_dept_async(node.config.home, "LATECOMER1", "新设部门")
     assert (await node.call("GET", "/api/v1/catalog", token))[0] == 200
 
 

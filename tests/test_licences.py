@@ -17,7 +17,7 @@ from node.federation.http import FEDERATION
 from node.ids import make_gb11643, make_gb32100, now_ms
 from node.licences.identifier import ALPHABET, parse
 from node.workdays import cst_date
-from support import (CIVIL, POLICE, add_dept, error_code, raw_sql, run_cli_async, start_tree, stop_all, wait_for)
+from support import (CIVIL, POLICE, add_dept_async, error_code, raw_sql, run_cli_async, start_tree, stop_all, wait_for)
 
 MARKET = make_gb32100("11370321MB", 5)        # 桓台县市场监督管理局, the issuer
 HR = make_gb32100("11370303MB", 1)            # 张店区人力资源和社会保障局
@@ -45,11 +45,11 @@ async def tree(tmp_path):
     nodes = await start_tree(tmp_path, "sqlite")
     try:
         county, other, province = nodes["370321"], nodes["370303"], nodes["370000"]
-        county.tokens.update(market=add_dept(county.config.home, MARKET, "桓台县市场监督管理局"),
-                             civil=add_dept(county.config.home, CIVIL, "桓台县民政局"),
-                             operator=add_dept(county.config.home, "OPERATOR", "桓台县大数据中心", "operator"))
-        other.tokens.update(hr=add_dept(other.config.home, HR, "张店区人力资源和社会保障局"))
-        province.tokens.update(gov=add_dept(province.config.home, PROVINCE_DEPT, "山东省政务服务管理办公室"))
+        county.tokens.update(market=await add_dept_async(county.config.home, MARKET, "桓台县市场监督管理局"),
+                             civil=await add_dept_async(county.config.home, CIVIL, "桓台县民政局"),
+                             operator=await add_dept_async(county.config.home, "OPERATOR", "桓台县大数据中心", "operator"))
+        other.tokens.update(hr=await add_dept_async(other.config.home, HR, "张店区人力资源和社会保障局"))
+        province.tokens.update(gov=await add_dept_async(province.config.home, PROVINCE_DEPT, "山东省政务服务管理办公室"))
         yield nodes
     finally:
         await stop_all(nodes)
@@ -341,7 +341,7 @@ async def test_bad_input_is_refused_clearly(node):
     status, res = await node.call("POST", "/api/v1/licences", "operator", json_body=good)
     assert (status, error_code(res)) == (403, "FORBIDDEN")
     # A department whose code is not a 统一社会信用代码 cannot issue (the identifier names the issuer by it).
-    odd = add_dept(node.config.home, "DEPT0001", "测试部门")
+    odd = await add_dept_async(node.config.home, "DEPT0001", "测试部门")
     status, res = await node.call("POST", "/api/v1/licences", odd, json_body=good)
     assert (status, error_code(res)) == (400, "INVALID_INPUT"), res
 
