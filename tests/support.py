@@ -64,14 +64,18 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
             except SystemExit as exc:  # argparse refusing the arguments
                 return exc.code if isinstance(exc.code, int) else 2
 
+    rc = _off_loop(go)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _off_loop(fn: Any) -> Any:
+    """`fn()`, in a thread of its own when this thread runs an event loop (an async test: its loop waits)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        rc = go()
-    else:
-        with ThreadPoolExecutor(1) as pool:
-            rc = pool.submit(go).result()
-    return rc, out.getvalue(), err.getvalue()
+        return fn()
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
 
 
 def init_home(home: Path, node: str, name: str, *, port: int | None = None, parent_url: str | None = None,
@@ -113,12 +117,7 @@ _made: dict[str, Any] = {}
 
 
 def _run_in_own_loop(coro_fn: Any) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro_fn())
-    with ThreadPoolExecutor(1) as pool:  # inside an async test: its loop waits, as for `run_cli`
-        return pool.submit(asyncio.run, coro_fn()).result()
+    return _off_loop(lambda: asyncio.run(coro_fn()))
 
 
 def make_migrated(config: Config) -> None:

@@ -527,11 +527,7 @@ def _append_to_chain(conn: sa.Connection, records: list[dict[str, Any]]) -> None
 
 def _append_to_segment(conn: sa.Connection, records: list[dict[str, Any]], segment: str) -> None:
     n = len(records)
-    places = store.segment_places(conn, SEGMENT_COUNTER + segment, segment, n)
-    if places is None:  # the segment's first batch: its counter is made here
-        last, prev, seqs = next_counter_sync(conn, SEGMENT_COUNTER + segment, n), None, store.next_seqs(conn, n)
-    else:
-        last, prev, seqs = places
+    last, prev, seqs = store.segment_places(conn, SEGMENT_COUNTER + segment, segment, n)
     pos = last - n + 1
     if pos == 1:
         prev = GENESIS

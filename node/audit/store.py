@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.db import metadata
+from node.db import metadata, next_counter_sync
 
 audit_log = sa.Table(
     "audit_log",
@@ -87,13 +87,13 @@ _SEGMENT_PLACES = sa.text(
 ).columns(sa.column("value", sa.BigInteger), sa.column("prev", sa.String), sa.column("seqs"))
 
 
-def segment_places(conn: sa.Connection, counter: str, segment: str, n: int) -> tuple[int, str | None, list[int]] | None:
+def segment_places(conn: sa.Connection, counter: str, segment: str, n: int) -> tuple[int, str | None, list[int]]:
     """For `n` records of `segment` (PostgreSQL): the segment's last place after them, the hash of its record
-    before them (None for the first batch of the segment, or if that record is missing), and their places
-    in the node's order, increasing. None when the segment has no counter yet (its first batch)."""
+    before them (None for the segment's first batch, or if that record is missing), and their places in the
+    node's order, increasing. The segment's first batch makes its counter."""
     row = conn.execute(_SEGMENT_PLACES, {"n": n, "counter": counter, "segment": segment}).first()
-    if row is None:
-        return None
+    if row is None:  # no counter yet
+        return next_counter_sync(conn, counter, n), None, next_seqs(conn, n)
     last, prev, seqs = int(row[0]), row[1], sorted(int(s) for s in row[2])
     if prev is None and last - n >= 1:
         prev = segment_hash_at(conn, segment, last - n)

@@ -92,7 +92,7 @@ class TableFeed(SignedFeed):
 
     async def apply_many(self, objs: list[dict[str, Any]], conn: Any) -> int:
         applied = 0
-        for s in self.stored:
+        for s in self.stored:  # a document without a `type` counts as of the first kind (a list, in the lists feed)
             docs = objs if s.kind is None else [o for o in objs if o.get("type", self.stored[0].kind) == s.kind]
             if docs:
                 applied += await self._apply_kind(s, docs, conn)
