@@ -10,7 +10,7 @@ import json
 import pytest
 
 from federation.envelope import make_envelope, sign_envelope
-from federation.signing import decode_b64, encode_b64
+from federation.signing import decode_b64, encode_b64, read_signing_key_file
 from node.federation.http import FEDERATION
 from node.ids import make_gb11643, now_ms
 from support import (
@@ -89,25 +89,38 @@ async def test_an_altered_or_misaddressed_body_is_undecryptable(tree):
     assert len(received) == 1
 
 
-async def test_a_message_queued_across_the_destinations_key_rotation_is_delivered(tree):
-    """The county queues an application for the province; the province rotates its key before the message
-    leaves; the province still opens it with the rotated key it keeps for decryption."""
+async def test_a_message_queued_across_the_destinations_key_rotation_is_delivered(tree, monkeypatch):
+    """The county queues two applications for the province; the province rotates its key before they leave;
+    the province still opens them with the rotated key it keeps for decryption, read from its backup file
+    once."""
+    from node.federation import membership
+
     county, province = tree["370321"], tree["370000"]
     received: list = []
     province.app[FEDERATION].handlers["application.submit"] = _echo(received)
+    reads: list = []
+
+    def counted(path):  # noqa: ANN001
+        reads.append(path)
+        return read_signing_key_file(path)
+
     # Held back while the province rotates.
     county_fed = county.app[FEDERATION]
-    env = county_fed._envelope("application.submit", "370000", {"tag": "before rotation"}, ttl_ms=3_600_000)
-    await raw_sql(county.config, "INSERT INTO outbox (peer, kind, payload, created_at, attempts, next_attempt_at) "
-                                 "VALUES ('370300', 'message', :p, :t, 0, :later)",
-                  {"p": json.dumps(env, ensure_ascii=False), "t": now_ms(), "later": now_ms() + 3_600_000})
-    old_key_id = env["body"]["to_key"]
+    envs = [county_fed._envelope("application.submit", "370000", {"tag": f"before rotation {i}"}, ttl_ms=3_600_000)
+            for i in (1, 2)]
+    for env in envs:
+        await raw_sql(county.config, "INSERT INTO outbox (peer, kind, payload, created_at, attempts, next_attempt_at) "
+                                     "VALUES ('370300', 'message', :p, :t, 0, :later)",
+                      {"p": json.dumps(env, ensure_ascii=False), "t": now_ms(), "later": now_ms() + 3_600_000})
+    old_key_id = envs[0]["body"]["to_key"]
     cert = await province.app[FEDERATION].rotate_key()
     assert old_key_id not in cert["verify_keys"]
+    monkeypatch.setattr(membership, "read_signing_key_file", counted)  # (the root's rotation read its anchor key)
     await raw_sql(county.config, "UPDATE outbox SET next_attempt_at = :t WHERE kind = 'message'", {"t": now_ms()})
     county_fed.outbox.wake("370300")
-    await wait_for(lambda: received, timeout=20, what="the message at the province")
-    assert received[0]["body"] == {"tag": "before rotation"}
+    await wait_for(lambda: len(received) == 2, timeout=20, what="both messages at the province")
+    assert sorted(r["body"]["tag"] for r in received) == ["before rotation 1", "before rotation 2"]
+    assert [p.name for p in reads] == [f"signing.key.{old_key_id.replace(':', '-')}.old"]
     # What the county seals from now on is for the new key.
     await wait_for(lambda: set(county_fed.trust.certificate("370000")["verify_keys"]) == set(cert["verify_keys"]),
                    what="the province's new certificate at the county")

@@ -91,6 +91,8 @@ class Membership:
         self._subtrees: dict[str, set[str]] = {}
         self._children: set[str] | None = None  # cached like _subtrees: every request asks for the neighbours
         self._key_mtime = 0.0
+        # Rotated keys read from their backup files, by key id (see `secret_key`).
+        self._kept_keys: dict[str, SigningKey] = {}
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
 
@@ -433,24 +435,28 @@ class Membership:
         return cert
 
     def secret_key(self, key_id: str) -> SigningKey | None:
-        """This node's key `key_id`: the current one, or a rotated one kept for decryption (SPEC §15)."""
+        """This node's key `key_id`: the current one, or a rotated one kept for decryption (SPEC §15) for 30
+        days after it expired.
+
+        A rotated key is read from its backup file once and kept: every message still sealed for it (a
+        sender's outbox across the rotation) used to read and parse the file again. Kept only while the
+        certificate lists that very key under its id, so a worker of the node sees what another one rotated
+        (a new backup file, read on first use) and never opens with a key the certificate does not name."""
         if key_id == self.key.key_id:
             return self.key
-        return self._old_keys().get(key_id)
-
-    def _old_keys(self) -> dict[str, SigningKey]:
-        """Rotated keys whose secret half the home still holds, for 30 days after they expired."""
         cert = self.store.certificate(self.node_id) if self.store else None
-        expired = {k: v.get("expired_at", 0) for k, v in ((cert or {}).get("old_verify_keys") or {}).items()}
-        cutoff = now_ms() - OLD_KEY_DECRYPT_MS
+        listed = ((cert or {}).get("old_verify_keys") or {}).get(key_id)
+        if not isinstance(listed, dict) or listed.get("expired_at", 0) < now_ms() - OLD_KEY_DECRYPT_MS:
+            return None
+        kept = self._kept_keys.get(key_id)
+        if kept is not None and verify_key_b64(kept) == listed.get("key"):
+            return kept
         path = Path(self.config.key_path)
-        keys: dict[str, SigningKey] = {}
-        for key_id, expired_at in expired.items():
-            if expired_at < cutoff:
-                continue
-            backup = path.with_name(f"{path.name}.{key_id.replace(':', '-')}.old")
-            try:
-                keys[key_id] = read_signing_key_file(backup)
-            except (OSError, ValueError):
-                continue
-        return keys
+        try:
+            kept = read_signing_key_file(path.with_name(f"{path.name}.{key_id.replace(':', '-')}.old"))
+        except (OSError, ValueError):
+            return None
+        if verify_key_b64(kept) != listed.get("key"):
+            return None
+        self._kept_keys[key_id] = kept
+        return kept
