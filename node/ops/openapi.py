@@ -66,12 +66,17 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
         "description": "resource code 分类码/顺序码, e.g. 101001/370321000001; the slash may be sent as it is or "
                        "percent-encoded (101001%2F370321000001)",
         "schema": {"type": "string", "pattern": "^[0-9]{6,9}/[0-9]{7,18}$"},  # what the route matches (web.CODE)
+        # An example with its slash also tells generators of requests (schemathesis) that a value may hold
+        # one, percent-encoded: without it they could make no valid code, and tested these paths only with
+        # invalid ones.
+        "example": "101001/370321000001",
     },
     "item": {
         "description": "service item code: a basic code <node>-<type>-<5 digits>, or an implemented item's "
                        "<basic code>/<node><3 digits>; the slash may be sent as it is or percent-encoded",
         "schema": {"type": "string", "pattern": "^[0-9]{6}-(?:XK|CF|QZ|ZS|SF|JF|CJ|QR|JL|JC|QT|GG)-[0-9]{5}"
                                                 "(?:/[0-9]{9})?$"},  # what the route matches (node.items.http.ITEM)
+        "example": "370321-XK-00001/370321001",
     },
 }
 
