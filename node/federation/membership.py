@@ -412,10 +412,8 @@ class Membership:
                                                    "/federation/v1/certificate", {"certificate": proof})
             cert = answer["certificate"]
             anchor = None
-        path = Path(self.config.key_path)
-        backup = path.with_name(f"{path.name}.{old_key.key_id.replace(':', '-')}.old")
-        write_signing_key_file(backup, old_key)
-        write_signing_key_file(path, new_key)
+        write_signing_key_file(self._backup_path(old_key.key_id), old_key)
+        write_signing_key_file(Path(self.config.key_path), new_key)
         self._set_key(new_key)
         self.note_key_file()
         async with write_tx(self.engine) as conn:
@@ -451,12 +449,17 @@ class Membership:
         kept = self._kept_keys.get(key_id)
         if kept is not None and verify_key_b64(kept) == listed.get("key"):
             return kept
-        path = Path(self.config.key_path)
         try:
-            kept = read_signing_key_file(path.with_name(f"{path.name}.{key_id.replace(':', '-')}.old"))
+            kept = read_signing_key_file(self._backup_path(key_id))
         except (OSError, ValueError):
             return None
         if verify_key_b64(kept) != listed.get("key"):
             return None
         self._kept_keys[key_id] = kept
         return kept
+
+    def _backup_path(self, key_id: str) -> Path:
+        """Where a rotation keeps the retired key `key_id` (`signing.key.ed25519-1.old`), and where
+        `secret_key` looks for it."""
+        path = Path(self.config.key_path)
+        return path.with_name(f"{path.name}.{key_id.replace(':', '-')}.old")
