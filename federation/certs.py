@@ -247,12 +247,15 @@ class TrustStore:
         Add certificates parents first: the issuer's certificate must already be known.
         """
         _validate(NodeCertificate, cert, "certificate")
-        self._check_link(cert)
         node = cert["node"]
         stored = self._certs.get(node)
+        if stored is not None and cert["valid_from"] <= stored["valid_from"]:
+            # Not newer: nothing to store, whoever signed it. Checked before the signature, because an older
+            # copy (a neighbour's registry still holds it after a rotation) is signed with a key its issuer
+            # no longer lists, and refusing it as "not signed" only puts a false alarm in the log.
+            return False
+        self._check_link(cert)
         if stored is not None:
-            if cert["valid_from"] <= stored["valid_from"]:
-                return False
             if cert["issuer"] not in [c["node"] for c in self.chain_for(stored["issuer"])]:
                 raise TrustError(
                     "BROKEN_CHAIN",

@@ -321,9 +321,13 @@ def test_issuer_rotation_requires_reissuing_children(tree: Tree) -> None:
     )
     assert trust.add_certificate(rotated)
     assert trust_code(trust.verify_chain, "370321", NOW) == "SIGNATURE_INVALID"
+    stale = trust.certificate("370321")  # signed with the old key, as a neighbour's registry still holds it
     tree.keys["370300"] = new_key
     assert trust.add_certificate(tree.issue("370321", "370300", valid_from=T0 + 1))
     assert len(trust.verify_chain("370321", NOW)) == 3
+    # That older copy arriving afterwards is not newer: ignored, not refused for its issuer's retired key.
+    assert trust.add_certificate(stale) is False
+    assert trust.certificate("370321")["valid_from"] == T0 + 1
     assert trust_code(trust.verify_chain, "370303", NOW) == "SIGNATURE_INVALID"  # not re-issued yet
 
 
