@@ -325,6 +325,37 @@ async def test_key_rotation_of_the_city_and_of_the_root(tmp_path):
         await stop_all(nodes)
 
 
+async def test_a_rotated_key_is_learned_from_the_first_request_it_signs(tmp_path):
+    """After a rotation the node signs its requests with a key its neighbours do not hold yet. They refuse
+    such a request, and pull the registry of the neighbour that sent it at once, rather than at their next
+    scheduled pull (30 s by default, here never): the city's calls down to its counties work again within
+    seconds of its rotation, and the root's to the city."""
+    nodes = await start_federation(tmp_path, federation={"federation": {"pull_interval_s": 3600,
+                                                                         "peer_timeout_s": 5}})
+    try:
+        for code in ("370000", "370300", "370321"):
+            nodes[code].app[FEDERATION].handlers["licence.verify"] = _echo
+        for rotating, below in (("370300", "370321"), ("370000", "370300")):
+            rc, out, err = await run_cli_full_async(["keys", "rotate", "--dir", str(nodes[rotating].config.home)])
+            assert rc == 0, err
+            new = signing_key_of(nodes[rotating].config.home)
+            fed = nodes[below].app[FEDERATION]
+            assert new.key_id not in fed.trust.certificate(rotating)["verify_keys"]
+            # The rotated node's notify of its new registry entries is its first request to `below`.
+            await wait_for(lambda fed=fed: new.key_id in fed.trust.certificate(rotating)["verify_keys"],
+                           timeout=10, what=f"{rotating}'s new key at {below}")
+            reply = await nodes[rotating].app[FEDERATION].call("licence.verify", below, {})
+            assert reply["via"] == [below]
+        # The city passes the root's new certificate down with its registry.
+        county = nodes["370321"].app[FEDERATION]
+        await wait_for(lambda: new.key_id in county.trust.certificate("370000")["verify_keys"],
+                       timeout=10, what="the root's new key at 370321")
+        reply = await nodes["370000"].app[FEDERATION].call("licence.verify", "370321", {})
+        assert reply["via"] == ["370300", "370321"]
+    finally:
+        await stop_all(nodes)
+
+
 async def test_revocation_of_a_child_is_replicated_and_enforced(tmp_path):
     nodes = await start_federation(tmp_path)
     county, city = nodes["370321"], nodes["370300"]

@@ -50,6 +50,7 @@ class HopAuth:
             raise ApiError(f"origin {params.origin} is not trusted here: {exc.message}", code="UNAUTHENTICATED") from None
         key = keys.get(params.key_id)
         if key is None:
+            self.fed.replication.learn_keys_from(params.origin)
             raise ApiError(f"{params.origin} has no current key {params.key_id}", code="SIGNATURE_INVALID")
         if abs(now - params.ts) > MAX_SKEW_MS:
             raise ApiError(f"request time is {now - params.ts} ms from this node's clock (limit {MAX_SKEW_MS})",

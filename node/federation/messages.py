@@ -159,6 +159,8 @@ class Messages:
                                    trust.verify_keys_for(hop_origin, at_ms=env["sent_at"], now_ms=now_ms()),
                                    message=message)
         except (EnvelopeError, SignatureError, TrustError) as exc:
+            if hop_origin is not None and exc.code == "SIGNATURE_INVALID":
+                fed.replication.learn_keys_from(hop_origin)  # the hop that relayed it may know a new key
             raise api_error(exc) from None
         if env["kind"] in ("reply", "error"):
             raise ApiError("answers travel back on the HTTP response, not as messages", code="KIND_UNSUPPORTED")

@@ -141,6 +141,7 @@ class Replication:
         self._stalled_since: dict[tuple[str, str], float] = {}
         self._registry_pulled: dict[str, float] = {}  # peer -> when its registry feed was last read to its end
         self._pull_round: "asyncio.Task[Any] | None" = None  # the scheduled round of pulls under way
+        self._keys_asked: dict[str, float] = {}  # neighbour -> when its registry was last pulled for a key
 
     def take_up(self) -> None:
         self.puller = FeedPuller(self._pull_once)
@@ -395,6 +396,20 @@ class Replication:
         # than a write transaction of its own (a step of every hop of replication).
         await self.fed.audit.journal.enqueue(store.enqueue_notifies, (peers, feed, counter, now_ms()))
         self.fed.sender.wake(*peers)
+
+    def learn_keys_from(self, peer: str) -> None:
+        """A neighbour sent something signed with a key this node does not hold (or by a node it does not know):
+        most likely the signer has just rotated its key, and the neighbour holds the new certificate. Pull its
+        registry now rather than at the next scheduled pull (30 s by default), during which every call, notify
+        and pull the new key signs would be refused. At most once a second a neighbour, so that requests with
+        a made-up key id cost little."""
+        if peer not in self.fed.membership.neighbours():
+            return
+        now = time.monotonic()
+        if now - self._keys_asked.get(peer, -1.0) < 1.0:
+            return
+        self._keys_asked[peer] = now
+        self.handle_notify(peer, REGISTRY_FEED)
 
     def handle_notify(self, origin: str, feed: str, next_cursor: Any = None) -> None:
         if feed not in self.feed_names():
