@@ -25,22 +25,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import multiprocessing as mp
 import os
 import random
-import shutil
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim_province import (REPO, Division, Sim, Worker, WorkerHandle, entry_body, free_ports,  # noqa: E402
-                          init_home, on_all, pct, post_json)
+from sim_province import (REPO, Division, Sim, Worker, entry_body, free_ports, on_all, pct,  # noqa: E402
+                          post_json)
 
 NATION = Division("000000", "国家政务数据共享交换平台", None, "national")
 PROVINCES = ("370000", "330000", "320000")  # 山东省, 浙江省, 江苏省
@@ -105,45 +101,8 @@ class NationWorker(Worker):
         return out
 
 
-def nation_worker_main(index: int, conn: Any, switch_interval: float | None) -> None:
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the commands print for an operator; the controller reports
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the controller, which stops the workers
-    if switch_interval:
-        sys.setswitchinterval(switch_interval)
-    try:
-        asyncio.run(NationWorker(index, conn).serve())
-    except KeyboardInterrupt:
-        pass
-
-
-class NationWorkerHandle(WorkerHandle):
-    def __init__(self, index: int, ctx: Any, switch_interval: float | None = None) -> None:
-        self.index = index
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=nation_worker_main, args=(index, child, switch_interval),
-                                name=f"nation-worker-{index}", daemon=True)
-        self.proc.start()
-        child.close()
-        self._next = 0
-        self._answers: dict[int, tuple[str, Any]] = {}
-
-
 class NationSim(Sim):
-    def bring_up(self) -> float:
-        """The root first, then each level joined through real invites, in stages (a level at a time)."""
-        t0 = time.time()
-        root = self.nodes[0]
-        on_all([(self.w(root), "start", {"items": [(root.code, str(root.home))]})])
-        self.say(f"  {root.code} {root.name} up (the root) after {time.time() - t0:.1f} s")
-        for lvl in ("province", "city", "county"):
-            level = [d for d in self.nodes if d.level == lvl]
-            t = time.time()
-            self.join_level(level)
-            self.say(f"  {len(level)} {lvl} nodes joined and started in {time.time() - t:.1f} s")
-        t = time.time()
-        self.wait_registry(len(self.nodes), timeout=self.args.timeout)
-        self.say(f"  every node trusts all {len(self.nodes)} certificates after {time.time() - t:.1f} s more")
-        return time.time() - t0
+    levels = ("national", "province", "city", "county")
 
     def tokens(self, nodes: list[Division]) -> dict[str, str]:
         from node.ids import make_gb32100
@@ -299,18 +258,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{by_level['county']} counties = {len(nodes)} nodes on {args.workers} worker processes")
     base = Path(tempfile.mkdtemp(prefix="govnode-nation-"))
     sim = NationSim(args, base, nodes, nodes[-1])
-    sim.by_code = {d.code: d for d in nodes}
-    for k, (d, port) in enumerate(zip(nodes, free_ports(len(nodes)))):
-        d.worker, d.port, d.home = k % args.workers, port, base / d.code
+    sim.place(free_ports(len(nodes)))
     rc = 2
     t_start = time.time()
     load0 = os.getloadavg()
     try:
-        t = time.time()
-        for d in nodes:
-            init_home(d, sim.by_code[d.parent].url if d.parent else None)
-        print(f"\n[bring-up] `govnode init` of {len(nodes)} homes: {time.time() - t:.1f} s")
-        sim.workers = [NationWorkerHandle(i, mp.get_context("fork")) for i in range(args.workers)]
+        sim.start_workers(NationWorker)
         t_up = sim.bring_up()
         time.sleep(3)  # the last nodes to join are still storing the registry they pulled
         tokens = sim.tokens([d for d in nodes if d.level == "county"])
@@ -362,15 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - report, then clean up
         print(f"\nthe simulation failed: {exc}", file=sys.stderr)
     finally:
-        if sim.workers:
-            warned = 0
-            firsts: list[str] = []
-            for stopped in sim.stop().values():
-                for count, first in stopped.get("warnings", {}).values():
-                    warned += count
-                    firsts.append(first)
-            print(f"  node warnings/errors logged: {warned}" + ("".join(f"\n    {f}" for f in firsts[:6])))
-        shutil.rmtree(base, ignore_errors=True)
+        sim.finish()
         print(f"done in {time.time() - t_start:.0f} s; homes removed")
     return rc
 

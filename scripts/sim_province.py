@@ -467,23 +467,26 @@ class Worker:
         self.nodes.clear()
 
 
-def worker_main(index: int, conn: Any, switch_interval: float | None) -> None:
+def worker_main(index: int, conn: Any, switch_interval: float | None, worker: type[Worker] = Worker) -> None:
     sys.stdout = open(os.devnull, "w")  # the commands print for an operator; the controller reports
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the controller, which stops the workers
     if switch_interval:
         sys.setswitchinterval(switch_interval)
     try:
-        asyncio.run(Worker(index, conn).serve())
+        asyncio.run(worker(index, conn).serve())
     except KeyboardInterrupt:
         pass
 
 
 class WorkerHandle:
-    def __init__(self, index: int, ctx: Any, switch_interval: float | None = None) -> None:
+    """A worker process (forked: `worker`, a Worker class with the simulation's own operations, is not pickled)."""
+
+    def __init__(self, index: int, ctx: Any, switch_interval: float | None = None,
+                 worker: type[Worker] = Worker) -> None:
         self.index = index
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=worker_main, args=(index, child, switch_interval), name=f"sim-worker-{index}",
-                                daemon=True)
+        self.proc = ctx.Process(target=worker_main, args=(index, child, switch_interval, worker),
+                                name=f"sim-worker-{index}", daemon=True)
         self.proc.start()
         child.close()
         self._next = 0
@@ -572,11 +575,34 @@ class Sim:
         on_all([(w, "profile", {"path": None if phase is None else
                                 str(Path(self.args.profile) / f"{phase}-w{w.index}.pstats")}) for w in self.workers])
 
+    levels = ("province", "city", "county")  # the tree's levels, the root's first
+
     # Bring-up ---------------------------------------------------------------------------------------
+
+    def place(self, ports: list[int]) -> None:
+        """Each node (and the one kept back) its worker, port and home. Round robin in tree order: every
+        worker hosts nodes of every level."""
+        everyone = self.nodes + ([] if self.new in self.nodes else [self.new])
+        self.by_code = {d.code: d for d in everyone}
+        for k, d in enumerate(self.nodes):
+            d.worker = k % self.args.workers
+        for d, port in zip(everyone, ports, strict=True):
+            d.port = port
+            d.home = self.base / d.code
+
+    def start_workers(self, worker: type[Worker] = Worker) -> None:
+        """`govnode init` of every node's home, then the worker processes (forked, so after the homes exist)."""
+        t = time.time()
+        for d in self.nodes:
+            init_home(d, self.by_code[d.parent].url if d.parent else None)
+        self.say(f"\n[bring-up] `govnode init` of {len(self.nodes)} homes under {self.base}: {time.time() - t:.1f} s")
+        ctx = mp.get_context("fork")
+        self.workers = [WorkerHandle(i, ctx, getattr(self.args, "switch_interval", None), worker)
+                        for i in range(self.args.workers)]
 
     def bring_up(self) -> float:
         t0 = time.time()
-        levels = [[d for d in self.nodes if d.level == lvl] for lvl in ("province", "city", "county")]
+        levels = [[d for d in self.nodes if d.level == lvl] for lvl in self.levels]
         (root,) = levels[0]
         on_all([(self.w(root), "start", {"items": [(root.code, str(root.home))]})])
         self.say(f"  {root.code} {root.name} up (the root) after {time.time() - t0:.1f} s")
@@ -764,6 +790,21 @@ class Sim:
                 w.proc.join(timeout=10)
         return out
 
+    def finish(self, keep: bool = False) -> None:
+        """Stop the workers, print the warnings and errors their nodes logged, by kind, and remove the homes
+        (unless `keep`)."""
+        if self.workers:
+            kinds: dict[str, list[Any]] = {}
+            for stopped in self.stop().values():
+                for kind, (count, first) in stopped.get("warnings", {}).items():
+                    kinds.setdefault(kind, [0, first])[0] += count
+            print(f"  node warnings/errors logged: {sum(k[0] for k in kinds.values())}"
+                  + (", by kind (count, first one):" if kinds else ""))
+            for count, first in sorted(kinds.values(), key=lambda k: -k[0])[:8]:
+                print(f"    {count:6d}  {first}")
+        if not keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -822,24 +863,12 @@ def main(argv: list[str] | None = None) -> int:
     base = args.dir.resolve() if keep else Path(tempfile.mkdtemp(prefix="govnode-sim-"))
     base.mkdir(parents=True, exist_ok=True)
     sim = Sim(args, base, nodes, new)
-    sim.by_code = {d.code: d for d in [*nodes, new]}
-    ports = free_ports(total)
-    # Round robin in tree order: every worker hosts some cities and some counties.
-    for k, d in enumerate(nodes):
-        d.worker = k % args.workers
-    for d, port in zip([*nodes, new], ports):
-        d.port = port
-        d.home = base / d.code
+    sim.place(free_ports(total))
     rc = 2
     t_start = time.time()
     load0 = os.getloadavg()
     try:
-        t = time.time()
-        for d in nodes:
-            init_home(d, sim.by_code[d.parent].url if d.parent else None)
-        print(f"\n[bring-up] `govnode init` of {len(nodes)} homes under {base}: {time.time() - t:.1f} s")
-        ctx = mp.get_context("fork")
-        sim.workers = [WorkerHandle(i, ctx, args.switch_interval) for i in range(args.workers)]
+        sim.start_workers()
         t_up = sim.bring_up()
         print(f"  all {len(nodes)} nodes up, joined and trusting each other: {t_up:.1f} s")
         time.sleep(5)  # the last nodes to join are still storing the registry they pulled
@@ -902,17 +931,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - report, then clean up
         print(f"\nthe simulation failed: {exc}", file=sys.stderr)
     finally:
-        if sim.workers:
-            kinds: dict[str, list[Any]] = {}
-            for stopped in sim.stop().values():
-                for kind, (count, first) in stopped.get("warnings", {}).items():
-                    kinds.setdefault(kind, [0, first])[0] += count
-            print(f"  node warnings/errors logged: {sum(k[0] for k in kinds.values())}"
-                  + (", by kind (count, first one):" if kinds else ""))
-            for count, first in sorted(kinds.values(), key=lambda k: -k[0])[:8]:
-                print(f"    {count:6d}  {first}")
-        if not keep:
-            shutil.rmtree(base, ignore_errors=True)
+        sim.finish(keep)
         print(f"done in {time.time() - t_start:.0f} s; " + ("homes kept in " + str(base) if keep else "homes removed"))
     return rc
 
