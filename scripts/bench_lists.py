@@ -42,7 +42,8 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import add_dept, cpu_seconds, env_info, free_port, init_node, wait_healthy  # noqa: E402
+from benchlib import (add_dept, cpu_seconds, drop_pg_schema, env_info, free_port, init_node,  # noqa: E402
+                      use_pg_schema, wait_healthy)
 
 from node.ids import make_gb32100  # noqa: E402
 
@@ -215,15 +216,7 @@ def main() -> int:
         try:
             node = init_node(base / "370321", "370321", "桓台县")
             if args.pg_url:
-                import secrets
-
-                import yaml
-
-                schema = "bench_lists_" + secrets.token_hex(4)
-                cfg = base / "370321" / "config.yaml"
-                doc = yaml.safe_load(cfg.read_text(encoding="utf-8"))
-                doc["database"] = {"url": args.pg_url, "schema": schema}
-                cfg.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+                schema = use_pg_schema(node, args.pg_url, "bench_lists_")
             issuer = add_dept(node, ISSUER, "国家税务总局桓台县税务局")
             checker = add_dept(node, CHECKER, "桓台县公共资源交易中心")
             node.start()
@@ -314,16 +307,7 @@ def main() -> int:
                 else:
                     p.stop()
             if schema is not None:
-                async def drop() -> None:
-                    import asyncpg
-
-                    conn = await asyncpg.connect(args.pg_url.replace("postgresql+asyncpg", "postgresql"))
-                    try:
-                        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-                    finally:
-                        await conn.close()
-
-                asyncio.run(drop())
+                drop_pg_schema(args.pg_url, schema)
     return 0
 
 

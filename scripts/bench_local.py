@@ -49,8 +49,9 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import (add_dept, cpu_seconds, env_info, free_port, init_node, journal_totals, load,  # noqa: E402
-                      machine_cpu_seconds, merged, postgres_cpu_seconds, rss_mb, tree_cpu_seconds, wait_healthy)
+from benchlib import (add_dept, cpu_seconds, drop_pg_schema, env_info, free_port, init_node,  # noqa: E402
+                      journal_totals, load, machine_cpu_seconds, merged, postgres_cpu_seconds, rss_mb,
+                      tree_cpu_seconds, use_pg_schema, wait_healthy)
 
 from node.ids import make_gb11643, make_gb32100  # noqa: E402
 
@@ -304,17 +305,9 @@ def main() -> int:
 
 
 def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
-    import secrets
-
-    import yaml
-
-    schema = "gn_bench_" + secrets.token_hex(4)
     with tempfile.TemporaryDirectory(prefix="govnode-bench-workers-") as tmp:
         node = init_node(Path(tmp) / "370321", "370321", "桓台县")
-        cfg = node.home / "config.yaml"
-        doc = yaml.safe_load(cfg.read_text(encoding="utf-8"))
-        doc["database"] = {"url": args.pg_url, "schema": schema}
-        cfg.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+        schema = use_pg_schema(node, args.pg_url, "gn_bench_")
         provider = add_dept(node, make_gb32100("11370321MB", 1), "桓台县公安局")
         consumer = add_dept(node, make_gb32100("11370321MB", 2), "桓台县民政局")
         try:
@@ -413,18 +406,7 @@ def workers_main(args: argparse.Namespace, rng: random.Random) -> int:
                   f"{os.cpu_count()} cores: figures above scale with it)")
         finally:
             node.stop()
-            import asyncio
-
-            import asyncpg
-
-            async def drop() -> None:
-                conn = await asyncpg.connect(args.pg_url.replace("postgresql+asyncpg", "postgresql"))
-                try:
-                    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-                finally:
-                    await conn.close()
-
-            asyncio.run(drop())
+            drop_pg_schema(args.pg_url, schema)
     return 0
 
 

@@ -158,6 +158,33 @@ def start_three_levels(base: Path, nodes: list[NodeProcess], ca: Any = None) -> 
     return started[0], started[1], started[2]
 
 
+def use_pg_schema(node: NodeProcess, pg_url: str, prefix: str) -> str:
+    """Point a stopped node's config at a new PostgreSQL schema of its own (drop it with `drop_pg_schema`)."""
+    import secrets
+
+    import yaml
+
+    schema = prefix + secrets.token_hex(4)
+    cfg = node.home / "config.yaml"
+    doc = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    doc["database"] = {"url": pg_url, "schema": schema}
+    cfg.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return schema
+
+
+def drop_pg_schema(pg_url: str, schema: str) -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
 def add_dept(node: NodeProcess, code: str, name: str, role: str = "dept") -> str:
     return last_line(govnode("dept", "add", code, "--dir", str(node.home), "--name", name, "--role", role))
 

@@ -23,7 +23,6 @@ met, 1 otherwise (2 when the run itself failed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import os
 import random
@@ -65,25 +64,7 @@ def read_nation(path: Path, provinces: tuple[str, ...], n_cities: int, n_countie
 
 
 class NationWorker(Worker):
-    """sim_province's worker, with what this simulation watches: list entries and the catalog by scope."""
-
-    async def op_watch_row_begin(self, table: str, column: str, key: str, timeout: float) -> int:
-        assert (table, column) in (("list_entries", "id"), ("catalog_entries", "code"))
-        self.watches[key] = asyncio.get_running_loop().create_task(self._watch_row(table, column, key, timeout))
-        return len(self.nodes)
-
-    async def _watch_row(self, table: str, column: str, key: str, timeout: float) -> dict[str, float | None]:
-        seen: dict[str, float | None] = {n: None for n in self.nodes}
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            missing = [n for n, t in seen.items() if t is None]
-            if not missing:
-                break
-            for n in missing:
-                if self.nodes[n].read().execute(f"SELECT 1 FROM {table} WHERE {column} = ?", (key,)).fetchone():
-                    seen[n] = time.time()
-            await asyncio.sleep(0.02)
-        return seen
+    """sim_province's worker, with the counts this simulation reads: catalog rows by scope, list entries."""
 
     async def op_scope_counts(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -103,27 +84,6 @@ class NationWorker(Worker):
 
 class NationSim(Sim):
     levels = ("national", "province", "city", "county")
-
-    def tokens(self, nodes: list[Division]) -> dict[str, str]:
-        from node.ids import make_gb32100
-
-        plan: dict[int, list[tuple[str, str, str]]] = {}
-        for d in nodes:
-            plan.setdefault(d.worker, []).append((d.code, make_gb32100(f"11{d.code}MB", 7), f"{d.name}社会信用体系建设办公室"))
-        out: dict[str, str] = {}
-        for part in on_all([(self.workers[i], "add_dept", {"items": items}) for i, items in plan.items()]):
-            out.update(part)
-        return out
-
-    def watch(self, table: str, column: str, key: str) -> None:
-        on_all([(w, "watch_row_begin", {"table": table, "column": column, "key": key, "timeout": self.args.timeout})
-                for w in self.workers])
-
-    def seen(self, key: str) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        for part in on_all([(w, "watch_result", {"code": key}) for w in self.workers], timeout=self.args.timeout + 30):
-            out.update(part)
-        return out
 
     # 1. List propagation -----------------------------------------------------------------------------------
 
@@ -266,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         sim.start_workers(NationWorker)
         t_up = sim.bring_up()
         time.sleep(3)  # the last nodes to join are still storing the registry they pulled
-        tokens = sim.tokens([d for d in nodes if d.level == "county"])
+        tokens = sim.tokens([d for d in nodes if d.level == "county"], "社会信用体系建设办公室")
 
         print(f"\n[1] a new list entry at a random county reaching all {len(nodes)} nodes")
         times = sim.list_propagation(rng, tokens)

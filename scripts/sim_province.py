@@ -368,11 +368,18 @@ class Worker:
         return {node: await self.nodes[node].app[ACCOUNTS].add_department(dept, name, "dept")
                 for node, dept, name in items}
 
-    async def op_watch_begin(self, code: str, timeout: float) -> int:
-        self.watches[code] = asyncio.get_running_loop().create_task(self._watch(code, timeout))
+    # The rows a simulation may watch arrive at every hosted node: (table, key column).
+    WATCHED = (("catalog_entries", "code"), ("list_entries", "id"))
+
+    async def op_watch_begin(self, key: str, timeout: float, table: str = "catalog_entries",
+                             column: str = "code") -> int:
+        """Note when the row `key` appears at each hosted node (polled every 50 ms: finer polling of 150 nodes'
+        databases loads the workers it measures); `watch_result` gives it."""
+        assert (table, column) in self.WATCHED
+        self.watches[key] = asyncio.get_running_loop().create_task(self._watch(table, column, key, timeout))
         return len(self.nodes)
 
-    async def _watch(self, code: str, timeout: float) -> dict[str, float | None]:
+    async def _watch(self, table: str, column: str, key: str, timeout: float) -> dict[str, float | None]:
         seen: dict[str, float | None] = {n: None for n in self.nodes}
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -380,14 +387,13 @@ class Worker:
             if not missing:
                 break
             for n in missing:
-                row = self.nodes[n].read().execute("SELECT 1 FROM catalog_entries WHERE code = ?", (code,)).fetchone()
-                if row is not None:
+                if self.nodes[n].read().execute(f"SELECT 1 FROM {table} WHERE {column} = ?", (key,)).fetchone():
                     seen[n] = time.time()
             await asyncio.sleep(0.05)
         return seen
 
-    async def op_watch_result(self, code: str) -> dict[str, float | None]:
-        return await self.watches.pop(code)
+    async def op_watch_result(self, key: str) -> dict[str, float | None]:
+        return await self.watches.pop(key)
 
     async def op_bulk_create(self, plan: dict[str, int], dept: str, first: int) -> dict[str, int]:
         """Register entries at hosted nodes through their CatalogService (signing, feed, notify: the real
@@ -646,6 +652,31 @@ class Sim:
         time.sleep(seconds)
         return {w.index: 100 * (cpu_seconds(w.proc.pid) - before[w.index]) / seconds for w in self.workers}
 
+    def tokens(self, nodes: list[Division], office: str) -> dict[str, str]:
+        """A department account (`office` of the node's division) at each node, as `govnode dept add` makes it;
+        node -> its token."""
+        from node.ids import make_gb32100
+
+        plan: dict[int, list[tuple[str, str, str]]] = {}
+        for d in nodes:  # 统一社会信用代码 of the office
+            plan.setdefault(d.worker, []).append((d.code, make_gb32100(f"11{d.code}MB", 7), f"{d.name}{office}"))
+        out: dict[str, str] = {}
+        for part in on_all([(self.workers[i], "add_dept", {"items": items}) for i, items in plan.items()]):
+            out.update(part)
+        return out
+
+    def watch(self, table: str, column: str, key: str) -> None:
+        """Every worker notes when the row `key` of `table` appears at each node it hosts (see `seen`)."""
+        on_all([(w, "watch_begin", {"table": table, "column": column, "key": key, "timeout": self.args.timeout})
+                for w in self.workers])
+
+    def seen(self, key: str) -> dict[str, float | None]:
+        """Node -> when the watched row `key` appeared there (time.time()), None where it did not in time."""
+        out: dict[str, float | None] = {}
+        for part in on_all([(w, "watch_result", {"key": key}) for w in self.workers], timeout=self.args.timeout + 30):
+            out.update(part)
+        return out
+
     # 1. Propagation of a new county entry --------------------------------------------------------------
 
     def propagation(self, rng: random.Random) -> list[float]:
@@ -653,29 +684,18 @@ class Sim:
         picks = rng.sample(counties, min(self.args.samples, len(counties)))
         while len(picks) < self.args.samples:
             picks.append(rng.choice(counties))
-        from node.ids import make_gb32100
-
-        plan: dict[int, list[tuple[str, str, str]]] = {}
-        for d in {d.code: d for d in picks}.values():
-            dept = make_gb32100(f"11{d.code}MB", 7)  # 统一社会信用代码 of the county's 大数据局
-            plan.setdefault(d.worker, []).append((d.code, dept, f"{d.name}大数据局"))
-        tokens: dict[str, str] = {}
-        for part in on_all([(self.workers[i], "add_dept", {"items": items}) for i, items in plan.items()]):
-            tokens.update(part)
+        tokens = self.tokens(list({d.code: d for d in picks}.values()), "大数据局")
         times: list[float] = []
         self.profile(None)
         for i, d in enumerate(picks, 1):
             code = f"{CLASSIFICATIONS[i % len(CLASSIFICATIONS)]}/{d.code}9{i:05d}"
-            on_all([(w, "watch_begin", {"code": code, "timeout": self.args.timeout}) for w in self.workers])
+            self.watch("catalog_entries", "code", code)
             t0 = time.time()
             status, body = post_json(f"{d.url}/api/v1/catalog", tokens[d.code], entry_body(d.name, i, code=code))
             t_ack = time.time()
             if status != 201:
                 raise RuntimeError(f"POST /api/v1/catalog at {d.code} answered {status}: {body}")
-            seen: dict[str, float | None] = {}
-            results = on_all([(w, "watch_result", {"code": code}) for w in self.workers], timeout=self.args.timeout + 30)
-            for part in results:
-                seen.update(part)
+            seen = self.seen(code)
             missing = [c for c, t in seen.items() if t is None]
             if missing:
                 self.failures.append(f"entry {code} never reached {len(missing)} nodes, e.g. {missing[:5]}")

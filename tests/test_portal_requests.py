@@ -110,7 +110,7 @@ async def test_a_county_clerk_asks_the_province_assigns_and_a_new_entry_fulfils_
         **SAMPLE_ENTRY, "name": "山东省婚姻登记信息"})
     assert status == 201, entry
     officer = await signed_in(portal_page, tree, "qianqi")
-    await officer.goto(f"/portal/requests?view=provider")
+    await officer.goto("/portal/requests?view=provider")
     await officer.page.get_by_role("link", name="婚姻登记信息").click()
     await officer.page.wait_for_load_state()
     await labelled(officer)

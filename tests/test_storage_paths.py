@@ -4,7 +4,6 @@ the queue in which a node's writers take their turn at its SQLite database."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 import sqlalchemy as sa
