@@ -291,10 +291,12 @@ async def test_key_rotation_issuer_offline_and_refused_index_entries(tree):
                          {"i": before["identifier"]})
     tampered = json.loads(rows[0][0])
     tampered.update(status="revoked", seq=tampered["seq"] + 100)
-    await raw_sql(county.config, "UPDATE counters SET value = value + 1 WHERE name = 'licence_change'")
-    await raw_sql(county.config, "UPDATE licence_index SET entry = :e, change_id = (SELECT value FROM counters "
+    # The row first, then the counter (as tests/test_lists.py does): in the other order a pull between the two
+    # statements moves the city's cursor to the new head before any row holds it, and the row is never served.
+    await raw_sql(county.config, "UPDATE licence_index SET entry = :e, change_id = (SELECT value + 1 FROM counters "
                                  "WHERE name = 'licence_change') WHERE identifier = :i",
                   {"e": json.dumps(tampered, ensure_ascii=False), "i": before["identifier"]})
+    await raw_sql(county.config, "UPDATE counters SET value = value + 1 WHERE name = 'licence_change'")
 
     async def refused() -> list:
         return await raw_sql(city.config, "SELECT identifier, node, received_from, reason FROM licence_refusals")
