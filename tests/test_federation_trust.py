@@ -5,6 +5,7 @@ Real nodes on loopback; the `govnode` commands are the real CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 
@@ -16,7 +17,7 @@ from signedjson.sign import verify_signed_json as sj_verify
 from federation.certs import TrustStore
 from federation.envelope import make_envelope, sign_envelope
 from federation.errors import TrustError
-from federation.signing import read_signing_key_file, verify_key_b64
+from federation.signing import generate_signing_key, read_signing_key_file, verify_key_b64
 from node.config import load_config
 from node.errors import ApiError
 from node.federation.http import FEDERATION
@@ -352,6 +353,50 @@ async def test_a_rotated_key_is_learned_from_the_first_request_it_signs(tmp_path
                        timeout=10, what="the root's new key at 370321")
         reply = await nodes["370000"].app[FEDERATION].call("licence.verify", "370321", {})
         assert reply["via"] == ["370300", "370321"]
+    finally:
+        await stop_all(nodes)
+
+
+async def test_a_key_or_signer_not_held_makes_the_node_pull_that_neighbours_registry_once_a_second(tmp_path):
+    """The two ways a node meets a key it does not hold, each answered by a pull of the registry of the neighbour
+    that sent it: a request whose Authorization names an unknown key id of the neighbour, and an envelope a
+    neighbour relays whose origin signed with an unknown key. No more than one pull a second a neighbour, so
+    that made-up key ids cost little. Scheduled pulls are off, and the registry does not change: every pull of
+    it counted is one of these."""
+    nodes = await start_federation(tmp_path, federation={"federation": {"pull_interval_s": 3600,
+                                                                         "peer_timeout_s": 5}})
+    try:
+        county, city = nodes["370321"], nodes["370300"]
+        fed = county.app[FEDERATION]
+        pulls: list[tuple[str, str]] = []
+        puller = fed.replication.puller
+        real_pull = puller.pull_once
+
+        async def counted(peer: str, feed: str) -> bool:
+            pulls.append((peer, feed))
+            return await real_pull(peer, feed)
+
+        puller.pull_once = counted
+        unknown = generate_signing_key("9")  # a key id the county holds for no node
+        # 1. A request signed with a key id the county does not hold for the city.
+        status, body, _ = await fed_call(county, "GET", "/federation/v1/registry?since=0", "370300", unknown)
+        assert (status, error_code(body)) == (401, "SIGNATURE_INVALID"), body
+        await wait_for(lambda: ("370300", "registry") in pulls, timeout=5, what="a pull of the city's registry")
+        # Again within the second: refused the same, and no second pull.
+        status, body, _ = await fed_call(county, "GET", "/federation/v1/registry?since=0", "370300", unknown)
+        assert (status, error_code(body)) == (401, "SIGNATURE_INVALID"), body
+        await asyncio.sleep(0.3)
+        assert pulls.count(("370300", "registry")) == 1, pulls
+
+        # 2. An envelope the city relays, signed by the root with a key the county does not hold.
+        await asyncio.sleep(1.0)
+        env = sign_envelope(make_envelope("licence.verify", "370000", "370321", {}), "370000", unknown)
+        env = sign_envelope(env, "370300", signing_key_of(city.config.home))
+        status, body, _ = await fed_call(county, "POST", "/federation/v1/messages", "370300",
+                                         signing_key_of(city.config.home), env)
+        assert (status, error_code(body)) == (401, "SIGNATURE_INVALID"), body
+        await wait_for(lambda: pulls.count(("370300", "registry")) == 2, timeout=5,
+                       what="a second pull of the city's registry")
     finally:
         await stop_all(nodes)
 
