@@ -1,5 +1,6 @@
 """What this node knows of its neighbours' health: whether the last contact worked, when one last did,
-the last error; and the federation's section of /healthz.
+the last error; the federation's section of /healthz; and the throttle that bounds what a neighbour's
+traffic sets off at once (a cut-short back-off, a pull of its registry).
 
 Each worker sees its own contacts. What /healthz shows is the node's, the same from every worker: a row
 a neighbour in the database, written (through the journal, without waiting) when a worker sees the
@@ -8,6 +9,7 @@ status change, or at most every LAST_OK_EVERY_MS to move `last_ok` on."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from node.db import database_unavailable
@@ -22,6 +24,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("govnode.federation")
 
 LAST_OK_EVERY_MS = 5_000
+
+
+class Throttle:
+    """At most once every `interval_s` a key (a neighbour, or a neighbour's feed): for the things a peer's
+    traffic sets off at once rather than on a schedule, so that a peer sending many such requests costs little.
+    Kept in the worker: a second worker may act once more."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def ready(self, key: str) -> bool:
+        """Whether to act for `key` now; if so, the interval starts again."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            return False
+        self._last[key] = now
+        return True
 
 
 class Peers:

@@ -20,6 +20,7 @@ from node.cluster import announce
 from node.db import read_counter, write_tx
 from node.errors import ApiError
 from node.federation import store
+from node.federation.peers import Throttle
 from node.ids import level_of, now_ms, resource_node
 
 if TYPE_CHECKING:
@@ -136,12 +137,12 @@ class Replication:
         self.feeds: dict[str, SignedFeed] = {"catalog": CatalogFeed(fed.catalog)}
         # Feed cursors as stored ((peer, feed) -> cursor, None when no row yet); this node is their only writer.
         self._cursors: dict[tuple[str, str], str | None] = {}
-        self._stall_retry: dict[str, float] = {}
+        self._stall_retry = Throttle(5.0)  # "peer:feed": when a stalled feed last had the peer's registry pulled
         # (peer, feed) -> when that signed feed stalled on an origin the registry did not verify yet
         self._stalled_since: dict[tuple[str, str], float] = {}
         self._registry_pulled: dict[str, float] = {}  # peer -> when its registry feed was last read to its end
         self._pull_round: "asyncio.Task[Any] | None" = None  # the scheduled round of pulls under way
-        self._keys_asked: dict[str, float] = {}  # neighbour -> when its registry was last pulled for a key
+        self._keys_asked = Throttle(1.0)  # when a neighbour's registry was last pulled for a key not held
 
     def take_up(self) -> None:
         self.puller = FeedPuller(self._pull_once)
@@ -345,10 +346,8 @@ class Replication:
                 accepted.append(entry)
         if stalled:
             self._stalled_since.setdefault((peer, name), time.monotonic())
-            if time.monotonic() - self._stall_retry.get(f"{peer}:{name}", 0.0) > 5.0:
-                self._stall_retry[f"{peer}:{name}"] = time.monotonic()
-                if self.fed.background is not None:
-                    self.fed.background.spawn(self._registry_then(peer, name))
+            if self._stall_retry.ready(f"{peer}:{name}") and self.fed.background is not None:
+                self.fed.background.spawn(self._registry_then(peer, name))
         else:
             self._stalled_since.pop((peer, name), None)
         applied = 0
@@ -403,13 +402,8 @@ class Replication:
         registry now rather than at the next scheduled pull (30 s by default), during which every call, notify
         and pull the new key signs would be refused. At most once a second a neighbour, so that requests with
         a made-up key id cost little."""
-        if peer not in self.fed.membership.neighbours():
-            return
-        now = time.monotonic()
-        if now - self._keys_asked.get(peer, -1.0) < 1.0:
-            return
-        self._keys_asked[peer] = now
-        self.handle_notify(peer, REGISTRY_FEED)
+        if peer in self.fed.membership.neighbours() and self._keys_asked.ready(peer):
+            self.handle_notify(peer, REGISTRY_FEED)
 
     def handle_notify(self, origin: str, feed: str, next_cursor: Any = None) -> None:
         if feed not in self.feed_names():

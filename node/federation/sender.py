@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,6 +16,7 @@ from node.cluster import announce
 from node.db import write_tx
 from node.errors import STATUS_OF, ApiError
 from node.federation import store
+from node.federation.peers import Throttle
 from node.groupcommit import GroupCommitter
 from node.ids import now_ms
 
@@ -34,7 +34,7 @@ class Sender:
         # The sender loops run in the worker that does the node's background work (node.cluster), and only
         # while it does: None in the others, which tell that worker what they queued.
         self.outbox: OutboxSender | None = None
-        self._caught_up: dict[str, float] = {}  # peer -> when its outbox back-off was last cut short
+        self._caught_up = Throttle(1.0)  # when a peer's outbox back-off was last cut short
 
     async def take_up(self) -> None:
         self.outbox = OutboxSender(_OutboxAdapter(self.engine, self.fed.audit.journal), self.deliver)
@@ -84,10 +84,8 @@ class Sender:
     def catch_up(self, peer: str) -> None:
         """A neighbour this node could not reach is talking to it again: send what waits for it now rather
         than at the end of its back-off (at most once a second)."""
-        now = time.monotonic()
-        if now - self._caught_up.get(peer, 0.0) < 1.0:
+        if not self._caught_up.ready(peer):
             return
-        self._caught_up[peer] = now
 
         async def go() -> None:
             async with write_tx(self.engine) as conn:
