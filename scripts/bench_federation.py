@@ -18,8 +18,10 @@ acknowledged (DESIGN.md) puts one commit on the direct path (the province's audi
 routed one: the province's replay claims and audit record before its answer leaves, and the county's
 audit record of the answer before the department gets it (the city's commit overlaps its forwarding). The
 floor line adds those commits to the bare floor: what the ratio would be if signatures, checks and
-everything else cost nothing. The last line adds the routed path's twelve Ed25519 operations too, at the
-cost measured in the same run (the direct path makes none).
+everything else cost nothing. The next line adds the routed path's twelve Ed25519 operations too, at the
+cost measured in the same run (the direct path makes none), and the last the sealing of its body and
+answer (SPEC §15: each sealed once and opened once; the direct path seals nothing), and says how far the
+routed call is above that floor.
 """
 
 from __future__ import annotations
@@ -373,9 +375,17 @@ def main() -> int:
                           f"routed: county + province {waited['routed']:.2f} ms): p50 ratio {with_commits:.2f}")
                     sign_ms, verify_ms = signature_ms()
                     crypto = ROUTED_SIGNS * sign_ms + ROUTED_VERIFIES * verify_ms
+                    direct_floor = bare_direct.pct(50) + waited["direct"]
                     print(f"   signatures a routed call makes: {ROUTED_SIGNS} × sign {sign_ms:.3f} ms + {ROUTED_VERIFIES} × "
                           f"verify {verify_ms:.3f} ms = {crypto:.2f} ms (PyNaCl, measured now); floor with commits and "
-                          f"signatures: p50 ratio {(bare_relayed.pct(50) + waited['routed'] + crypto) / (bare_direct.pct(50) + waited['direct']):.2f}")
+                          f"signatures: p50 ratio {(bare_relayed.pct(50) + waited['routed'] + crypto) / direct_floor:.2f}")
+                    seal_ms, open_ms = box_ms()
+                    sealing = 2 * seal_ms + 2 * open_ms
+                    floor_all = (bare_relayed.pct(50) + waited["routed"] + crypto + sealing) / direct_floor
+                    print(f"   sealing a routed call makes (SPEC §15): the body and the answer, each sealed and opened once: "
+                          f"{sealing:.2f} ms; floor with commits, signatures and sealing: p50 ratio {floor_all:.2f}; "
+                          f"routed ÷ direct is {ratio / floor_all:.2f} × that floor (issue 17's target ≤ 1.15: "
+                          f"{'met' if ratio / floor_all <= 1.15 else 'MISSED'})")
             if not args.no_https:
                 https_run(base, nodes, (cross_url, ctok, bodies), args.records, args.seconds, args.rounds)
         finally:
