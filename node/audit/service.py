@@ -51,6 +51,17 @@ def record_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
+def link_break(before: str, row: dict[str, Any]) -> str | None:
+    """Why `row` does not follow the record whose hash is `before`, or None if it does: the one check of a
+    link, made by the full walk (`AuditLog.verify`, for `govnode audit verify` and the portal) and by the
+    alerts' walk of the records added since their last check (node.figures)."""
+    if row["prev_hash"] != before:
+        return "its link to the previous record does not match"
+    if record_hash(before, row) != row["hash"]:
+        return "its contents do not match its hash (altered)"
+    return None
+
+
 def keys_digest(keys: list[Any] | None) -> str | None:
     """A digest of the record keys a call touched: proves what was asked without storing it."""
     if not keys:
@@ -357,11 +368,8 @@ class AuditLog:
                         if row["seq"] != expected_seq:
                             walk.broke(ChainBreak(expected_seq, f"record {expected_seq} is missing"))
                             main_broken = True
-                        elif row["prev_hash"] != prev:
-                            walk.broke(ChainBreak(row["seq"], "its link to the previous record does not match"))
-                            main_broken = True
-                        elif record_hash(prev, row) != row["hash"]:
-                            walk.broke(ChainBreak(row["seq"], "its contents do not match its hash (altered)"))
+                        elif (why := link_break(prev, row)) is not None:
+                            walk.broke(ChainBreak(row["seq"], why))
                             main_broken = True
                         prev = row["hash"]
                         expected_seq += 1
@@ -460,10 +468,8 @@ class _Walk:
             self.breaks.append(ChainBreak(seq, f"its place in segment {segment} ({pos}) is out of order (reordered or inserted)"))
         elif pos > st[0]:
             self.breaks.append(self._missing(segment, st[2], seq, range(st[0], pos)))
-        elif row["prev_hash"] != st[1]:
-            self.breaks.append(ChainBreak(seq, "its link to the previous record does not match"))
-        elif record_hash(st[1], row) != row["hash"]:
-            self.breaks.append(ChainBreak(seq, "its contents do not match its hash (altered)"))
+        elif (why := link_break(st[1], row)) is not None:
+            self.breaks.append(ChainBreak(seq, why))
         else:
             st[0], st[1], st[2] = pos + 1, row["hash"], seq
             return

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from federation.signing import sign_json
 from node.audit import store as audit_store
-from node.audit.service import GENESIS, record_hash
+from node.audit.service import GENESIS, link_break
 from node.db import next_counter, write_tx
 from node.federation.replication import SignedFeed
 from node.figures import store
@@ -414,7 +414,7 @@ class FiguresService:
         segment_prev: dict[str, str | None] = {}
         while True:
             async with self.engine.connect() as conn:
-                rows = await store.audit_head(conn, seq, 5000)
+                rows = await audit_store.scan(conn, seq + 1, 5000)
                 for r in rows:  # the segments' links into what an earlier check saw
                     if r.segment is not None and r.segment not in segment_prev:
                         segment_prev[r.segment] = (GENESIS if r.segment_seq == 1 else await conn.run_sync(
@@ -430,10 +430,8 @@ class FiguresService:
                     broken = (seq + 1, f"record {seq + 1} is missing")
                 elif before is None:
                     broken = (row["seq"], "the record before it in its segment is missing")
-                elif row["prev_hash"] != before:
-                    broken = (row["seq"], "its link to the previous record does not match")
-                elif record_hash(before, row) != row["hash"]:
-                    broken = (row["seq"], "its contents do not match its hash (altered)")
+                elif (why := link_break(before, row)) is not None:
+                    broken = (row["seq"], why)
                 if broken:
                     break
                 if segment is None:

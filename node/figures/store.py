@@ -282,12 +282,6 @@ async def source_states(conn: AsyncConnection) -> list[sa.Row]:
     return list((await conn.execute(sa.select(s.c.id, s.c.resource, s.c.dept, s.c.state))).all())
 
 
-async def audit_head(conn: AsyncConnection, after_seq: int, limit: int) -> list[sa.Row]:
-    from node.audit.store import audit_log
-    q = sa.select(audit_log).where(audit_log.c.seq > after_seq).order_by(audit_log.c.seq).limit(limit)
-    return list((await conn.execute(q)).all())
-
-
 async def entry_names(conn: AsyncConnection, codes: list[str]) -> dict[str, str]:
     """The names of catalog entries (withdrawn ones too), in one query."""
     from node.catalog.store import catalog_entries as ce
