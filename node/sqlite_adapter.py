@@ -136,13 +136,29 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("_pending_begin",)
+    __slots__ = ("_pending_begin", "_closing")
 
     _cursor_cls = OneHopCursor
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._pending_begin: str | None = None
+        self._closing = False
+
+    # Terminating a connection (SQLAlchemy does when one is invalidated: a cut, a cancelled call) closes it
+    # gracefully in a shielded task and, if the caller is cancelled or the close fails meanwhile, also stops
+    # the connection's thread at once. aiosqlite (0.22) queues a stop for the thread at every stop and waits
+    # for the thread to reach it; its close stops the thread when it ends. With both, the first stop ends
+    # the thread and the close waits for the second forever: a test run hung at teardown on such a task (the
+    # event loop cancels it once and then waits for it), and so would a node's shutdown. While a graceful
+    # close is under way it stops the thread itself, so the forced stop is left out.
+    async def _terminate_graceful_close(self) -> None:
+        self._closing = True
+        await super()._terminate_graceful_close()
+
+    def _terminate_force_close(self) -> None:
+        if not self._closing:
+            super()._terminate_force_close()
 
     def commit(self) -> None:
         if self._pending_begin is not None:

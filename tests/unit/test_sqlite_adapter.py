@@ -107,3 +107,23 @@ async def test_a_writer_waiting_on_the_lock_fails_at_its_first_statement(tmp_pat
     finally:
         await holder.dispose()
         await other.dispose()
+
+
+async def test_a_connection_stopped_while_its_graceful_close_runs_still_closes(tmp_path):
+    """SQLAlchemy terminates an invalidated connection by closing it gracefully in a task of its own and, when
+    the caller is cancelled meanwhile, by also stopping its thread at once. The close must still end: with
+    aiosqlite 0.22 it waited forever for a second stop of a thread the first had already ended (a test run
+    hung at teardown on it)."""
+    import asyncio
+
+    from node.sqlite_adapter import OneHopConnection, dbapi
+
+    raw = aiosqlite.connect(str(tmp_path / "b.db"))
+    raw._thread.daemon = True
+    conn = OneHopConnection(dbapi(), await raw)
+    closing = asyncio.ensure_future(conn._terminate_graceful_close())  # what terminate() starts, shielded
+    await asyncio.sleep(0)  # the close is queued on the connection's thread
+    conn._terminate_force_close()  # what terminate() does next when it is cancelled
+    await asyncio.wait_for(closing, timeout=5)
+    await asyncio.wait_for(asyncio.to_thread(raw._thread.join), timeout=5)
+    assert not raw._thread.is_alive()
