@@ -341,6 +341,16 @@ async def raw_sql(config: Config, statement: str, params: dict | None = None) ->
         await engine.dispose()
 
 
+async def write_at_next_change(config: Config, counter: str, statement: str, params: dict) -> None:
+    """Write a feed's row straight into the database as a tamperer would: `statement` puts it at the feed's
+    next change id (its `{next_change}`), and only then the feed's counter moves to it. In the other order a
+    neighbour's pull between the two statements reads the new head with no row at it, moves its cursor past
+    it, and the row is never served (as the node, which does both in one transaction, never allows)."""
+    next_change = f"(SELECT value + 1 FROM counters WHERE name = '{counter}')"
+    await raw_sql(config, statement.format(next_change=next_change), params)
+    await raw_sql(config, "UPDATE counters SET value = value + 1 WHERE name = :n", {"n": counter})
+
+
 async def run_cli_async(argv: list[str]) -> tuple[int, str]:
     """Run a `govnode` command in a thread without blocking this loop (needed when the command talks to a
     node served by this loop, e.g. `join`); returns (exit code, stdout)."""

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from node.audit.http import AUDIT
 from node.audit.service import AuditLog
 from node.errors import ApiError
-from support import POLICE, SAMPLE_ENTRY, NodeProcess, add_dept, drop_pg_schema, init_home, raw_sql
+from support import (POLICE, SAMPLE_ENTRY, NodeProcess, add_dept, drop_pg_schema, init_home, raw_sql,
+                     wait_for)
 
 pytestmark = pytest.mark.asyncio
 
@@ -238,15 +239,15 @@ async def test_a_database_cut_neither_duplicates_a_keyed_write_nor_leaves_it_unr
             # What a sweep or a restart would do, and as the sweep does, again after a round that failed: the
             # journal's connection may be one the last cut closed, which the driver learns only when it next
             # uses it (a batch answered UNAVAILABLE; its connection is then replaced).
-            for _ in range(20):
+            async def recovered() -> bool:
                 try:
                     await node.app[AUDIT].recover(grace_ms=0)
-                    break
                 except ApiError as err:
                     assert err.code == "UNAVAILABLE", err
-                    await asyncio.sleep(0.25)
-            else:
-                raise AssertionError("the intents were never recovered after the database came back")
+                    return False
+                return True
+
+            await wait_for(recovered, timeout=5, interval=0.25, what="the intents recovered after the cut")
             created = {r for (r,) in await raw_sql(
                 node.config, "SELECT resource FROM audit_log WHERE action = 'catalog.create'")}
             assert set(codes.values()) <= created

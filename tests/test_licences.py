@@ -17,7 +17,8 @@ from node.federation.http import FEDERATION
 from node.ids import make_gb11643, make_gb32100, now_ms
 from node.licences.identifier import ALPHABET, parse
 from node.workdays import cst_date
-from support import (CIVIL, POLICE, add_dept_async, error_code, raw_sql, run_cli_async, start_tree, stop_all, wait_for)
+from support import (CIVIL, POLICE, add_dept_async, error_code, raw_sql, run_cli_async, start_tree, stop_all, wait_for,
+                     write_at_next_change)
 
 MARKET = make_gb32100("11370321MB", 5)        # 桓台县市场监督管理局, the issuer
 HR = make_gb32100("11370303MB", 1)            # 张店区人力资源和社会保障局
@@ -291,12 +292,9 @@ async def test_key_rotation_issuer_offline_and_refused_index_entries(tree):
                          {"i": before["identifier"]})
     tampered = json.loads(rows[0][0])
     tampered.update(status="revoked", seq=tampered["seq"] + 100)
-    # The row first, then the counter (as tests/test_lists.py does): in the other order a pull between the two
-    # statements moves the city's cursor to the new head before any row holds it, and the row is never served.
-    await raw_sql(county.config, "UPDATE licence_index SET entry = :e, change_id = (SELECT value + 1 FROM counters "
-                                 "WHERE name = 'licence_change') WHERE identifier = :i",
-                  {"e": json.dumps(tampered, ensure_ascii=False), "i": before["identifier"]})
-    await raw_sql(county.config, "UPDATE counters SET value = value + 1 WHERE name = 'licence_change'")
+    await write_at_next_change(county.config, "licence_change",
+                               "UPDATE licence_index SET entry = :e, change_id = {next_change} WHERE identifier = :i",
+                               {"e": json.dumps(tampered, ensure_ascii=False), "i": before["identifier"]})
 
     async def refused() -> list:
         return await raw_sql(city.config, "SELECT identifier, node, received_from, reason FROM licence_refusals")

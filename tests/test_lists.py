@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from federation.signing import generate_signing_key, sign_json
 from node.ids import make_gb11643, make_gb32100
-from support import add_dept_async, error_code, raw_sql, start_federation, stop_all, wait_for
+from support import add_dept_async, error_code, raw_sql, start_federation, stop_all, wait_for, write_at_next_change
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -141,13 +141,12 @@ async def test_a_forged_entry_is_refused_and_never_matches(tree):
                        "370321", generate_signing_key("1"))
     # The row first, then the counter: a pull in between then serves the row (it is above the head), where the
     # other order could let a pull move the city's cursor past a change id whose row is not there yet.
-    await raw_sql(county.config,
-                  "INSERT INTO list_entries (id, list, node, seq, digest, deleted, valid_from, valid_until, updated_at,"
-                  " doc, change_id) VALUES (:id, :l, '370321', :s, :d, false, :vf, NULL, :u, :doc,"
-                  " (SELECT value + 1 FROM counters WHERE name = 'list_change'))",
-                  {"id": forged["id"], "l": lst["code"], "s": forged["seq"], "d": forged["subject"]["digest"],
-                   "vf": forged["valid_from"], "u": forged["updated_at"], "doc": json.dumps(forged, ensure_ascii=False)})
-    await raw_sql(county.config, "UPDATE counters SET value = value + 1 WHERE name = 'list_change'")
+    await write_at_next_change(
+        county.config, "list_change",
+        "INSERT INTO list_entries (id, list, node, seq, digest, deleted, valid_from, valid_until, updated_at,"
+        " doc, change_id) VALUES (:id, :l, '370321', :s, :d, false, :vf, NULL, :u, :doc, {next_change})",
+        {"id": forged["id"], "l": lst["code"], "s": forged["seq"], "d": forged["subject"]["digest"],
+         "vf": forged["valid_from"], "u": forged["updated_at"], "doc": json.dumps(forged, ensure_ascii=False)})
     status, _ = await county.call("POST", f"/api/v1/lists/{lst['code']}/entries", "tax",  # a change that notifies
                                   json_body=[{"subject": {"code": PERSON}, "reason": "欠薪"}])
     assert status == 200

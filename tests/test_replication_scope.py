@@ -8,7 +8,8 @@ import pytest
 import pytest_asyncio
 
 from node.ids import make_gb32100
-from support import SAMPLE_ENTRY, add_dept_async, raw_sql, start_federation, stop_all, wait_for
+from support import (SAMPLE_ENTRY, add_dept_async, raw_sql, start_federation, stop_all, wait_for,
+                     write_at_next_change)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -103,13 +104,12 @@ async def test_the_root_passes_down_no_province_scope_object(nation):
     cols = ("code, node, seq, version, deleted, updated_at, provider_dept, name, category, share_type, search_text, "
             "entry")
     [row] = await raw_sql(sd.config, f"SELECT {cols} FROM catalog_entries WHERE code = :c", {"c": local["code"]})
-    # The row first, then the counter: in the other order a pull between the two statements could move a
-    # province's cursor past the row before it is there, and the check below would pass without being tried.
-    await raw_sql(root.config, f"INSERT INTO catalog_entries ({cols}, change_id) VALUES (:code, :node, :seq, "
+    # Written ahead of its counter: otherwise the check below could pass without being tried.
+    await write_at_next_change(root.config, "catalog_change",
+                               f"INSERT INTO catalog_entries ({cols}, change_id) VALUES (:code, :node, :seq, "
                                ":version, :deleted, :updated_at, :provider_dept, :name, :category, :share_type, "
-                               ":search_text, :entry, (SELECT value + 1 FROM counters WHERE name = 'catalog_change'))",
-                  dict(zip([c.strip() for c in cols.split(",")], row)))
-    await raw_sql(root.config, "UPDATE counters SET value = value + 1 WHERE name = 'catalog_change'")
+                               ":search_text, :entry, {next_change})",
+                               dict(zip([c.strip() for c in cols.split(",")], row)))
     later = await register(sd, "sd", "桓台县国家级资源（之后）", scope="national")
     for code in ("330000", "330100", "330106"):
         await wait_for(lambda code=code: held(nation[code], later["code"]), 30, what=f"the later entry at {code}")
