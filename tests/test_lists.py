@@ -22,6 +22,9 @@ GOV = make_gb32100("11370000MB", 9)          # 山东省发展和改革委员会
 COMPANY = make_gb32100("91370321MA", 11)     # on the blacklist
 PERSON = make_gb11643("370321", "19800101", 3)
 CLEAN = make_gb32100("91370303MA", 2)        # on no list
+# The forged-entry test's later genuine entry: a subject of its own, so that the first test's hits for PERSON
+# do not depend on whether that test ran before it on the same test worker (the tree is shared by the module).
+LATER = make_gb11643("370321", "19900202", 5)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -139,8 +142,7 @@ async def test_a_forged_entry_is_refused_and_never_matches(tree):
     unsigned = {k: v for k, v in genuine.items() if k != "signatures"}
     forged = sign_json({**unsigned, "id": "01JD3W6Z9K8Q4V7N2M5X1R0T6Y", "seq": genuine["seq"] + 100},
                        "370321", generate_signing_key("1"))
-    # The row first, then the counter: a pull in between then serves the row (it is above the head), where the
-    # other order could let a pull move the city's cursor past a change id whose row is not there yet.
+    # Written ahead of its counter, so no pull can pass its change id before the row is there.
     await write_at_next_change(
         county.config, "list_change",
         "INSERT INTO list_entries (id, list, node, seq, digest, deleted, valid_from, valid_until, updated_at,"
@@ -148,7 +150,7 @@ async def test_a_forged_entry_is_refused_and_never_matches(tree):
         {"id": forged["id"], "l": lst["code"], "s": forged["seq"], "d": forged["subject"]["digest"],
          "vf": forged["valid_from"], "u": forged["updated_at"], "doc": json.dumps(forged, ensure_ascii=False)})
     status, _ = await county.call("POST", f"/api/v1/lists/{lst['code']}/entries", "tax",  # a change that notifies
-                                  json_body=[{"subject": {"code": PERSON}, "reason": "欠薪"}])
+                                  json_body=[{"subject": {"code": LATER}, "reason": "欠薪"}])
     assert status == 200
 
     async def refused() -> list:
@@ -156,7 +158,7 @@ async def test_a_forged_entry_is_refused_and_never_matches(tree):
 
     [row] = await wait_for(refused, 20, what="the refusal at the city")
     assert row[:3] == (forged["id"], "370321", "370321") and "signature" in row[3]
-    await wait_for(lambda: hits_of(other, "hr", PERSON), 20, what="the later genuine entry")
+    await wait_for(lambda: hits_of(other, "hr", LATER), 20, what="the later genuine entry")
     assert await hits_of(other, "hr", CLEAN) == []  # the forged one never arrived
     assert await raw_sql(other.config, "SELECT id FROM list_entries WHERE id = :i", {"i": forged["id"]}) == []
 

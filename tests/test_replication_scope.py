@@ -98,7 +98,7 @@ async def test_province_scope_stays_home_national_scope_and_lists_travel(nation)
 async def test_the_root_passes_down_no_province_scope_object(nation):
     """Should a province send the root a province-scope entry (an older or faulty node), the root keeps it
     from the other provinces."""
-    sd, zj, root = nation["370321"], nation["330106"], nation["000000"]
+    sd, root = nation["370321"], nation["000000"]
     local = await register(sd, "sd", "桓台县不动产登记信息")
     await wait_for(lambda: held(nation["370000"], local["code"]), 30, what="the entry in its province")
     cols = ("code, node, seq, version, deleted, updated_at, provider_dept, name, category, share_type, search_text, "
