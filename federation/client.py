@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +45,13 @@ async def _read_capped(resp: aiohttp.ClientResponse, peer: str) -> bytes:
     return b"".join(chunks)
 
 
+def endpoint_name(path: str) -> str:
+    """The federation endpoint a request path calls, named by its first segment after the version
+    (`messages`, `notify`, `registry`, a feed's name …): few enough to label a metric."""
+    parts = path.split("?", 1)[0].split("/")
+    return parts[3] if len(parts) > 3 and parts[1] == "federation" and parts[3] else "other"
+
+
 class PeerClient:
     """Signs every request with this node's current key (looked up per call, so rotation takes effect)."""
 
@@ -56,6 +64,8 @@ class PeerClient:
         self._ssl = ssl_context
         self._refuse = refuse  # why an endpoint may not be called (plain HTTP off loopback), or None
         self._session: aiohttp.ClientSession | None = None
+        # Told (peer, endpoint, seconds) of every call that was sent, answered or not: the node's /metrics.
+        self.observe: Callable[[str, str, float], None] | None = None
 
     async def start(self) -> None:
         # No cookie jar: a hop is authenticated by its signature alone, so nothing a neighbour answers may
@@ -73,8 +83,12 @@ class PeerClient:
             self._session = None
 
     async def request(self, peer: str, endpoint: str, method: str, path: str, content: Any = None,
-                      timeout_s: float | None = None, *, origin: str | None = None, checked: bool = False) -> Any:
+                      timeout_s: float | None = None, *, origin: str | None = None, checked: bool = False,
+                      label: str | None = None) -> Any:
         """Call `peer` at `endpoint`; return the decoded JSON answer of a 2xx, else raise PeerError.
+
+        `label`: what `observe` is told the call was, instead of the endpoint its path names (the outbox's
+        sends, told apart from the calls the node waits on).
 
         `checked=True`: `content` is known to be inside the canonical JSON domain (an envelope this node
         built or checked on receipt, plus signatures), so encoding it skips that check."""
@@ -93,6 +107,7 @@ class PeerClient:
         # The signature covers the request target as sent: stop the client from re-quoting it.
         url = URL(endpoint.rstrip("/") + path, encoded=True)
         timeout = timeout_s if timeout_s is not None else self.timeout_s
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(max(timeout, 0.001)):
                 # No redirects: a hop goes where its endpoint says (the plain-HTTP check above saw only that).
@@ -105,6 +120,9 @@ class PeerClient:
             host = urlsplit(str(url)).netloc
             raise PeerError("PEER_UNREACHABLE", f"{peer} ({host}) is unreachable: {type(exc).__name__}",
                             {"hop": peer}) from None
+        finally:
+            if self.observe is not None:
+                self.observe(peer, label or endpoint_name(path), time.perf_counter() - started)
         try:
             body = nesting.loads(raw) if raw.strip() else None
         except ValueError:  # not JSON, or nested deeper than any answer of the protocol

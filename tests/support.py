@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from node.cli import main as cli_main
 from node.config import Config, DatabaseConfig, load_config
@@ -740,3 +741,12 @@ async def police_node(home: Path, backend: str = "sqlite", extra: dict | None = 
         await running.stop()
         if config.database.schema_:
             await drop_pg_schema(config.database.schema_)
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """A /metrics page as {(sample name, sorted labels): value}."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out

@@ -14,7 +14,7 @@ from federation.signing import decode_b64, encode_b64, read_signing_key_file
 from node.federation.http import FEDERATION
 from node.ids import make_gb11643, now_ms
 from support import (
-    fed_call, open_body, raw_sql, seal_body, signing_key_of, start_federation, stop_all, wait_for,
+    fed_call, open_body, raw_sql, samples, seal_body, signing_key_of, start_federation, stop_all, wait_for,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -59,6 +59,63 @@ async def test_a_relay_forwards_a_body_it_cannot_read(tree):
     assert action == "federation.relay" and resource is None and "op" not in details
     assert details["size"] > 0 and details["origin"] == "370321" and details["destination"] == "370000"
     assert "张三" not in json.dumps(details, ensure_ascii=False)
+
+
+async def test_metrics_show_each_nodes_part_of_a_routed_call(tree):
+    """Where a slow routed call spent its time: the county's round trip to the city holds the city's relay,
+    which holds its round trip to the province, which holds the province's delivery; each node's /metrics
+    counts its own part once a call."""
+    tree["370000"].app[FEDERATION].handlers["licence.verify"] = _echo([])
+
+    async def figures() -> dict[str, dict]:
+        out = {}
+        for code in ("370321", "370300", "370000"):
+            status, text = await tree[code].call("GET", "/metrics")
+            assert status == 200
+            out[code] = samples(text)
+        return out
+
+    def value(m: dict, name: str, **labels: str) -> float:
+        return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    before = await figures()
+    for i in range(3):
+        reply = await tree["370321"].app[FEDERATION].call("licence.verify", "370000", {"n": i})
+        assert reply["echo"] == {"n": i}
+    after = await figures()
+
+    def grew(code: str, name: str, **labels: str) -> float:
+        return value(after[code], name, **labels) - value(before[code], name, **labels)
+
+    msg, rtt = "govnode_federation_message_seconds", "govnode_peer_call_seconds"
+    assert grew("370321", rtt + "_count", peer="370300", endpoint="messages") == 3
+    assert grew("370300", msg + "_count", role="relay") == 3 and grew("370300", msg + "_count", role="deliver") == 0
+    assert grew("370300", rtt + "_count", peer="370000", endpoint="messages") == 3
+    assert grew("370000", msg + "_count", role="deliver") == 3 and grew("370000", msg + "_count", role="relay") == 0
+    assert grew("370000", rtt + "_count", peer="370300", endpoint="messages") == 0  # it answered, it did not call
+    # Each part holds the next one: the figures nest as the calls did.
+    county_rtt = grew("370321", rtt + "_sum", peer="370300", endpoint="messages")
+    relay = grew("370300", msg + "_sum", role="relay")
+    city_rtt = grew("370300", rtt + "_sum", peer="370000", endpoint="messages")
+    deliver = grew("370000", msg + "_sum", role="deliver")
+    assert county_rtt > relay > city_rtt > deliver > 0, (county_rtt, relay, city_rtt, deliver)
+
+    # An asynchronous message: the city queues it (its own role) and each outbox sends it on (its own label).
+    received: list = []
+    tree["370000"].app[FEDERATION].handlers["application.submit"] = _echo(received)
+    before = after
+    await tree["370321"].app[FEDERATION].send_async("application.submit", "370000", {"n": 9})
+
+    async def sent_on() -> bool:
+        nonlocal after
+        after = await figures()
+        return grew("370300", rtt + "_count", peer="370000", endpoint="outbox") == 1
+    await wait_for(sent_on, 20, what="the message sent on by the city's outbox")
+    assert len(received) == 1
+    assert grew("370321", rtt + "_count", peer="370300", endpoint="outbox") == 1
+    assert grew("370300", msg + "_count", role="queue") == 1 and grew("370300", msg + "_count", role="relay") == 0
+    assert grew("370000", msg + "_count", role="deliver") == 1
+    assert grew("370300", rtt + "_count", peer="370000", endpoint="messages") == 0
 
 
 async def test_an_altered_or_misaddressed_body_is_undecryptable(tree):

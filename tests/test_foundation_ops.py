@@ -9,10 +9,9 @@ import logging
 import aiohttp
 from aiohttp import web
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
-from prometheus_client.parser import text_string_to_metric_families
 
 from node.logs import JsonFormatter, setup_logging
-from support import drop_pg_schema, init_home
+from support import drop_pg_schema, init_home, samples
 from test_foundation_catalog import entry_body
 
 
@@ -22,14 +21,6 @@ async def test_healthz(node):
         assert resp.status == 200 and resp.headers["X-Request-Id"]
     assert body["status"] == "ok" and body["database"] == "ok"
     assert body["node"] == "370321" and body["name"] == "桓台县" and body["version"]
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 async def test_metrics_count_calls_errors_and_latency(node):

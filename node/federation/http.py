@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,9 +15,11 @@ from node.catalog.http import CATALOG
 from node.cluster import CLUSTER
 from node.context import CONFIG, DB, SIGNING_KEY
 from node.errors import ApiError, InvalidInput
+from node.federation.messages import ASYNC_KINDS
 from node.federation.replay import Claim
 from node.federation.service import FederationService
 from node.ops.http import HEALTH_SECTIONS, NODE_INFO
+from node.ops.metrics import METRICS
 from node.web import REQUEST_ID, json_response, parse_json, read_body
 
 FEDERATION = web.AppKey("federation", FederationService)
@@ -111,13 +114,22 @@ async def notify(request: web.Request) -> web.Response:
 
 @routes.post("/federation/v1/messages")
 async def messages(request: web.Request) -> web.Response:
+    started = time.perf_counter()
     origin, body, claim = await _check(request)
+    fed = request.app[FEDERATION]
     try:
-        answer = await request.app[FEDERATION].handle_message(origin, body, request[REQUEST_ID], claim, checked=True)
+        answer = await fed.handle_message(origin, body, request[REQUEST_ID], claim, checked=True)
     except BaseException:
         claim.durable()  # a refused envelope's hop nonce is remembered all the same
         raise
-    return web.Response(body=encode_canonical_json(answer), content_type="application/json")
+    response = web.Response(body=encode_canonical_json(answer), content_type="application/json")
+    # Answered envelopes only (a refused one gets an HTTP error and is no message): handle_message checked
+    # that `body` is an envelope. A relay waits for the next hop's answer to a call; an asynchronous
+    # message it only queues for its outbox.
+    role = ("deliver" if body["destination"] == fed.node_id
+            else "queue" if body["kind"] in ASYNC_KINDS else "relay")
+    request.app[METRICS].message(role, time.perf_counter() - started)
+    return response
 
 
 @routes.post("/federation/v1/certificate")
@@ -147,6 +159,7 @@ async def admin(request: web.Request) -> web.Response:
 async def _service(app: web.Application) -> AsyncIterator[None]:
     fed = FederationService(app[CONFIG], app[DB], app[SIGNING_KEY], app[CATALOG], app[AUDIT],
                             pull_interval_s=app[CONFIG].federation.pull_interval_s, cluster=app[CLUSTER])
+    fed.client.observe = app[METRICS].peer_call
     await fed.start()
     app[FEDERATION] = fed
     app[HEALTH_SECTIONS]["federation"] = fed.health

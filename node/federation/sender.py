@@ -114,7 +114,7 @@ class Sender:
             else:
                 remaining = max(1.0, (payload["expires_at"] - now_ms()) / 1000)
                 reply = await fed.client.request(row.peer, endpoint, "POST", "/federation/v1/messages", payload,
-                                                 timeout_s=min(30.0, remaining))
+                                                 timeout_s=min(30.0, remaining), label="outbox")
                 await self.async_reply(payload, reply)
         except PeerError as exc:
             fed.peers.mark(row.peer, ok=False, error=exc.message)

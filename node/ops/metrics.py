@@ -47,8 +47,24 @@ class Metrics:
             "govnode_api_latency_seconds", "API call latency by resource and operation",
             ("resource", "op"), buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+        # Where a routed call's time goes, node by node: each node's own part of a federation message, and
+        # its round trips to each neighbour (a relay's message time holds its round trip to the next hop).
+        self.messages = Histogram(
+            "govnode_federation_message_seconds",
+            "Federation messages answered here, from arrival to the answer, by role: deliver (addressed to "
+            "this node), relay (a call passed on: the next hop's round trip included) or queue (an "
+            "asynchronous message queued for the next hop)",
+            ("role",), buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.peer_calls = Histogram(
+            "govnode_peer_call_seconds",
+            "Calls this node made to a neighbour, from sending to the answer read (or the failure), by peer "
+            "and endpoint (messages, notify, a feed's name …; outbox for the outbox's sends of messages)",
+            ("peer", "endpoint"), buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
         self.gauges: dict[str, Gauge] = {}
         self._children: dict[tuple[str, str, bool], tuple] = {}
+        self._labelled: dict[tuple[object, ...], Histogram] = {}  # a histogram's children, looked up once
 
     def children(self, resource: str, op: str, ok: bool) -> tuple:
         """The call counter and latency histogram of one (resource, op, ok), looked up once."""
@@ -57,6 +73,19 @@ class Metrics:
         if hit is None:
             hit = self._children[key] = (self.calls.labels(resource, op, "ok" if ok else "error"),
                                          self.latency.labels(resource, op))
+        return hit
+
+    def message(self, role: str, seconds: float) -> None:
+        self._child(self.messages, role).observe(seconds)
+
+    def peer_call(self, peer: str, endpoint: str, seconds: float) -> None:
+        self._child(self.peer_calls, peer, endpoint).observe(seconds)
+
+    def _child(self, histogram: Histogram, *labels: str) -> Histogram:
+        key = (id(histogram), *labels)
+        hit = self._labelled.get(key)
+        if hit is None:
+            hit = self._labelled[key] = histogram.labels(*labels)
         return hit
 
     def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
