@@ -22,6 +22,11 @@ everything else cost nothing. The next line adds the routed path's twelve Ed2551
 cost measured in the same run (the direct path makes none), and the last the sealing of its body and
 answer (SPEC §15: each sealed once and opened once; the direct path seals nothing), and says how far the
 routed call is above that floor.
+
+Then it says where the routed call's time went, node by node and link by link (means over the latency
+run): from each node's /metrics (its API latency, its federation message time, its round trips to the next
+hop) and from the bare processes, which time themselves alike. A node's own part is its time less its
+round trip onward; a link is a round trip less the next node's time (the wire both ways and both ends' HTTP).
 """
 
 from __future__ import annotations
@@ -96,23 +101,36 @@ ENTRY = {
 # a constant, measured with the same load generator. Run as: bare_relay.py PORT [NEXT_PORT].
 BARE_RELAY = textwrap.dedent('''
     import sys
+    import time
     import aiohttp
     from aiohttp import web
 
     ANSWER = b'{"match":true,"fields":{"name":true}}'
     NEXT = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    # Timed as a node times itself (its federation message and peer call figures), for the hop breakdown.
+    STATS = {"handled": 0, "handle_s": 0.0, "onward_s": 0.0}
 
     async def handle(request):
+        started = time.perf_counter()
         body = await request.read()
         if NEXT is None:
-            return web.Response(body=ANSWER, content_type="application/json")
-        async with request.app["client"].post(f"http://127.0.0.1:{NEXT}/verify", data=body,
-                                              headers={"Content-Type": "application/json"}) as resp:
-            answer = await resp.read()
-        return web.Response(body=answer, content_type="application/json")
+            resp = web.Response(body=ANSWER, content_type="application/json")
+        else:
+            onward = time.perf_counter()
+            async with request.app["client"].post(f"http://127.0.0.1:{NEXT}/verify", data=body,
+                                                  headers={"Content-Type": "application/json"}) as answer:
+                answer = await answer.read()
+            STATS["onward_s"] += time.perf_counter() - onward
+            resp = web.Response(body=answer, content_type="application/json")
+        STATS["handled"] += 1
+        STATS["handle_s"] += time.perf_counter() - started
+        return resp
 
     async def health(request):
         return web.Response(text="ok")
+
+    async def stats(request):
+        return web.json_response(STATS)
 
     async def client(app):
         app["client"] = aiohttp.ClientSession()
@@ -123,19 +141,85 @@ BARE_RELAY = textwrap.dedent('''
     app.cleanup_ctx.append(client)
     app.router.add_post("/verify", handle)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/stats", stats)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 ''')
 
 
-def start_bare_relays(base: Path, procs: list[subprocess.Popen]) -> tuple[str, str]:
-    """A bare answering process and two bare relays in front of it; returns (direct URL, relayed URL)."""
+def start_bare_relays(base: Path, procs: list[subprocess.Popen]) -> tuple[str, str, list[str]]:
+    """A bare answering process and two bare relays in front of it; returns (direct URL, relayed URL, the
+    three processes' base URLs: answering, second relay, first relay)."""
     script = base / "bare_relay.py"
     script.write_text(BARE_RELAY)
     ports = [free_port() for _ in range(3)]
     for i, port in enumerate(ports):
         procs.append(subprocess.Popen([sys.executable, str(script), str(port)] + ([str(ports[i - 1])] if i else [])))
         wait_healthy(f"http://127.0.0.1:{port}", 30, procs[-1])
-    return f"http://127.0.0.1:{ports[0]}/verify", f"http://127.0.0.1:{ports[2]}/verify"
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    return bases[0] + "/verify", bases[2] + "/verify", bases
+
+
+def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
+    """A node's /metrics as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def bare_stats(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/stats", timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+class HopParts:
+    """Where a routed call's time goes, node by node and link by link: means over a run, from what each node
+    tells its /metrics (`govnode_federation_message_seconds`, `govnode_peer_call_seconds`, the API's latency)
+    and what the bare processes time alike. A link is a round trip as its caller saw it less the callee's
+    own time: both directions on the wire, the callee's HTTP server and the caller's HTTP client."""
+
+    def __init__(self, nodes: dict[str, str], bare: list[str]) -> None:
+        self.nodes, self.bare = nodes, bare
+        self.before = self._take()
+
+    def _take(self) -> dict[str, Any]:
+        return {**{name: metric_samples(url) for name, url in self.nodes.items()},
+                **{f"bare{i}": bare_stats(url) for i, url in enumerate(self.bare)}}
+
+    def report(self, code: str, ids: dict[str, str], commit_ms: dict[str, float], caller_ms: float) -> None:
+        after = self._take()
+
+        def mean(node: str, name: str, **labels: str) -> float:
+            key = tuple(sorted(labels.items()))
+            grew = [after[node].get((name + part, key), 0.0) - self.before[node].get((name + part, key), 0.0)
+                    for part in ("_sum", "_count")]
+            return grew[0] * 1000 / grew[1] if grew[1] else float("nan")
+
+        def bare(i: int, what: str) -> float:
+            n = after[f"bare{i}"]["handled"] - self.before[f"bare{i}"]["handled"]
+            return (after[f"bare{i}"][what] - self.before[f"bare{i}"][what]) * 1000 / n if n else float("nan")
+
+        api, msg, rtt = "govnode_api_latency_seconds", "govnode_federation_message_seconds", "govnode_peer_call_seconds"
+        county_api = mean("county", api, op="sharing.verify", resource=code)
+        county_rtt = mean("county", rtt, peer=ids["city"], endpoint="messages")
+        relay = mean("city", msg, role="relay")
+        city_rtt = mean("city", rtt, peer=ids["province"], endpoint="messages")
+        deliver = mean("province", msg, role="deliver")
+        direct = mean("province", api, op="sharing.verify", resource=code)
+        print("   where a routed call's time goes (means; each node's /metrics, the bare processes timed alike):")
+        print(f"     county: its own part {county_api - county_rtt:.2f} ms, then its audit record's commit "
+              f"{commit_ms['county']:.2f} ms")
+        print(f"     link county ⇄ city {county_rtt - relay:.2f} ms (bare first ⇄ second relay "
+              f"{bare(2, 'onward_s') - bare(1, 'handle_s'):.2f} ms)")
+        print(f"     city: its own part {relay - city_rtt:.2f} ms (a bare relay's {bare(1, 'handle_s') - bare(1, 'onward_s'):.2f} ms)")
+        print(f"     link city ⇄ province {city_rtt - deliver:.2f} ms (bare second relay ⇄ answering "
+              f"{bare(1, 'onward_s') - bare(0, 'handle_s'):.2f} ms)")
+        print(f"     province: its part {deliver:.2f} ms, of which its claims' and record's commit "
+              f"{commit_ms['province']:.2f} ms (direct: its API handling {direct:.2f} ms, then its record's commit)")
+        print(f"     together {county_api + commit_ms['county']:.2f} ms of the {caller_ms:.2f} ms (mean) the load generator "
+              f"waited; the rest is its own side and its link to the county")
 
 
 def _ratio(runs: dict[str, list[LoadResult]], num: str, den: str, i: int) -> float:
@@ -321,7 +405,7 @@ def main() -> int:
             # Latency: one request at a time, so p50 is the path itself, not queueing behind other requests.
             # Throughput: many at once; on one 2-core machine the three nodes of the cross-level path share
             # the cores that the single node of the direct path has to itself.
-            bare_direct_url, bare_relayed_url = start_bare_relays(base, bare)
+            bare_direct_url, bare_relayed_url, bare_urls = start_bare_relays(base, bare)
             for label, conc in (("latency", args.latency_concurrency), ("throughput", args.concurrency)):
                 # Direct and routed alternate round by round (a machine whose load drifts weighs on both
                 # alike); the verdict is the median of the rounds' p50 ratios.
@@ -329,6 +413,8 @@ def main() -> int:
                 runs: dict[str, list[LoadResult]] = {"direct": [], "cross": [], "bare": [], "bare relayed": []}
                 cpu: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
                 commits: dict[str, dict[str, list[tuple[float, float]]]] = {"direct": {}, "cross": {}}
+                parts = (HopParts({"county": county.url, "city": city.url, "province": province.url}, bare_urls)
+                         if label == "latency" else None)
                 for _ in range(rounds):
                     runs["direct"].append(measured_load(direct_url, ph, bodies, conc, args.seconds,
                                                         {"province": province.pid}, cpu["direct"],
@@ -395,6 +481,10 @@ def main() -> int:
                           f"{sealing:.2f} ms; floor with commits, signatures and sealing: p50 ratio {floor_all:.2f}; "
                           f"routed ÷ direct is {ratio / floor_all:.2f} × that floor (issue 17's target ≤ 1.15: "
                           f"{'met' if ratio / floor_all <= 1.15 else 'MISSED'})")
+                    assert parts is not None
+                    parts.report(code, {"city": "370300", "province": "370000"},
+                                 {name: _commit_ms(commits["cross"], name) for name in ("county", "province")},
+                                 statistics.mean(cross.latencies_ms))
             if not args.no_https:
                 https_run(base, nodes, (cross_url, ctok, bodies), args.records, args.seconds, args.rounds)
         finally:
