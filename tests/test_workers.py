@@ -13,8 +13,8 @@ from node.accounts.http import ACCOUNTS
 from node.cluster import CLUSTER
 from node.federation.http import FEDERATION
 from support import (CIVIL, POLICE, TREE, NodeProcess, add_dept, add_dept_async, error_code, fed_call, init_home,
-                     open_body, raw_sql, run_cli_full_async, send_raw, signing_key_of, start_federation, start_node,
-                     start_worker, stop_all, wait_for)
+                     open_body, raw_sql, run_cli_full_async, samples, send_raw, signing_key_of, start_federation,
+                     start_node, start_worker, stop_all, wait_for)
 from test_applications import PEOPLE, apply_body, query, register
 
 
@@ -229,5 +229,13 @@ async def test_an_outbox_message_is_delivered_once_while_the_elected_worker_is_k
         assert deliveries[0][0] == 2, deliveries
         rows = await raw_sql(province.config, "SELECT count(*) FROM applications WHERE id = :i", {"i": app["id"]})
         assert rows[0][0] == 1
+        # The outbox's send by the worker that took over is in the node's /metrics, whichever worker answers.
+        sends = set()
+        for _ in range(3):
+            status, text = await city.call("GET", "/metrics")
+            assert status == 200
+            outbox = ("govnode_peer_call_seconds_count", (("endpoint", "outbox"), ("peer", "370000")))
+            sends.add(samples(text).get(outbox, 0.0))
+        assert len(sends) == 1 and sends.pop() >= 1, sends
     finally:
         await stop_all(nodes)
