@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ class PeerError(FederationError):
         super().__init__(code, message, details)
         self.status = status
 
+
+log = logging.getLogger("govnode.federation.client")
 
 # The largest answer a neighbour may send, counted as inflated: a feed page or a query answer is a few MiB at
 # most, and a neighbour's gzip must not inflate into the node's memory without end.
@@ -122,7 +125,10 @@ class PeerClient:
                             {"hop": peer}) from None
         finally:
             if self.observe is not None:
-                self.observe(peer, label or endpoint_name(path), time.perf_counter() - started)
+                try:
+                    self.observe(peer, label or endpoint_name(path), time.perf_counter() - started)
+                except Exception:  # noqa: BLE001 - a figure is never worth a call's outcome
+                    log.warning("the round trip to %s could not be counted", peer, exc_info=True)
         try:
             body = nesting.loads(raw) if raw.strip() else None
         except ValueError:  # not JSON, or nested deeper than any answer of the protocol
