@@ -76,8 +76,10 @@ def api_error(exc: FederationError, hop: str | None = None) -> ApiError:
     return ApiError(exc.message, details, code=code)
 
 
-async def _all_of(*futures: Awaitable[None] | None) -> None:
-    await asyncio.gather(*(f for f in futures if f is not None))
+def _all_of(*futures: "asyncio.Future[Any] | None") -> "asyncio.Future[list[Any]]":
+    """One future for all of `futures` (claims and records are futures already): a gather, without a task
+    and a coroutine of its own around it, which cost a relayed call 6.5 µs each time (timed alone)."""
+    return asyncio.gather(*(f for f in futures if f is not None))
 
 
 def _given_user(env: dict[str, Any]) -> str | None:
@@ -203,7 +205,7 @@ class Messages:
         # batch with its audit record; anything else has its claims committed before it acts (relays
         # overlap the commit with forwarding). Either way no answer leaves before they are durable.
         read_here = fresh and hop == self.node_id and env["kind"] in READ_ONLY_KINDS
-        durable = None if read_here else asyncio.ensure_future(_all_of(*(c.durable() for c in claims)))
+        durable = None if read_here else _all_of(*(c.durable() for c in claims))
         record: asyncio.Future[None] | None = None
         call: Call | None = None
         in_flight: asyncio.Future[None] | None = None
@@ -284,9 +286,9 @@ class Messages:
                 del self._in_flight[env["id"]]
                 in_flight.set_result(None)
             if durable is None:  # a read done here: its claims and its record, one commit
-                durable = asyncio.ensure_future(_all_of(*(c.durable() for c in claims)))
+                durable = _all_of(*(c.durable() for c in claims))
             elif record is not None and outcome != "ok":  # a forward that failed: record how
-                record = asyncio.ensure_future(_all_of(record, fed.audit.enqueue(**audit_fields(outcome))))
+                record = _all_of(record, fed.audit.enqueue(**audit_fields(outcome)))
             if record is None:
                 # A read's record commits with its claims, in one batch after them: should another worker
                 # have claimed the envelope or the nonce first, the record says REPLAY, as the answer will.
