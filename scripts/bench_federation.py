@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import (LoadResult, NodeProcess, add_dept, cpu_seconds, env_info, free_port,  # noqa: E402
-                      journal_totals, load, merged, ssl_context, start_three_levels, wait_healthy)
+                      journal_totals, load, merged, metric_samples, ssl_context, start_three_levels, wait_healthy)
 
 from federation.envelope import make_envelope, sign_envelope  # noqa: E402
 from federation.signing import generate_signing_key, signed_bytes  # noqa: E402
@@ -179,16 +179,6 @@ def start_bare_relays(base: Path, procs: list[subprocess.Popen],
     return bases[0] + "/verify", bases[2] + "/verify", bases
 
 
-def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
-    """A node's /metrics as {(sample name, sorted labels): value}."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-        text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
 def bare_stats(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url + "/stats", timeout=30) as resp:
         return json.loads(resp.read())
@@ -232,7 +222,8 @@ class HopParts:
     def _take(self) -> dict[str, Any]:
         return {name: metric_samples(url) for name, url in self.nodes.items()}
 
-    def report(self, code: str, ids: dict[str, str], commit_ms: dict[str, float], caller_ms: float) -> tuple[float, float]:
+    def report(self, code: str, ids: dict[str, str], commit_ms: dict[str, float],
+               caller_ms: float) -> tuple[float, float]:
         """Print the breakdown; returns the bare relays' two links (first ⇄ second, second ⇄ answering)."""
         after = self._take()
 
@@ -255,7 +246,8 @@ class HopParts:
         print(f"     county: its own part {county_api - county_rtt:.2f} ms, then its audit record's commit "
               f"{commit_ms['county']:.2f} ms")
         print(f"     link county ⇄ city {county_rtt - relay:.2f} ms (bare first ⇄ second relay {bare_up:.2f} ms)")
-        print(f"     city: its own part {relay - city_rtt:.2f} ms (a bare relay's {bare(1, 'handle_s') - bare(1, 'onward_s'):.2f} ms)")
+        print(f"     city: its own part {relay - city_rtt:.2f} ms "
+              f"(a bare relay's {bare(1, 'handle_s') - bare(1, 'onward_s'):.2f} ms)")
         print(f"     link city ⇄ province {city_rtt - deliver:.2f} ms (bare second relay ⇄ answering {bare_on:.2f} ms)")
         print(f"     province: its part {deliver:.2f} ms, of which its claims' and record's commit "
               f"{commit_ms['province']:.2f} ms (direct: its API handling {direct:.2f} ms, then its record's commit)")

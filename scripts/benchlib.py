@@ -298,17 +298,24 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def journal_totals(url: str) -> tuple[float, float]:
-    """A node's journal so far, from its /metrics: (commits, seconds spent committing)."""
+def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
+    """A node's /metrics as {(sample name, sorted labels): value} (the tests' parser)."""
     import urllib.request
 
-    from prometheus_client.parser import text_string_to_metric_families
+    from support import samples
 
     with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-        text = resp.read().decode()
-    found = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-             if s.name.startswith("govnode_journal_commit_seconds")}
-    return found.get("govnode_journal_commit_seconds_count", 0.0), found.get("govnode_journal_commit_seconds_sum", 0.0)
+        return samples(resp.read().decode())
+
+
+def journal_totals(url: str) -> tuple[float, float]:
+    """A node's journal so far, from its /metrics: (commits, seconds spent committing)."""
+    found = metric_samples(url)
+
+    def total(name: str) -> float:
+        return sum(value for (sample, _), value in found.items() if sample == name)
+
+    return total("govnode_journal_commit_seconds_count"), total("govnode_journal_commit_seconds_sum")
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -63,17 +64,12 @@ class Metrics:
             ("peer", "endpoint"), buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.gauges: dict[str, Gauge] = {}
-        self._children: dict[tuple[str, str, bool], tuple] = {}
-        self._labelled: dict[tuple[object, ...], Histogram] = {}  # a histogram's children, looked up once
+        self._labelled: dict[tuple[object, ...], Any] = {}  # each metric's children, looked up once
 
     def children(self, resource: str, op: str, ok: bool) -> tuple:
-        """The call counter and latency histogram of one (resource, op, ok), looked up once."""
-        key = (resource, op, ok)
-        hit = self._children.get(key)
-        if hit is None:
-            hit = self._children[key] = (self.calls.labels(resource, op, "ok" if ok else "error"),
-                                         self.latency.labels(resource, op))
-        return hit
+        """The call counter and latency histogram of one (resource, op, ok)."""
+        return (self._child(self.calls, resource, op, "ok" if ok else "error"),
+                self._child(self.latency, resource, op))
 
     def message(self, role: str, seconds: float) -> None:
         self._child(self.messages, role).observe(seconds)
@@ -81,11 +77,12 @@ class Metrics:
     def peer_call(self, peer: str, endpoint: str, seconds: float) -> None:
         self._child(self.peer_calls, peer, endpoint).observe(seconds)
 
-    def _child(self, histogram: Histogram, *labels: str) -> Histogram:
-        key = (id(histogram), *labels)
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: prometheus-client builds its key anew at every call."""
+        key = (id(metric), *labels)
         hit = self._labelled.get(key)
         if hit is None:
-            hit = self._labelled[key] = histogram.labels(*labels)
+            hit = self._labelled[key] = metric.labels(*labels)
         return hit
 
     def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
