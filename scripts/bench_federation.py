@@ -31,6 +31,10 @@ The bare processes do no work between two calls; a node does ~1.8 ms of CPU a ro
 next with cold caches. So the bare relays run once more, each working per request as long as its node's CPU
 a routed call (walking a 32 MB buffer), and the last line puts their two links in the floor instead: for
 information, beside the verdict, which stays on the idle floor.
+
+In the throughput run the city's CPU a relayed call is also split by thread (/proc/<pid>/task): its event
+loop's, and the rest, which is the journal committing the hop's claims and the relay's record. With the
+signatures, that commit is the protocol's own cost at a relay, which a bare relay does not pay.
 """
 
 from __future__ import annotations
@@ -285,17 +289,23 @@ def _ratio(runs: dict[str, list[LoadResult]], num: str, den: str, i: int) -> flo
 
 def measured_load(url: str, headers: dict[str, str], bodies: list[Any], conc: int, seconds: float,
                   pids: dict[str, int], cpu: dict[str, list[float]], nodes: dict[str, str] | None = None,
-                  commits: dict[str, list[tuple[float, float]]] | None = None, rate: float | None = None) -> LoadResult:
+                  commits: dict[str, list[tuple[float, float]]] | None = None, rate: float | None = None,
+                  loops: dict[str, list[float]] | None = None) -> LoadResult:
     """`load`, and the CPU time each process in `pids` spent per request answered, appended to `cpu`; for
     the govnode `nodes` (name → URL), (journal commits per request, ms per commit) appended to `commits`.
-    `rate`: requests start no faster than that a second."""
+    `rate`: requests start no faster than that a second. `loops`: the same as `cpu` for each process's
+    main thread alone (a node's event loop; its journal commits in a thread of its own)."""
     nodes = nodes or {}
     commits = commits if commits is not None else {}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before_loop = {name: cpu_seconds(pid, main_thread=True) for name, pid in pids.items()}
     journals = {name: journal_totals(url) for name, url in nodes.items()}
     result = load(url, headers, bodies, conc, seconds, rate=rate)
     for name, pid in pids.items():
         cpu.setdefault(name, []).append((cpu_seconds(pid) - before[name]) * 1000 / max(result.sent, 1))
+        if loops is not None:
+            loops.setdefault(name, []).append(
+                (cpu_seconds(pid, main_thread=True) - before_loop[name]) * 1000 / max(result.sent, 1))
     for name, node_url in nodes.items():
         n, secs = journal_totals(node_url)
         n, secs = n - journals[name][0], secs - journals[name][1]
@@ -318,7 +328,8 @@ def _journal_line(label: str, commits: dict[str, list[tuple[float, float]]]) -> 
         for name, runs in commits.items())
 
 
-def cpu_ratios(cpu: dict[str, dict[str, list[float]]], routed_rps: float, paced: Any) -> None:
+def cpu_ratios(cpu: dict[str, dict[str, list[float]]], loops: dict[str, list[float]], routed_rps: float,
+               paced: Any) -> None:
     """Issue 17's CPU ratios: the province's CPU per routed call ÷ per direct call, and the city's per relayed
     call ÷ a bare aiohttp relay's (the second of the two, in the city's place), first each path at its own
     pace (32 at once), then with the direct and bare runs held to the routed run's rate. A node's CPU per
@@ -347,6 +358,14 @@ def cpu_ratios(cpu: dict[str, dict[str, list[float]]], routed_rps: float, paced:
     crypto = RELAY_SIGNS * sign_ms + RELAY_VERIFIES * verify_ms
     print(f"   the city's signatures a relayed call: {RELAY_VERIFIES} × verify + {RELAY_SIGNS} × sign = {crypto:.2f} ms "
           f"(PyNaCl, measured now); city ÷ (bare relay + those) = {city / (relay + crypto):.2f} at the routed rate")
+    # The other half of the protocol's own cost at a relay: committing the hop's claims and its record. The
+    # journal commits in a thread of its own, so the city's threads other than its event loop's are (nearly
+    # all) that commit; the database's reader threads do next to nothing on a relay (under 0.02 ms a call
+    # per thread, counted with /proc/<pid>/task on 5 Dec 2026). A bare relay has one thread.
+    loop = med(loops["city"])
+    print(f"   the city's CPU a relayed call by thread: its event loop {loop:.2f} ms, its other threads {city - loop:.2f} ms "
+          f"(the journal committing the hop's claims and the relay's record); the event loop less the signatures "
+          f"÷ bare relay = {(loop - crypto) / relay:.2f} at the routed rate (information, beside the verdict)")
 
 
 def http(method: str, url: str, token: str, body: bytes | None, ctype: str = "application/json",
@@ -470,6 +489,7 @@ def main() -> int:
                 runs: dict[str, list[LoadResult]] = {"direct": [], "cross": [], "bare": [], "bare relayed": []}
                 cpu: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
                 commits: dict[str, dict[str, list[tuple[float, float]]]] = {"direct": {}, "cross": {}}
+                loops: dict[str, list[float]] = {}  # the routed run's nodes, their event loop's thread alone
                 parts = (HopParts({"county": county.url, "city": city.url, "province": province.url}, bare_urls)
                          if label == "latency" else None)
                 for _ in range(rounds):
@@ -480,7 +500,7 @@ def main() -> int:
                                                        {"county": county.pid, "city": city.pid,
                                                         "province": province.pid}, cpu["cross"],
                                                        {"county": county.url, "city": city.url,
-                                                        "province": province.url}, commits["cross"]))
+                                                        "province": province.url}, commits["cross"], loops=loops))
                     runs["bare"].append(measured_load(bare_direct_url, {}, bodies, conc, args.seconds,
                                                       {"answering": bare[0].pid}, cpu["bare"]))
                     runs["bare relayed"].append(measured_load(bare_relayed_url, {}, bodies, conc, args.seconds,
@@ -510,7 +530,7 @@ def main() -> int:
                 print(_cpu_line("bare", cpu["bare"]))
                 print(_cpu_line("bare relayed", cpu["bare relayed"]))
                 if label == "throughput":
-                    cpu_ratios(cpu, cross.rps, lambda rate, into: (
+                    cpu_ratios(cpu, loops, cross.rps, lambda rate, into: (
                         measured_load(direct_url, ph, bodies, conc, args.seconds, {"province": province.pid},
                                       into["direct"], {"province": province.url}, into["commits"], rate=rate),
                         measured_load(bare_relayed_url, {}, bodies, conc, args.seconds, {"second relay": bare[1].pid},

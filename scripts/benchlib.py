@@ -289,10 +289,12 @@ def merged(runs: list[LoadResult]) -> LoadResult:
                       sum(r.client_cpu for r in runs))
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) a process has used so far; NaN where /proc does not tell."""
+def cpu_seconds(pid: int, main_thread: bool = False) -> float:
+    """CPU time (user + system, all threads) a process has used so far; NaN where /proc does not tell.
+    `main_thread`: only its main thread's (a node's event loop; its journal commits in another thread)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return float("nan")
