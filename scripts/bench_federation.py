@@ -361,7 +361,7 @@ def cpu_ratios(cpu: dict[str, dict[str, list[float]]], loops: dict[str, list[flo
     # The other half of the protocol's own cost at a relay: committing the hop's claims and its record. The
     # journal commits in a thread of its own, so the city's threads other than its event loop's are (nearly
     # all) that commit; the database's reader threads do next to nothing on a relay (under 0.02 ms a call
-    # per thread, counted with /proc/<pid>/task on 5 Dec 2026). A bare relay has one thread.
+    # per thread, counted with /proc/<pid>/task on 4 Dec 2026). A bare relay has one thread.
     loop = med(loops["city"])
     print(f"   the city's CPU a relayed call by thread: its event loop {loop:.2f} ms, its other threads {city - loop:.2f} ms "
           f"(the journal committing the hop's claims and the relay's record); the event loop less the signatures "
