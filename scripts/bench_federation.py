@@ -490,6 +490,9 @@ def main() -> int:
                 cpu: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
                 commits: dict[str, dict[str, list[tuple[float, float]]]] = {"direct": {}, "cross": {}}
                 loops: dict[str, list[float]] = {}  # the routed run's nodes, their event loop's thread alone
+                # The floor's signatures and sealing, measured once a round beside the loads: this VM's speed
+                # moved 2 x from one minute to the next (a verify 0.060 ms in one run, 0.109 in the next).
+                crypto_runs: list[tuple[float, float, float, float]] = []
                 parts = (HopParts({"county": county.url, "city": city.url, "province": province.url}, bare_urls)
                          if label == "latency" else None)
                 for _ in range(rounds):
@@ -506,6 +509,8 @@ def main() -> int:
                     runs["bare relayed"].append(measured_load(bare_relayed_url, {}, bodies, conc, args.seconds,
                                                               {"first relay": bare[2].pid, "second relay": bare[1].pid,
                                                                "answering": bare[0].pid}, cpu["bare relayed"]))
+                    if label == "latency":
+                        crypto_runs.append((*signature_ms(), *box_ms()))
                 print(f"-- {label}: concurrency {conc}, {rounds} round(s) of {args.seconds:g} s")
                 for i in range(rounds):
                     if rounds > 1:
@@ -545,13 +550,13 @@ def main() -> int:
                     with_commits = ((bare_relayed.pct(50) + waited["routed"]) / (bare_direct.pct(50) + waited["direct"]))
                     print(f"   floor with the commits an answer waits for (direct: province {waited['direct']:.2f} ms; "
                           f"routed: county + province {waited['routed']:.2f} ms): p50 ratio {with_commits:.2f}")
-                    sign_ms, verify_ms = signature_ms()
+                    sign_ms, verify_ms, seal_ms, open_ms = (statistics.median(c[i] for c in crypto_runs) for i in range(4))
                     crypto = ROUTED_SIGNS * sign_ms + ROUTED_VERIFIES * verify_ms
                     direct_floor = bare_direct.pct(50) + waited["direct"]
                     print(f"   signatures a routed call makes: {ROUTED_SIGNS} × sign {sign_ms:.3f} ms + {ROUTED_VERIFIES} × "
-                          f"verify {verify_ms:.3f} ms = {crypto:.2f} ms (PyNaCl, measured now); floor with commits and "
+                          f"verify {verify_ms:.3f} ms = {crypto:.2f} ms (PyNaCl, median of a measure each round); "
+                          f"floor with commits and "
                           f"signatures: p50 ratio {(bare_relayed.pct(50) + waited['routed'] + crypto) / direct_floor:.2f}")
-                    seal_ms, open_ms = box_ms()
                     sealing = 2 * seal_ms + 2 * open_ms
                     floor_all = (bare_relayed.pct(50) + waited["routed"] + crypto + sealing) / direct_floor
                     print(f"   sealing a routed call makes (SPEC §15): the body and the answer, each sealed and opened once: "
