@@ -491,7 +491,7 @@ def main() -> int:
                 commits: dict[str, dict[str, list[tuple[float, float]]]] = {"direct": {}, "cross": {}}
                 loops: dict[str, list[float]] = {}  # the routed run's nodes, their event loop's thread alone
                 # The floor's signatures and sealing, measured once a round beside the loads: this VM's speed
-                # moved 2 x from one minute to the next (a verify 0.060 ms in one run, 0.109 in the next).
+                # moved twofold from one minute to the next (a verify 0.060 ms in one run, 0.109 in the next).
                 crypto_runs: list[tuple[float, float, float, float]] = []
                 parts = (HopParts({"county": county.url, "city": city.url, "province": province.url}, bare_urls)
                          if label == "latency" else None)
