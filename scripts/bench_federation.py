@@ -489,7 +489,7 @@ def main() -> int:
                 runs: dict[str, list[LoadResult]] = {"direct": [], "cross": [], "bare": [], "bare relayed": []}
                 cpu: dict[str, dict[str, list[float]]] = {k: {} for k in runs}
                 commits: dict[str, dict[str, list[tuple[float, float]]]] = {"direct": {}, "cross": {}}
-                loops: dict[str, list[float]] = {}  # the routed run's nodes, their event loop's thread alone
+                loops: dict[str, list[float]] = {}  # throughput: the routed nodes' event loop threads alone
                 # The floor's signatures and sealing, measured once a round beside the loads: this VM's speed
                 # moved twofold from one minute to the next (a verify 0.060 ms in one run, 0.109 in the next).
                 crypto_runs: list[tuple[float, float, float, float]] = []
@@ -503,7 +503,8 @@ def main() -> int:
                                                        {"county": county.pid, "city": city.pid,
                                                         "province": province.pid}, cpu["cross"],
                                                        {"county": county.url, "city": city.url,
-                                                        "province": province.url}, commits["cross"], loops=loops))
+                                                        "province": province.url}, commits["cross"],
+                                                       loops=loops if label == "throughput" else None))
                     runs["bare"].append(measured_load(bare_direct_url, {}, bodies, conc, args.seconds,
                                                       {"answering": bare[0].pid}, cpu["bare"]))
                     runs["bare relayed"].append(measured_load(bare_relayed_url, {}, bodies, conc, args.seconds,
